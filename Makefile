@@ -1,0 +1,42 @@
+# medvit: two commands set everything up on a fresh machine.
+#   make demo  -> create .venv, install, run the end-to-end demo on built-in synthetic data
+#   make test  -> create .venv, install, run the test suite (CPU only)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch/torchvision pinned to the builds on this project's machines; override on other hosts,
+# e.g. `make test TORCH_SPEC="torch torchvision"`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.medvit-installed
+
+.PHONY: install test demo lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	# insightface declares opencv-python, which would overwrite cv2/ from opencv-python-headless
+	# (albumentations' choice); take it without deps and add its pure-Python requirements.
+	$(PY) -m pip install -q --no-deps 'insightface~=2.1'
+	$(PY) -m pip install -q onnx requests easydict prettytable tqdm scikit-learn
+	$(PY) -c "import cv2, torch, torchvision, timm, monai, albumentations, insightface.utils.face_align"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/medvit demo
+
+lint:
+	$(VENV)/bin/ruff check medvit tests benchmarks
+	$(VENV)/bin/ruff format --check medvit tests benchmarks
+
+format:
+	$(VENV)/bin/ruff format medvit tests benchmarks
+	$(VENV)/bin/ruff check --fix medvit tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,87 @@
+"""The ``medvit`` command: one root typer app that mounts every sub-app explicitly.
+
+This module must stay import-light (typer, rich and the stdlib only): ``medvit --help`` never imports
+torch. Commands import what they need inside their bodies.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from medvit import __version__
+from medvit.shared.cli_weights import app as weights_app
+from medvit.shared.data.cli import app as data_app
+from medvit.shared.errors import MedvitError
+
+
+class _MedvitGroup(TyperGroup):
+    """Root group: turns user errors into one clear line and a non-zero exit code, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MedvitError as err:
+            click.secho(f"error: {err}", err=True, fg="red")
+            ctx.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.secho("interrupted", err=True, fg="yellow")
+            ctx.exit(130)
+
+
+app = typer.Typer(
+    name="medvit",
+    cls=_MedvitGroup,
+    help="Vision Transformers for medical and face imaging: pretraining, fine-tuning, batch inference.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # never dump tensors or patient paths into a traceback
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"medvit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Show version."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def doctor() -> None:
+    """Show versions, device, threads and where weights and runs go."""
+    from medvit.shared.doctor import report
+
+    report()
+
+
+@app.command()
+def demo(
+    out: str = typer.Option("demo_out", "--out", help="Folder for the demo's data and runs."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Run the main job end to end on built-in synthetic data."""
+    from medvit.demo import run_demo
+
+    run_demo(out, quiet=quiet)
+
+
+# Sub-apps, mounted explicitly (no registry for apps: see DESIGN.md section 2).
+app.add_typer(weights_app, name="weights", help="Inspect and convert checkpoints; list backbones.")
+app.add_typer(data_app, name="data", help="Synthetic datasets and data-card validation.")

@@ -1,0 +1,1 @@
+"""Shared library code of medvit: backbone, data, engine, metrics, config."""

@@ -1,0 +1,164 @@
+"""Building blocks of the shared ViT: N-d patch embedding, attention, MLP, transformer block.
+
+Parameter names follow timm (``patch_embed.proj``, ``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``,
+``norm1``, ``norm2``, ``ls1.gamma``) so timm / MAE / Hi-End-MAE weights load with small converters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from torch import nn
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "gelu": nn.GELU,
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "relu6": nn.ReLU6,  # ViT-FIQA / insightface arcface_torch ViT
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    try:
+        return _ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}") from None
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches -> tokens; Conv2d or Conv3d chosen by ``len(patch_size)``.
+
+    Like a strided convolution, a border that does not fill a whole patch is dropped (ViT-FIQA's 112 px
+    input with patch 9 gives a 12x12 grid).
+
+    Args:
+        img_size: default input size per spatial axis.
+        patch_size: patch size per spatial axis (2 entries: 2D, 3 entries: 3D).
+        in_chans: input channels C.
+        embed_dim: D.
+        bias: conv bias.
+    """
+
+    def __init__(
+        self, img_size: Sequence[int], patch_size: Sequence[int], in_chans: int, embed_dim: int, bias: bool = True
+    ) -> None:
+        super().__init__()
+        if len(img_size) != len(patch_size) or len(patch_size) not in (2, 3):
+            raise ValueError(f"img_size {tuple(img_size)} and patch_size {tuple(patch_size)} must both be 2D or 3D")
+        self.img_size = tuple(int(s) for s in img_size)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.grid_size = tuple(s // p for s, p in zip(self.img_size, self.patch_size, strict=True))
+        if min(self.grid_size) < 1:
+            raise ValueError(f"img_size {self.img_size} is smaller than one patch {self.patch_size}")
+        self.num_patches = int(torch.tensor(self.grid_size).prod())
+        conv = nn.Conv2d if len(patch_size) == 2 else nn.Conv3d
+        self.proj = conv(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.patch_size)
+
+    def grid_for(self, spatial_shape: Sequence[int]) -> tuple[int, ...]:
+        """Token grid for an input of the given spatial shape (floor division, like the conv)."""
+        grid = tuple(int(s) // p for s, p in zip(spatial_shape, self.patch_size, strict=True))
+        if min(grid) < 1:
+            raise ValueError(f"input of spatial shape {tuple(spatial_shape)} is smaller than a patch {self.patch_size}")
+        return grid
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Args: x ``[B, C, *spatial]``. Returns tokens ``[B, L, D]`` and the grid."""
+        if x.ndim != 2 + self.spatial_dims:
+            raise ValueError(
+                f"expected a {self.spatial_dims}D input [B, C, {', '.join('S' * self.spatial_dims)}], "
+                f"got shape {tuple(x.shape)}"
+            )
+        x = self.proj(x)
+        grid = tuple(x.shape[2:])
+        return x.flatten(2).transpose(1, 2), grid
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``."""
+
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, N, D] -> [B, N, D]``."""
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each [B, H, N, hd]
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        x = x.transpose(1, 2).reshape(b, n, d)
+        return self.proj_drop(self.proj(x))
+
+
+class Mlp(nn.Module):
+    """``fc1 -> act -> drop -> fc2 -> drop`` (timm key names)."""
+
+    def __init__(self, dim: int, hidden: int, act: str = "gelu", drop: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.act = make_activation(act)
+        self.drop = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual scaling (CaiT / DINOv2); key ``gamma`` as in timm."""
+
+    def __init__(self, dim: int, init_values: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(init_values * torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        act: str = "gelu",
+        norm_eps: float = 1e-6,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        init_values: float | None = None,
+        mlp_layer: type[nn.Module] = Mlp,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = mlp_layer(dim, int(dim * mlp_ratio), act=act, drop=drop)
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))

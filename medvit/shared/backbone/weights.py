@@ -1,0 +1,688 @@
+"""Backbone weights: our safetensors + JSON sidecar format, and importers for foreign checkpoints.
+
+Foreign formats are recognised by key signature (timm's ``checkpoint_filter_fn`` idiom) and converted by
+small rename tables:
+
+* ``timm``       timm ViT state dicts (identity).
+* ``mae``        facebookresearch/mae ``{'model': ...}``; decoder keys and ``mask_token`` are dropped.
+* ``hi-end-mae`` FengheTan9/Hi-End-MAE ``{'state_dict': ...}`` with ``module.`` prefixes: ``encoder.*`` is
+  the ViT, ``encoder_pos_embed`` ([1, N, D], no cls slot) becomes ``pos_embed``; the decoder is dropped.
+* ``monai``      MONAI ``ViT`` / ``UNETR`` (``vit.`` prefix): ``patch_embedding.*``, ``attn.out_proj``,
+  ``mlp.linear1/2``; perceptron patch weights are reordered from ``(p1 p2 p3 c)`` to Conv order
+  ``(c p1 p2 p3)``; MONAI>=1.4's unused ``cross_attn`` / ``norm_cross_attn`` keys are dropped.
+* ``medvit``     our own safetensors files (architecture in the sidecar).
+
+Position embeddings are copied as tensors, never regenerated: sin-cos channel layouts differ between
+codebases. Every load returns a :class:`LoadReport`; keys that are missing and were not declared
+expected, unexpected keys, and shape mismatches are errors naming the key and both shapes.
+
+Pickled checkpoints are read only with ``torch.load(weights_only=True)``; the single extra class allowed
+is ``argparse.Namespace`` (MAE-style checkpoints store their ``args``), which carries no code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import logging
+import math
+import os
+import pickle
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medvit.shared.backbone.pos_embed import resample_pos_embed
+from medvit.shared.backbone.vit import VisionTransformer
+from medvit.shared.errors import WeightsError
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("timm", "mae", "hi-end-mae", "monai", "medvit")
+SIDECAR_FORMAT_VERSION = 1
+# Heads per width for the standard sizes; a state dict cannot tell the head count.
+_KNOWN_HEADS = {192: 3, 384: 6, 512: 8, 768: 12, 1024: 16, 1280: 16, 1536: 16}
+
+
+@dataclass
+class LoadReport:
+    """What happened when foreign weights were loaded into a model.
+
+    Attributes:
+        source_format: detected or given format.
+        missing: model keys the checkpoint did not provide (all declared expected by the caller).
+        unexpected: checkpoint keys the model has no place for (all declared allowed by the caller).
+        resized: ``(key, old_shape, new_shape)`` of tensors resampled to the model (position embeddings).
+        adapted: ``(key, how)`` of tensors changed in meaning-preserving ways (input channels, cls slot).
+        dropped: keys the converter removed on purpose (decoders, unused MONAI cross-attention).
+    """
+
+    source_format: str
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    resized: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    adapted: list[tuple[str, str]] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{self.source_format}: {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+            f"{len(self.resized)} resized, {len(self.adapted)} adapted, {len(self.dropped)} dropped"
+        )
+
+
+# ============================================================================= reading
+def safe_torch_load(path: str | Path) -> Any:
+    """``torch.load(weights_only=True)``, allowing only ``argparse.Namespace`` beyond tensors.
+
+    Raises:
+        WeightsError: unreadable file, or a pickle that needs arbitrary classes (possibly malicious);
+            nothing from the file is executed.
+    """
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # The message of the weights-only unpickler names the refused global; keep its first line.
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported pickle content"
+        raise WeightsError(
+            f"{path}: refused to unpickle: the checkpoint needs code beyond plain tensors ({detail[:200]}). "
+            "Only weights_only checkpoints are loaded; re-save it as a state dict or safetensors in a trusted "
+            "environment."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+
+
+def _sidecar_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any] | None:
+    """The JSON sidecar next to a weight file, or None."""
+    side = _sidecar_path(Path(path))
+    if not side.is_file():
+        return None
+    try:
+        return json.loads(side.read_text())
+    except json.JSONDecodeError as err:
+        raise WeightsError(f"{side}: corrupt sidecar JSON ({err})") from None
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read any supported weight file into a flat state dict.
+
+    Args:
+        path: ``.safetensors`` (with optional sidecar) or a torch pickle (``.pt``, ``.pth``, ``.bin``, ...).
+
+    Returns:
+        (state dict with wrappers and ``module.`` / ``_orig_mod.`` prefixes removed, info dict with
+        ``wrapper`` (``model`` / ``state_dict`` / None), ``sidecar`` and ``path``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weight file not found")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: empty file")
+    info: dict[str, Any] = {"path": str(path), "wrapper": None, "sidecar": None}
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj: Any = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise WeightsError(f"{path}: corrupt safetensors file ({err})") from None
+        info["sidecar"] = read_sidecar(path)
+    else:
+        obj = safe_torch_load(path)
+    if isinstance(obj, Mapping):
+        for wrapper in ("state_dict", "model", "module", "model_state"):
+            if wrapper in obj and isinstance(obj[wrapper], Mapping):
+                info["wrapper"] = wrapper
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise WeightsError(f"{path}: no state dict found (top level is {type(obj).__name__})")
+    sd = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            continue  # e.g. an epoch counter stored beside the weights
+        sd[strip_prefixes(str(k), ("module.", "_orig_mod."))] = v
+    if not sd:
+        raise WeightsError(f"{path}: the checkpoint holds no tensors")
+    return sd, info
+
+
+def strip_prefixes(key: str, prefixes: Iterable[str]) -> str:
+    """Remove any of ``prefixes`` from the start of ``key``, repeatedly (``module._orig_mod.x`` -> ``x``)."""
+    changed = True
+    while changed:
+        changed = False
+        for p in prefixes:
+            if key.startswith(p):
+                key, changed = key[len(p) :], True
+    return key
+
+
+# ============================================================================= format detection
+def detect_format(sd: Mapping[str, torch.Tensor], info: Mapping[str, Any] | None = None) -> str:
+    """Source format from the key signature (and our sidecar)."""
+    info = info or {}
+    side = info.get("sidecar") or {}
+    if side.get("format") == "medvit":
+        return "medvit"
+    keys = set(sd)
+    if "encoder_pos_embed" in keys or any(k.startswith("encoder.blocks.") for k in keys):
+        return "hi-end-mae"
+    if any(k.startswith(("patch_embedding.", "vit.patch_embedding.")) for k in keys):
+        return "monai"
+    if "patch_embed.proj.weight" in keys:
+        if any(k.startswith("decoder_") for k in keys) or "mask_token" in keys or info.get("wrapper") == "model":
+            return "mae"
+        return "timm"
+    raise WeightsError(
+        "unrecognised checkpoint layout (no timm/MAE/Hi-End-MAE/MONAI/medvit key signature); "
+        f"first keys: {sorted(keys)[:5]}"
+    )
+
+
+# ============================================================================= converters
+def _convert_timm(sd: Mapping[str, torch.Tensor], _: Mapping[str, Any]) -> tuple[dict, list[str]]:
+    return dict(sd), []
+
+
+def _convert_mae(sd: Mapping[str, torch.Tensor], _: Mapping[str, Any]) -> tuple[dict, list[str]]:
+    out, dropped = {}, []
+    for k, v in sd.items():
+        if k.startswith("decoder_") or k == "mask_token":
+            dropped.append(k)
+        else:
+            out[k] = v
+    return out, dropped
+
+
+def _convert_hi_end_mae(sd: Mapping[str, torch.Tensor], _: Mapping[str, Any]) -> tuple[dict, list[str]]:
+    out, dropped = {}, []
+    for k, v in sd.items():
+        if k.startswith("encoder."):
+            out[k[len("encoder.") :]] = v
+        elif k == "encoder_pos_embed":
+            out["pos_embed"] = v  # [1, N, D], no cls slot; the cls token's PE was zero
+        else:
+            dropped.append(k)  # decoder, decoder_pos_embed, encoder_to_decoder.*, mask_token
+    return out, dropped
+
+
+_MONAI_SWAPS = (
+    (r"^patch_embedding\.position_embeddings$", "pos_embed"),
+    (r"^patch_embedding\.patch_embeddings\.weight$", "patch_embed.proj.weight"),  # proj_type="conv"
+    (r"^patch_embedding\.patch_embeddings\.bias$", "patch_embed.proj.bias"),
+    (r"^patch_embedding\.patch_embeddings\.1\.weight$", "patch_embed.proj.weight"),  # "perceptron"
+    (r"^patch_embedding\.patch_embeddings\.1\.bias$", "patch_embed.proj.bias"),
+    (r"^blocks\.(\d+)\.attn\.out_proj\.", r"blocks.\1.attn.proj."),
+    (r"^blocks\.(\d+)\.mlp\.linear1\.", r"blocks.\1.mlp.fc1."),
+    (r"^blocks\.(\d+)\.mlp\.linear2\.", r"blocks.\1.mlp.fc2."),
+)
+_MONAI_DROP = (r"^blocks\.\d+\.(cross_attn|norm_cross_attn)\.", r"^classification_head\.")
+
+
+def _perceptron_to_conv(weight: torch.Tensor, patch_size: tuple[int, ...], in_chans: int) -> torch.Tensor:
+    """MONAI perceptron patch weight ``[D, prod(p)*C]`` ordered ``(p1 p2 p3 c)`` -> Conv ``[D, C, *p]``."""
+    d = weight.shape[0]
+    if weight.shape[1] != math.prod(patch_size) * in_chans:
+        raise WeightsError(
+            f"patch_embedding weight {tuple(weight.shape)} does not fit patch {patch_size} x {in_chans} channels"
+        )
+    w = weight.reshape(d, *patch_size, in_chans)
+    return w.permute(0, len(patch_size) + 1, *range(1, len(patch_size) + 1)).contiguous()
+
+
+def _convert_monai(sd: Mapping[str, torch.Tensor], target: Mapping[str, Any]) -> tuple[dict, list[str]]:
+    out, dropped = {}, []
+    vit_keys = {k for k in sd if k.startswith("vit.")}
+    for k, v in sd.items():
+        if vit_keys and not k.startswith("vit."):
+            dropped.append(k)  # UNETR decoder (encoder1..5, decoder2..5, out)
+            continue
+        key = k[len("vit.") :] if k.startswith("vit.") else k
+        if any(re.match(p, key) for p in _MONAI_DROP):
+            dropped.append(k)
+            continue
+        new = key
+        for pat, rep in _MONAI_SWAPS:
+            new = re.sub(pat, rep, new)
+        if re.match(r"^patch_embedding\.patch_embeddings\.1\.weight$", key):
+            patch = tuple(target.get("patch_size") or ())
+            in_chans = int(target.get("in_chans") or 1)
+            if not patch:
+                raise WeightsError("MONAI perceptron patch embedding: the target patch size is needed")
+            v = _perceptron_to_conv(v, patch, in_chans)
+        out[new] = v
+    return out, dropped
+
+
+def _convert_medvit(sd: Mapping[str, torch.Tensor], _: Mapping[str, Any]) -> tuple[dict, list[str]]:
+    return dict(sd), []
+
+
+_CONVERTERS = {
+    "timm": _convert_timm,
+    "mae": _convert_mae,
+    "hi-end-mae": _convert_hi_end_mae,
+    "monai": _convert_monai,
+    "medvit": _convert_medvit,
+}
+
+
+def convert_state_dict(
+    sd: Mapping[str, torch.Tensor], source_format: str, target: Mapping[str, Any] | None = None
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename a foreign state dict to medvit/timm keys.
+
+    Args:
+        sd: foreign state dict (wrappers and ``module.`` already removed).
+        source_format: one of ``FORMATS``.
+        target: target architecture hints (``patch_size``, ``in_chans``) for layout changes.
+
+    Returns:
+        (converted state dict, keys dropped on purpose).
+    """
+    if source_format not in _CONVERTERS:
+        raise WeightsError(f"unknown format {source_format!r}; choose one of {', '.join(FORMATS)}")
+    return _CONVERTERS[source_format](sd, target or {})
+
+
+# ============================================================================= architecture inference
+def infer_architecture(sd: Mapping[str, torch.Tensor], source_format: str) -> dict[str, Any]:
+    """Guess ``VisionTransformer`` kwargs from a converted (medvit-key) state dict.
+
+    The head count cannot be read from weights: standard widths use their usual count, others D/64.
+    """
+    if "patch_embed.proj.weight" not in sd:
+        raise WeightsError("cannot infer the architecture: no patch_embed.proj.weight")
+    w = sd["patch_embed.proj.weight"]
+    embed_dim, in_chans, patch = w.shape[0], w.shape[1], tuple(int(s) for s in w.shape[2:])
+    depth = 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
+    if depth == 0:
+        raise WeightsError("cannot infer the architecture: no transformer blocks")
+    class_token = "cls_token" in sd
+    extra = tuple(sorted(k[: -len("_token")] for k in sd if k.endswith("_token") and k not in ("cls_token",)))
+    extra = tuple(e for e in extra if e not in ("reg", "mask"))
+    reg = int(sd["reg_token"].shape[1]) if "reg_token" in sd else 0
+    n_prefix = int(class_token) + len(extra) + reg
+    kwargs: dict[str, Any] = {
+        "patch_size": list(patch),
+        "in_chans": int(in_chans),
+        "embed_dim": int(embed_dim),
+        "depth": depth,
+        "num_heads": _KNOWN_HEADS.get(int(embed_dim), max(1, int(embed_dim) // 64)),
+        "mlp_ratio": sd["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim if "blocks.0.mlp.fc1.weight" in sd else 4.0,
+        "qkv_bias": "blocks.0.attn.qkv.bias" in sd,
+        "class_token": class_token,
+        "extra_tokens": list(extra),
+        "reg_tokens": reg,
+        "norm_eps": 1e-5 if source_format == "monai" else 1e-6,
+    }
+    if "pos_embed" in sd:
+        n = sd["pos_embed"].shape[1]
+        nd = len(patch)
+        for prefix_slots, with_prefix in ((n_prefix, True), (0, False)):
+            side = round((n - prefix_slots) ** (1 / nd)) if n > prefix_slots else 0
+            if side > 0 and side**nd == n - prefix_slots:
+                kwargs["img_size"] = [side * p for p in patch]
+                kwargs["pos_embed_prefix"] = with_prefix and n_prefix > 0
+                break
+        else:
+            raise WeightsError(f"cannot infer a square/cubic grid from pos_embed of {n} tokens; give img_size")
+        kwargs["pos_embed"] = "learn"
+    else:
+        kwargs["pos_embed"] = "none"
+        kwargs["img_size"] = [14 * p for p in patch]
+    if "head.weight" in sd:
+        kwargs["num_classes"] = int(sd["head.weight"].shape[0])
+    if not class_token and not extra and not reg:
+        kwargs["global_pool"] = "avg"
+        kwargs["fc_norm"] = "fc_norm.weight" in sd
+    if source_format == "hi-end-mae":
+        kwargs["pos_embed"] = "sincos"  # Hi-End-MAE's default; copied verbatim, not regenerated
+    return kwargs
+
+
+# ============================================================================= adaptation
+def adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
+    """Adapt a patch-embedding weight ``[D, C_src, *k]`` to ``in_chans`` input channels.
+
+    3 -> 1 sums the RGB filters (a grey image seen as R=G=B gives the same response); 1 -> N repeats and
+    divides by N; 3 -> N>3 tiles RGB and rescales by 3/N (timm's ``adapt_input_conv`` rule).
+    """
+    src = weight.shape[1]
+    if src == in_chans:
+        return weight
+    dtype = weight.dtype
+    w = weight.float()
+    if in_chans == 1:
+        w = w.sum(dim=1, keepdim=True)
+    elif src == 1:
+        w = w.repeat(1, in_chans, *([1] * (w.ndim - 2))) / in_chans
+    elif src == 3:
+        reps = math.ceil(in_chans / 3)
+        w = w.repeat(1, reps, *([1] * (w.ndim - 2)))[:, :in_chans] * (3 / in_chans)
+    else:
+        raise WeightsError(f"cannot adapt a {src}-channel patch embedding to {in_chans} channels")
+    return w.to(dtype)
+
+
+def _fit_pos_embed(
+    v: torch.Tensor, model: VisionTransformer, report: LoadReport, key: str = "pos_embed"
+) -> torch.Tensor:
+    """Match prefix slots and grid of a checkpoint position embedding to the model's."""
+    assert model.pos_embed is not None
+    target = model.pos_embed
+    n_prefix_model = model.num_prefix_tokens if model.pos_embed_prefix else 0
+    n_grid_model = model.patch_embed.num_patches
+    n_src = v.shape[1]
+    # Work out how many prefix slots the source has: the model's count, or none.
+    src_prefix = None
+    for cand in (n_prefix_model, 0, model.num_prefix_tokens):
+        g = n_src - cand
+        if g > 0 and round(g ** (1 / model.spatial_dims)) ** model.spatial_dims == g:
+            src_prefix = cand
+            break
+    if src_prefix is None:
+        raise WeightsError(
+            f"{key}: checkpoint shape {tuple(v.shape)} does not fit a {model.spatial_dims}D grid "
+            f"(model {tuple(target.shape)})"
+        )
+    if v.shape[-1] != target.shape[-1]:
+        raise WeightsError(f"{key}: checkpoint width {v.shape[-1]} != model width {target.shape[-1]}")
+    if src_prefix != n_prefix_model:
+        if src_prefix == 0:
+            # Hi-End-MAE / MONAI have no cls slot; their cls token effectively had a zero PE.
+            v = torch.cat([torch.zeros(1, n_prefix_model, v.shape[-1], dtype=v.dtype), v], dim=1)
+            report.adapted.append((key, f"added {n_prefix_model} zero prefix slot(s)"))
+        else:
+            dropped = v[:, :src_prefix]
+            if dropped.abs().max() > 0:
+                logger.info("%s: dropping non-zero prefix position slots (model has none)", key)
+            v = v[:, src_prefix:]
+            report.adapted.append((key, f"removed {src_prefix} prefix slot(s)"))
+    if v.shape[1] - n_prefix_model != n_grid_model:
+        old = tuple(v.shape)
+        side = round((v.shape[1] - n_prefix_model) ** (1 / model.spatial_dims))
+        v = resample_pos_embed(v, model.patch_embed.grid_size, (side,) * model.spatial_dims, n_prefix_model)
+        report.resized.append((key, old, tuple(v.shape)))
+    return v
+
+
+def _matches(key: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
+def load_pretrained(
+    model: VisionTransformer,
+    source: str | Path | Mapping[str, torch.Tensor],
+    *,
+    source_format: str = "auto",
+    expected_missing: Iterable[str] = (),
+    allow_unexpected: Iterable[str] = (),
+    prefix: str = "",
+) -> LoadReport:
+    """Load foreign or medvit weights into ``model`` and report exactly what happened.
+
+    Args:
+        model: target backbone (or a module holding it under ``prefix``).
+        source: a weight file or an already read state dict.
+        source_format: ``auto`` (by key signature) or one of ``FORMATS``.
+        expected_missing: glob patterns of model keys the caller expects the checkpoint to lack
+            (e.g. ``"head.*"``); any other missing key is an error.
+        allow_unexpected: glob patterns of checkpoint keys that may be ignored.
+        prefix: prepended to converted keys (to load an encoder inside a larger module).
+
+    Returns:
+        The :class:`LoadReport`.
+
+    Raises:
+        WeightsError: unexpected/missing keys beyond those declared, or a shape mismatch (naming the key
+            and both shapes).
+    """
+    if isinstance(source, (str, Path)):
+        sd, info = read_checkpoint(source)
+    else:
+        sd, info = {strip_prefixes(k, ("module.", "_orig_mod.")): v for k, v in source.items()}, {}
+    fmt = detect_format(sd, info) if source_format == "auto" else source_format
+    backbone = model.get_submodule(prefix.rstrip(".")) if prefix else model
+    if not isinstance(backbone, VisionTransformer):
+        raise WeightsError(f"target {type(backbone).__name__} at {prefix or '<root>'} is not a VisionTransformer")
+    hints = {"patch_size": backbone.patch_embed.patch_size, "in_chans": backbone.patch_embed.proj.in_channels}
+    sd, dropped = convert_state_dict(sd, fmt, hints)
+    report = LoadReport(source_format=fmt, dropped=sorted(dropped))
+
+    target_sd = backbone.state_dict()
+    # ---- meaning-preserving adaptations
+    w = sd.get("patch_embed.proj.weight")
+    tw = target_sd["patch_embed.proj.weight"]
+    if w is not None and w.shape[1] != tw.shape[1] and w.shape[2:] == tw.shape[2:]:
+        sd["patch_embed.proj.weight"] = adapt_input_conv(tw.shape[1], w)
+        report.adapted.append(("patch_embed.proj.weight", f"in_chans {w.shape[1]} -> {tw.shape[1]}"))
+    if "pos_embed" in sd and backbone.pos_embed is not None:
+        sd["pos_embed"] = _fit_pos_embed(sd["pos_embed"], backbone, report)
+    if "head.weight" in sd and "head.weight" in target_sd and sd["head.weight"].shape != target_sd["head.weight"].shape:
+        # A classifier for other classes is not transferable: drop it, as timm does for num_classes changes.
+        for k in ("head.weight", "head.bias"):
+            if k in sd:
+                report.dropped.append(k)
+                sd.pop(k)
+    elif "head.weight" in sd and "head.weight" not in target_sd:
+        for k in ("head.weight", "head.bias"):
+            if k in sd:
+                report.dropped.append(k)
+                sd.pop(k)
+
+    # ---- strict bookkeeping
+    report.missing = sorted(k for k in target_sd if k not in sd)
+    report.unexpected = sorted(k for k in sd if k not in target_sd)
+    bad_missing = [k for k in report.missing if not _matches(k, expected_missing)]
+    bad_unexpected = [k for k in report.unexpected if not _matches(k, allow_unexpected)]
+    if bad_missing or bad_unexpected:
+        parts = []
+        if bad_missing:
+            parts.append(f"missing {len(bad_missing)} key(s): {', '.join(bad_missing[:8])}")
+        if bad_unexpected:
+            parts.append(f"unexpected {len(bad_unexpected)} key(s): {', '.join(bad_unexpected[:8])}")
+        raise WeightsError(f"{fmt} checkpoint does not match the model: " + "; ".join(parts))
+    for k, v in sd.items():
+        if k in target_sd and tuple(v.shape) != tuple(target_sd[k].shape):
+            raise WeightsError(
+                f"shape mismatch for {k}: checkpoint {tuple(v.shape)} vs model {tuple(target_sd[k].shape)}"
+            )
+    to_load = {k: v.to(target_sd[k].dtype) for k, v in sd.items() if k in target_sd}
+    backbone.load_state_dict(to_load, strict=False)
+    logger.info("loaded weights (%s)", report.summary())
+    return report
+
+
+# ============================================================================= our format
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def save_backbone(
+    model: VisionTransformer,
+    path: str | Path,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    source: str = "medvit",
+) -> Path:
+    """Write ``model`` as ``path`` (safetensors) + ``path.json`` (sidecar), both atomically.
+
+    Args:
+        model: the backbone.
+        path: target ``.safetensors`` file.
+        metadata: extra sidecar fields (``intensity``, ``spacing``, ``data_card``, ``method``, ...).
+        source: provenance (``medvit``, ``converted from mae``, ...).
+
+    Returns:
+        The weight file path.
+    """
+    from safetensors.torch import save
+
+    from medvit import __version__
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"{path}: our weight files end in .safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    side = {
+        "format": "medvit",
+        "format_version": SIDECAR_FORMAT_VERSION,
+        "medvit_version": __version__,
+        "architecture": "VisionTransformer",
+        "kwargs": model.arch_kwargs,
+        "spatial_dims": model.spatial_dims,
+        "patch_size": list(model.patch_embed.patch_size),
+        "input_size": list(model.patch_embed.img_size),
+        "in_chans": model.patch_embed.proj.in_channels,
+        "source": source,
+        **dict(metadata or {}),
+    }
+    _atomic_write_bytes(path, save(sd, metadata={"format": "medvit"}))
+    _atomic_write_bytes(_sidecar_path(path), (json.dumps(side, indent=2, default=str) + "\n").encode())
+    return path
+
+
+def load_backbone(
+    path: str | Path, *, expected_missing: Iterable[str] = (), **overrides: Any
+) -> tuple[VisionTransformer, dict[str, Any]]:
+    """Rebuild a backbone from a medvit weight file and its sidecar.
+
+    Args:
+        path: ``.safetensors`` written by :func:`save_backbone` (or a ``medvit pretrain`` export).
+        expected_missing: patterns of keys allowed to be absent (e.g. a new ``head.*``).
+        **overrides: architecture kwargs to change (``num_classes``, ``img_size``, ``drop_path_rate``...).
+
+    Returns:
+        (model, sidecar dict).
+    """
+    path = Path(path)
+    side = read_sidecar(path)
+    if side is None or side.get("format") != "medvit":
+        raise WeightsError(
+            f"{path}: no medvit sidecar ({_sidecar_path(path).name}); convert foreign weights first with "
+            "`medvit weights convert`"
+        )
+    if int(side.get("format_version", 0)) > SIDECAR_FORMAT_VERSION:
+        raise WeightsError(f"{path}: written by a newer medvit (sidecar format {side['format_version']})")
+    kwargs = {**side["kwargs"], **overrides}
+    model = VisionTransformer(**kwargs)
+    report = load_pretrained(model, path, source_format="medvit", expected_missing=expected_missing)
+    model.load_report = report  # type: ignore[attr-defined]
+    return model, side
+
+
+def convert_checkpoint(
+    src: str | Path,
+    out: str | Path,
+    *,
+    source_format: str = "auto",
+    arch_overrides: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> tuple[LoadReport, dict[str, Any]]:
+    """Import a foreign checkpoint and write it in our format (backbone weights only).
+
+    Returns:
+        (the load report, the architecture kwargs written to the sidecar).
+    """
+    sd, info = read_checkpoint(src)
+    fmt = detect_format(sd, info) if source_format == "auto" else source_format
+    if fmt == "medvit" and info.get("sidecar"):
+        kwargs = dict(info["sidecar"]["kwargs"])
+    else:
+        # Infer on converted keys; MONAI perceptron weights need the patch size first, from the 2D/3D grid.
+        probe_hints: dict[str, Any] = {}
+        if fmt == "monai":
+            probe_hints = _monai_hints(sd, arch_overrides or {})
+        converted, _ = convert_state_dict(sd, fmt, probe_hints)
+        kwargs = infer_architecture(converted, fmt)
+    kwargs.update(arch_overrides or {})
+    model = VisionTransformer(**kwargs)
+    report = load_pretrained(model, {**sd}, source_format=fmt)
+    save_backbone(model, out, metadata={**dict(metadata or {}), "converted_from": Path(src).name}, source=fmt)
+    return report, model.arch_kwargs
+
+
+def _monai_hints(sd: Mapping[str, torch.Tensor], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Patch size / channels for MONAI perceptron weights (not recoverable from a Linear weight alone)."""
+    key = next((k for k in sd if k.endswith("patch_embedding.patch_embeddings.1.weight")), None)
+    if key is None:
+        return {}
+    if "patch_size" not in overrides:
+        raise WeightsError(
+            "MONAI perceptron patch embedding: pass the patch size (e.g. --set patch_size=[16,16,16]) "
+            "because a Linear weight does not record it"
+        )
+    patch = overrides["patch_size"]
+    patch = tuple(patch) if not isinstance(patch, int) else (patch,) * 3
+    in_chans = int(overrides.get("in_chans", sd[key].shape[1] // math.prod(patch)))
+    return {"patch_size": patch, "in_chans": in_chans}
+
+
+def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Describe a weight file: format, wrapper, tensor count, parameters, inferred architecture, key groups."""
+    sd, info = read_checkpoint(path)
+    fmt = detect_format(sd, info)
+    groups: Counter[str] = Counter(re.sub(r"\.\d+\.", ".N.", k).split(".N.")[0] for k in sd)
+    result: dict[str, Any] = {
+        "path": str(path),
+        "format": fmt,
+        "wrapper": info.get("wrapper"),
+        "tensors": len(sd),
+        "parameters": int(sum(v.numel() for v in sd.values())),
+        "dtypes": sorted({str(v.dtype).replace("torch.", "") for v in sd.values()}),
+        "key_groups": dict(sorted(groups.items())),
+    }
+    if fmt == "medvit" and info.get("sidecar"):
+        result["architecture"] = info["sidecar"].get("kwargs")
+        result["sidecar"] = {k: v for k, v in info["sidecar"].items() if k != "kwargs"}
+    else:
+        try:
+            converted, dropped = convert_state_dict(sd, fmt, _safe_monai_hints(sd))
+            result["architecture"] = infer_architecture(converted, fmt)
+            result["dropped_on_import"] = len(dropped)
+        except WeightsError as err:
+            result["architecture"] = f"not inferable: {err}"
+    return result
+
+
+def _safe_monai_hints(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    key = next((k for k in sd if k.endswith("patch_embedding.patch_embeddings.1.weight")), None)
+    if key is None:
+        return {}
+    # Best guess for display only: 1 channel, cubic patch.
+    side = round(sd[key].shape[1] ** (1 / 3))
+    return {"patch_size": (side,) * 3, "in_chans": 1} if side**3 == sd[key].shape[1] else {}
+
+
+def report_to_dict(report: LoadReport) -> dict[str, Any]:
+    return asdict(report)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Strip DDP / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod  # type: ignore[assignment]
+    return model

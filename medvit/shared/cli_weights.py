@@ -1,0 +1,109 @@
+"""``medvit weights``: list backbones, inspect and convert checkpoints. No torch import at module top."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
+
+
+class Format(str, Enum):
+    auto = "auto"
+    timm = "timm"
+    mae = "mae"
+    hi_end_mae = "hi-end-mae"
+    monai = "monai"
+    medvit = "medvit"
+
+
+@app.command("list")
+def list_cmd(pattern: str = typer.Argument("*", help="Shell pattern, e.g. 'vit_*_3d'.")) -> None:
+    """List registered backbones with their size."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from medvit.shared.backbone.registry import backbone_kwargs, list_backbones
+
+    table = Table("name", "dims", "patch", "width", "depth", "heads", "input")
+    for name in list_backbones(pattern):
+        kw = backbone_kwargs(name)
+        patch = kw.get("patch_size", 16)
+        dims = 2 if isinstance(patch, int) else len(patch)
+        table.add_row(
+            name,
+            f"{dims}D",
+            str(patch),
+            str(kw.get("embed_dim")),
+            str(kw.get("depth")),
+            str(kw.get("num_heads")),
+            str(kw.get("img_size")),
+        )
+    Console().print(table)
+
+
+@app.command()
+def inspect(
+    file: Path = typer.Argument(..., help="Checkpoint: .safetensors (medvit) or a torch .pt/.pth."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Detect a checkpoint's source format and show its architecture, tensor count and key summary."""
+    from medvit.shared.backbone.weights import inspect_checkpoint
+
+    info = inspect_checkpoint(file)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{file}[/bold]")
+    console.print(f"format: [cyan]{info['format']}[/cyan]  wrapper: {info['wrapper']}")
+    console.print(f"tensors: {info['tensors']}  parameters: {info['parameters']:,}  dtypes: {', '.join(info['dtypes'])}")
+    arch = info.get("architecture")
+    if isinstance(arch, dict):
+        console.print("architecture: " + ", ".join(f"{k}={v}" for k, v in arch.items()))
+    else:
+        console.print(f"architecture: {arch}")
+    table = Table("key group", "tensors")
+    for group, count in info["key_groups"].items():
+        table.add_row(group, str(count))
+    console.print(table)
+
+
+@app.command()
+def convert(
+    file: Path = typer.Argument(..., help="Foreign checkpoint (timm, MAE, Hi-End-MAE, MONAI ViT/UNETR)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors (a .json sidecar is written beside it)."),
+    fmt: Format = typer.Option(Format.auto, "--format", help="Source format; auto detects it from the keys."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Architecture override KEY=VALUE (YAML value), e.g. --set num_heads=16."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+) -> None:
+    """Convert a foreign checkpoint into medvit's safetensors + sidecar format (backbone only)."""
+    from medvit.shared.errors import ConfigError, WeightsError
+
+    if out.suffix != ".safetensors":
+        raise WeightsError(f"{out}: the output must end in .safetensors")
+    if out.exists() and not overwrite:
+        raise WeightsError(f"{out} exists; pass --overwrite to replace it")
+    import yaml
+
+    overrides = {}
+    for item in set_:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value)
+    from medvit.shared.backbone.weights import convert_checkpoint
+
+    report, kwargs = convert_checkpoint(file, out, source_format=fmt.value, arch_overrides=overrides)
+    typer.echo(f"wrote {out} ({report.summary()})")
+    if report.dropped:
+        typer.echo(f"dropped {len(report.dropped)} non-backbone key(s), e.g. {', '.join(report.dropped[:3])}")
+    typer.echo("architecture: " + ", ".join(f"{k}={kwargs[k]}" for k in ("embed_dim", "depth", "num_heads")))

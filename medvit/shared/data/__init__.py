@@ -1,0 +1,1 @@
+"""Readers, transforms, caches, synthetic generators and data cards."""

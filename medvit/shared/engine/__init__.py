@@ -1,0 +1,1 @@
+"""Training engine (fit loop, optimizer, checkpoints, distributed) and the batch-job runner."""
