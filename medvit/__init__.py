@@ -7,7 +7,11 @@ is first used.
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# albumentations checks PyPI for updates on import; medvit never reaches the network at run time.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.1.0"
 

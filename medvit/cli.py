@@ -10,7 +10,6 @@ import logging
 import sys
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -23,14 +22,14 @@ from medvit.shared.errors import MedvitError
 class _MedvitGroup(TyperGroup):
     """Root group: turns user errors into one clear line and a non-zero exit code, no traceback."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except MedvitError as err:
-            click.secho(f"error: {err}", err=True, fg="red")
+            typer.secho(f"error: {err}", err=True, fg="red")
             ctx.exit(err.exit_code)
         except KeyboardInterrupt:
-            click.secho("interrupted", err=True, fg="yellow")
+            typer.secho("interrupted", err=True, fg="yellow")
             ctx.exit(130)
 
 

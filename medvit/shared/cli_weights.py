@@ -63,7 +63,9 @@ def inspect(
     console = Console()
     console.print(f"[bold]{file}[/bold]")
     console.print(f"format: [cyan]{info['format']}[/cyan]  wrapper: {info['wrapper']}")
-    console.print(f"tensors: {info['tensors']}  parameters: {info['parameters']:,}  dtypes: {', '.join(info['dtypes'])}")
+    console.print(
+        f"tensors: {info['tensors']}  parameters: {info['parameters']:,}  dtypes: {', '.join(info['dtypes'])}"
+    )
     arch = info.get("architecture")
     if isinstance(arch, dict):
         console.print("architecture: " + ", ".join(f"{k}={v}" for k, v in arch.items()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -53,6 +54,6 @@ def evenly_spaced_taps(depth: int, n: int = 4) -> tuple[int, ...]:
 def tokens_to_spatial(tokens: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
     """``[B, L, D]`` patch tokens -> ``[B, D, *grid]`` feature map (row-major token order)."""
     b, n, d = tokens.shape
-    if n != int(torch.tensor(grid).prod()):
+    if n != math.prod(grid):
         raise ValueError(f"{n} tokens do not fill a grid of {tuple(grid)}")
     return tokens.transpose(1, 2).reshape(b, d, *grid)

@@ -6,6 +6,7 @@ Parameter names follow timm (``patch_embed.proj``, ``attn.qkv``, ``attn.proj``, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -54,7 +55,7 @@ class PatchEmbed(nn.Module):
         self.grid_size = tuple(s // p for s, p in zip(self.img_size, self.patch_size, strict=True))
         if min(self.grid_size) < 1:
             raise ValueError(f"img_size {self.img_size} is smaller than one patch {self.patch_size}")
-        self.num_patches = int(torch.tensor(self.grid_size).prod())
+        self.num_patches = math.prod(self.grid_size)
         conv = nn.Conv2d if len(patch_size) == 2 else nn.Conv3d
         self.proj = conv(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size, bias=bias)
 

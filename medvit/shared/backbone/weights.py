@@ -91,8 +91,13 @@ def safe_torch_load(path: str | Path) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        # The message of the weights-only unpickler names the refused global; keep its first line.
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported pickle content"
+        msg = str(err)
+        if "Unsupported global" not in msg:
+            raise WeightsError(
+                f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or not a pickle)"
+            ) from None
+        # The weights-only unpickler names the refused global; show that line only.
+        detail = next((ln.strip() for ln in msg.splitlines() if "Unsupported global" in ln), "")
         raise WeightsError(
             f"{path}: refused to unpickle: the checkpoint needs code beyond plain tensors ({detail[:200]}). "
             "Only weights_only checkpoints are loaded; re-save it as a state dict or safetensors in a trusted "
@@ -392,7 +397,7 @@ def _fit_pos_embed(
     n_src = v.shape[1]
     # Work out how many prefix slots the source has: the model's count, or none.
     src_prefix = None
-    for cand in (n_prefix_model, 0, model.num_prefix_tokens):
+    for cand in (n_prefix_model, 0, model.num_prefix_tokens, *range(1, 9)):  # cls + registers
         g = n_src - cand
         if g > 0 and round(g ** (1 / model.spatial_dims)) ** model.spatial_dims == g:
             src_prefix = cand
