@@ -1,0 +1,767 @@
+"""Data cards: one YAML file of metadata per dataset family, and a checker of folders against a card.
+
+A card says what a dataset is (source, citation, licence, access, intended use, PHI notes), what layout its
+files follow on disk, and which methods and apps use it; ``data_cards/README.md`` documents the schema.
+:func:`validate_dir` checks a folder against the card's layout, naming the case or file of every problem:
+
+* ``nnunet-raw``: the nnU-Net v2 raw dataset format (MIC-DKFZ/nnUNet ``documentation/dataset_format.md``):
+  ``dataset.json`` keys, ``imagesTr/CASE_XXXX.nii.gz`` channels paired with ``labelsTr/CASE.nii.gz``,
+  label values declared in ``dataset.json``, image/label geometry equal, ``numTraining``.
+* ``identity-folders``: ``ROOT/<identity>/<image>`` (ImageFolder-style, as insightface's and CR-FIQA's
+  tools read it) with an optional LFW-style ``pairs.txt``.
+
+Where the cards live: ``data_cards/`` at the repository root, found relative to the installed package
+(``Path(medvit.__file__).parents[1] / "data_cards"``). This works for the source checkout and the editable
+install the project uses; a wheel install does not carry them, so pass a card file path instead of an id
+(``load_card("path/to/card.yaml")``), which always works.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from medvit.shared.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+LAYOUTS: tuple[str, ...] = (
+    "nnunet-raw",
+    "identity-folders",
+    "catalog",
+    "image-folder",
+    "csv-labels",
+    "pannuke",
+    "insightface-recordio",
+    "faceforensics",
+)
+"""Layouts a card may declare. ``catalog`` cards list datasets (``datasets``) instead of describing a folder;
+:func:`validate_dir` checks ``nnunet-raw`` and ``identity-folders`` folders (other layouts: later issues)."""
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+"""Extensions accepted as images in ``identity-folders`` (compared case-insensitively)."""
+
+NNUNET_REQUIRED_KEYS: tuple[str, ...] = ("channel_names", "labels", "numTraining", "file_ending")
+"""Keys nnU-Net v2 requires in ``dataset.json``."""
+
+
+def cards_dir() -> Path:
+    """The folder holding the shipped cards: ``data_cards/`` next to the ``medvit`` package (see module doc)."""
+    import medvit
+
+    return Path(medvit.__file__).resolve().parents[1] / "data_cards"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# schema
+
+
+@dataclass(frozen=True)
+class Spacing:
+    """Voxel/pixel spacing convention of a dataset.
+
+    Attributes:
+        unit: Unit of ``target`` (``"mm"``).
+        target: Spacing the methods resample to, one value per axis, or ``None`` when not resampled.
+        note: Free text (source spacings, how anisotropy is handled).
+    """
+
+    unit: str = "mm"
+    target: tuple[float, ...] | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """Intensity convention of a dataset.
+
+    Attributes:
+        unit: ``"HU"`` for CT, ``"uint8 RGB"`` for photos, ...
+        window: ``(low, high)`` clipping window mapped to [0, 1] by the methods, or ``None``.
+        note: Free text (normalisation, colour order).
+    """
+
+    unit: str
+    window: tuple[float, float] | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One dataset listed by a ``catalog`` card.
+
+    Attributes:
+        name: Short name (``"BTCV"``).
+        modality: ``"CT"``, ``"CT, MRI"``, ...
+        access: How to obtain it (``"public download"``, ``"registration"``, ``"request form"``).
+        license: Licence as far as known; cards say "verify before use" where unsure.
+        citation: Paper to cite.
+        url: Home page.
+        cases: Number of cases, only where reliably known.
+        tasks: Tasks it is used for.
+        notes: Free text (splits, label set, caveats).
+    """
+
+    name: str
+    modality: str
+    access: str
+    license: str
+    citation: str
+    url: str = ""
+    cases: int | None = None
+    tasks: tuple[str, ...] = ()
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class DataCard:
+    """Metadata of one dataset family (never the data). See ``data_cards/README.md`` for every field.
+
+    Attributes:
+        id: Card id, equal to the YAML file's stem.
+        name: Human-readable name.
+        version: Card version (bump when the card's meaning changes).
+        modality: ``"CT"``, ``"face photo"``, ...
+        tasks: Tasks the data serves (``"segmentation"``, ``"pretraining"``, ``"face quality"``, ...).
+        source: Where the data comes from.
+        citation: What to cite.
+        license: Licence of the data.
+        access: How it is obtained.
+        layout: One of :data:`LAYOUTS`.
+        intended_use: Allowed and intended use (research, not diagnosis).
+        phi: Notes on personal / protected health information.
+        file_ending: File suffix of images (``".nii.gz"``) where the layout fixes one.
+        channel_names: nnU-Net ``channel_names`` the dataset must declare (``{"0": "CT"}``).
+        labels: Label name -> value pairs the dataset must declare (it may declare more).
+        spacing: Spacing convention.
+        intensity: Intensity convention.
+        known_issues: Known problems of such data.
+        used_by: Methods and apps that read it (``"pretrain hi-end-mae"``, ``"ct-seg"``).
+        datasets: The listed datasets of a ``catalog`` card.
+        path: The YAML file the card was loaded from.
+    """
+
+    id: str
+    name: str
+    version: str
+    modality: str
+    tasks: tuple[str, ...]
+    source: str
+    citation: str
+    license: str
+    access: str
+    layout: str
+    intended_use: str
+    phi: str
+    file_ending: str | None = None
+    channel_names: dict[str, str] | None = None
+    labels: dict[str, int] | None = None
+    spacing: Spacing | None = None
+    intensity: Intensity | None = None
+    known_issues: tuple[str, ...] = ()
+    used_by: tuple[str, ...] = ()
+    datasets: tuple[CatalogEntry, ...] = ()
+    path: Path | None = field(default=None, compare=False)
+
+
+_REQUIRED = ("id", "name", "version", "modality", "tasks", "source", "citation", "license", "access", "layout")
+_REQUIRED += ("intended_use", "phi")
+
+
+def _fail(where: str, msg: str) -> ConfigError:
+    return ConfigError(f"{where}: {msg}")
+
+
+def _str(value: Any, where: str, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(where, f"'{key}' must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _opt_str(value: Any, where: str, key: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _fail(where, f"'{key}' must be a string, got {type(value).__name__}")
+    return value.strip()
+
+
+def _str_list(value: Any, where: str, key: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(x, str) and x.strip() for x in value):
+        raise _fail(where, f"'{key}' must be a list of strings, got {value!r}")
+    return tuple(x.strip() for x in value)
+
+
+def _numbers(value: Any, where: str, key: str, n: int | None = None) -> tuple[float, ...]:
+    ok = isinstance(value, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+    if not ok or (n is not None and len(value) != n) or not value:
+        want = f"{n} numbers" if n else "a list of numbers"
+        raise _fail(where, f"'{key}' must be {want}, got {value!r}")
+    return tuple(float(x) for x in value)
+
+
+def _check_keys(data: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise _fail(where, f"unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}")
+
+
+def _mapping(value: Any, where: str, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(where, f"'{key}' must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _parse_spacing(value: Any, where: str) -> Spacing:
+    data = _mapping(value, where, "spacing")
+    _check_keys(data, tuple(f.name for f in fields(Spacing)), f"{where}: spacing")
+    target = data.get("target")
+    return Spacing(
+        unit=_str(data.get("unit", "mm"), where, "spacing.unit"),
+        target=None if target is None else _numbers(target, where, "spacing.target"),
+        note=_opt_str(data.get("note"), where, "spacing.note"),
+    )
+
+
+def _parse_intensity(value: Any, where: str) -> Intensity:
+    data = _mapping(value, where, "intensity")
+    _check_keys(data, tuple(f.name for f in fields(Intensity)), f"{where}: intensity")
+    window = data.get("window")
+    win = None
+    if window is not None:
+        lo, hi = _numbers(window, where, "intensity.window", n=2)
+        if lo >= hi:
+            raise _fail(where, f"'intensity.window' must be [low, high] with low < high, got {window!r}")
+        win = (lo, hi)
+    return Intensity(
+        unit=_str(data.get("unit"), where, "intensity.unit"),
+        window=win,
+        note=_opt_str(data.get("note"), where, "intensity.note"),
+    )
+
+
+def _parse_entry(value: Any, where: str, i: int) -> CatalogEntry:
+    at = f"{where}: datasets[{i}]"
+    data = _mapping(value, where, f"datasets[{i}]")
+    allowed = tuple(f.name for f in fields(CatalogEntry))
+    _check_keys(data, allowed, at)
+    for key in ("name", "modality", "access", "license", "citation"):
+        if key not in data:
+            raise _fail(at, f"missing required key '{key}'")
+    cases = data.get("cases")
+    if cases is not None and (not isinstance(cases, int) or isinstance(cases, bool) or cases < 1):
+        raise _fail(at, f"'cases' must be a positive integer, got {cases!r}")
+    return CatalogEntry(
+        name=_str(data["name"], at, "name"),
+        modality=_str(data["modality"], at, "modality"),
+        access=_str(data["access"], at, "access"),
+        license=_str(data["license"], at, "license"),
+        citation=_str(data["citation"], at, "citation"),
+        url=_opt_str(data.get("url"), at, "url"),
+        cases=cases,
+        tasks=_str_list(data.get("tasks", []), at, "tasks"),
+        notes=_opt_str(data.get("notes"), at, "notes"),
+    )
+
+
+def parse_card(data: Any, where: str = "<card>", path: Path | None = None) -> DataCard:
+    """Build a :class:`DataCard` from a parsed YAML mapping, strictly.
+
+    Args:
+        data: The YAML document (a mapping).
+        where: Name used in error messages (the file).
+        path: Source file, stored on the card.
+
+    Returns:
+        The card.
+
+    Raises:
+        ConfigError: Unknown or missing keys, wrong types, unknown layout, a catalog card without datasets.
+    """
+    if not isinstance(data, dict):
+        raise _fail(where, f"a data card must be a YAML mapping, got {type(data).__name__}")
+    allowed = tuple(f.name for f in fields(DataCard) if f.name != "path")
+    _check_keys(data, allowed, where)
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise _fail(where, f"missing required key(s) {', '.join(missing)}")
+    card_id = _str(data["id"], where, "id")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", card_id):
+        raise _fail(where, f"'id' must be lowercase letters, digits and '-', got {card_id!r}")
+    if path is not None and path.stem != card_id:
+        raise _fail(where, f"'id' is {card_id!r} but the file is named {path.name}; they must match")
+    layout = _str(data["layout"], where, "layout")
+    if layout not in LAYOUTS:
+        raise _fail(where, f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+    version = data["version"]
+    if isinstance(version, (int, float)) and not isinstance(version, bool):
+        version = str(version)
+
+    channel_names = data.get("channel_names")
+    if channel_names is not None:
+        cn = _mapping(channel_names, where, "channel_names")
+        if not all(isinstance(v, str) for v in cn.values()):
+            raise _fail(where, f"'channel_names' values must be strings, got {channel_names!r}")
+        channel_names = {str(k): v for k, v in cn.items()}
+    labels = data.get("labels")
+    if labels is not None:
+        lb = _mapping(labels, where, "labels")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in lb.values()):
+            raise _fail(where, f"'labels' must map names to non-negative integers, got {labels!r}")
+        labels = {str(k): int(v) for k, v in lb.items()}
+    datasets = data.get("datasets") or []
+    if not isinstance(datasets, list):
+        raise _fail(where, f"'datasets' must be a list, got {type(datasets).__name__}")
+    if layout == "catalog" and not datasets:
+        raise _fail(where, "a 'catalog' card needs a non-empty 'datasets' list")
+    if layout != "catalog" and datasets:
+        raise _fail(where, f"'datasets' is only allowed on 'catalog' cards (layout is {layout!r})")
+    file_ending = data.get("file_ending")
+    if file_ending is not None:
+        file_ending = _str(file_ending, where, "file_ending")
+        if not file_ending.startswith("."):
+            raise _fail(where, f"'file_ending' must start with '.', got {file_ending!r}")
+
+    return DataCard(
+        id=card_id,
+        name=_str(data["name"], where, "name"),
+        version=_str(version, where, "version"),
+        modality=_str(data["modality"], where, "modality"),
+        tasks=_str_list(data["tasks"], where, "tasks"),
+        source=_str(data["source"], where, "source"),
+        citation=_str(data["citation"], where, "citation"),
+        license=_str(data["license"], where, "license"),
+        access=_str(data["access"], where, "access"),
+        layout=layout,
+        intended_use=_str(data["intended_use"], where, "intended_use"),
+        phi=_str(data["phi"], where, "phi"),
+        file_ending=file_ending,
+        channel_names=channel_names,
+        labels=labels,
+        spacing=None if data.get("spacing") is None else _parse_spacing(data["spacing"], where),
+        intensity=None if data.get("intensity") is None else _parse_intensity(data["intensity"], where),
+        known_issues=_str_list(data.get("known_issues", []), where, "known_issues"),
+        used_by=_str_list(data.get("used_by", []), where, "used_by"),
+        datasets=tuple(_parse_entry(d, where, i) for i, d in enumerate(datasets)),
+        path=path,
+    )
+
+
+def list_cards() -> list[str]:
+    """Ids of the shipped cards (sorted); empty when ``data_cards/`` is absent."""
+    root = cards_dir()
+    return sorted(p.stem for p in root.glob("*.yaml")) if root.is_dir() else []
+
+
+def load_card(id_or_path: str | Path) -> DataCard:
+    """Load a card by id (``"ct-nnunet-raw"`` -> ``data_cards/ct-nnunet-raw.yaml``) or from a YAML path.
+
+    Args:
+        id_or_path: A card id, or a path to a ``.yaml``/``.yml`` file.
+
+    Returns:
+        The strictly parsed card.
+
+    Raises:
+        ConfigError: Unknown id (the message lists the known ones), unreadable or invalid YAML, schema errors.
+    """
+    import yaml
+
+    text = str(id_or_path)
+    candidate = Path(text).expanduser()
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
+        path = candidate
+        if not path.is_file():
+            raise ConfigError(f"{path}: data card file not found")
+    else:
+        root = cards_dir()
+        path = root / f"{text}.yaml"
+        if not path.is_file():
+            known = list_cards()
+            where = f"known cards: {', '.join(known)}" if known else f"no data_cards/ folder at {root}"
+            raise ConfigError(f"unknown data card {text!r} ({where}); or pass a path to a card .yaml file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read data card: {err}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {str(err).splitlines()[0]}") from err
+    return parse_card(data, where=str(path), path=path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# validation
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """Result of :func:`validate_dir`.
+
+    Attributes:
+        card_id: The card checked against.
+        root: The folder checked.
+        problems: One line per problem, each starting with the case or file it concerns.
+        counts: What was found (e.g. ``cases``, ``test_images``, ``identities``, ``images``, ``genuine_pairs``).
+    """
+
+    card_id: str
+    root: Path
+    problems: tuple[str, ...]
+    counts: dict[str, int]
+
+    @property
+    def ok(self) -> bool:
+        """True when there are no problems."""
+        return not self.problems
+
+    def summary(self) -> str:
+        """One line: ``OK`` or the number of problems, plus the counts."""
+        found = ", ".join(f"{k}={v}" for k, v in self.counts.items())
+        if self.ok:
+            return f"{self.root}: OK against {self.card_id} ({found})"
+        n = len(self.problems)
+        return f"{self.root}: {n} problem{'s' if n != 1 else ''} against {self.card_id} ({found})"
+
+
+def validate_dir(
+    card: DataCard | str | Path, root: str | Path, progress: Callable[[int, int], None] | None = None
+) -> ValidationReport:
+    """Check a dataset folder against a card's layout.
+
+    Args:
+        card: A card, or a card id / path for :func:`load_card`.
+        root: The dataset folder.
+        progress: Optional ``progress(done, total)`` callback, called after each case (nnunet-raw: per split).
+
+    Returns:
+        The report; problems are collected, not raised, so one run lists them all.
+
+    Raises:
+        DataError: ``root`` is missing or not a folder.
+        ConfigError: The card's layout has no validator (``catalog`` and layouts of later issues).
+    """
+    if not isinstance(card, DataCard):
+        card = load_card(card)
+    root_path = Path(root)
+    if not root_path.is_dir():
+        raise DataError(f"{root_path}: dataset folder not found")
+    validators = {"nnunet-raw": _validate_nnunet_raw, "identity-folders": _validate_identity_folders}
+    validator = validators.get(card.layout)
+    if validator is None:
+        if card.layout == "catalog":
+            raise ConfigError(f"card {card.id!r} is a catalog of datasets; validate against a layout card instead")
+        raise ConfigError(f"card {card.id!r}: no validator for layout {card.layout!r} yet")
+    problems, counts = validator(card, root_path, progress)
+    report = ValidationReport(card.id, root_path, tuple(problems), counts)
+    logger.debug("validate %s against %s: %d problems", root_path, card.id, len(problems))
+    return report
+
+
+_NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+
+def _split_channel(name: str, ending: str) -> tuple[str, int] | None:
+    """``case_001_0000.nii.gz`` -> ``("case_001", 0)``; None if the name has no ``_XXXX`` channel suffix."""
+    if not name.endswith(ending):
+        return None
+    m = re.fullmatch(r"(.+)_(\d{4})", name[: -len(ending)])
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def _label_values(labels: Mapping[str, Any]) -> set[int] | None:
+    """Allowed voxel values of a ``dataset.json`` ``labels`` mapping (ints, or lists for region-based training)."""
+    values: set[int] = set()
+    for v in labels.values():
+        items = v if isinstance(v, list) else [v]
+        for x in items:
+            if not isinstance(x, int) or isinstance(x, bool):
+                return None
+            values.add(x)
+    return values
+
+
+def _load_nifti(path: Path) -> Any:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    if not isinstance(img, nib.Nifti1Image):  # Nifti2Image subclasses it
+        raise ValueError(f"not a NIfTI image ({type(img).__name__})")
+    return img
+
+
+def _check_split(
+    root: Path,
+    images_dir: str,
+    labels_dir: str,
+    ending: str,
+    n_channels: int,
+    allowed: set[int] | None,
+    problems: list[str],
+    label_hist: dict[int, int],
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Check one ``imagesXx``/``labelsXx`` pair of folders; returns the number of complete cases."""
+    import numpy as np
+
+    img_root, lab_root = root / images_dir, root / labels_dir
+    channels: dict[str, set[int]] = {}
+    for p in sorted(img_root.iterdir()) if img_root.is_dir() else []:
+        if p.name.startswith("."):
+            continue
+        parsed = _split_channel(p.name, ending)
+        if parsed is None or not p.is_file():
+            problems.append(f"{images_dir}/{p.name}: not named CASE_XXXX{ending} (nnU-Net channel suffix)")
+            continue
+        channels.setdefault(parsed[0], set()).add(parsed[1])
+    labels: dict[str, Path] = {}
+    has_labels = lab_root.is_dir()
+    for p in sorted(lab_root.iterdir()) if has_labels else []:
+        if p.name.startswith("."):
+            continue
+        if not p.name.endswith(ending) or not p.is_file():
+            problems.append(f"{labels_dir}/{p.name}: not a {ending} label file")
+            continue
+        labels[p.name[: -len(ending)]] = p
+
+    cases = sorted(set(channels) | set(labels))
+    complete = 0
+    for done, case in enumerate(cases):
+        if progress is not None and done:
+            progress(done, len(cases))
+        chans = channels.get(case, set())
+        expected = set(range(n_channels))
+        if case not in channels:
+            problems.append(f"{case}: {labels_dir}/{case}{ending} has no image {images_dir}/{case}_0000{ending}")
+            continue
+        if chans != expected:
+            detail = []
+            if expected - chans:
+                detail.append("missing " + ", ".join(f"{case}_{c:04d}{ending}" for c in sorted(expected - chans)))
+            if chans - expected:
+                detail.append("unexpected " + ", ".join(f"{case}_{c:04d}{ending}" for c in sorted(chans - expected)))
+            problems.append(f"{case}: channels in {images_dir} do not match channel_names ({'; '.join(detail)})")
+        if has_labels and case not in labels:
+            problems.append(f"{case}: image {images_dir}/{case}_0000{ending} has no label {labels_dir}/{case}{ending}")
+            continue
+        if not has_labels:
+            complete += chans == expected
+            continue
+        # geometry and values
+        try:
+            lab_img = _load_nifti(labels[case])
+            lab = np.asanyarray(lab_img.dataobj)
+        except Exception as err:  # any reader failure is a problem with this case, not a crash of the check
+            problems.append(f"{case}: label {labels_dir}/{case}{ending} unreadable: {type(err).__name__}: {err}")
+            continue
+        if lab.ndim == 4 and lab.shape[-1] == 1:
+            lab = lab[..., 0]
+        if lab.ndim != 3:
+            problems.append(f"{case}: label {labels_dir}/{case}{ending} is {lab.ndim}-D, expected 3-D")
+            continue
+        case_ok = chans == expected
+        for c in sorted(chans & expected):
+            rel = f"{images_dir}/{case}_{c:04d}{ending}"
+            try:
+                img = _load_nifti(img_root / f"{case}_{c:04d}{ending}")
+            except Exception as err:  # header unreadable: report and go on with the next case
+                problems.append(f"{case}: image {rel} unreadable: {type(err).__name__}: {err}")
+                case_ok = False
+                continue
+            shape = tuple(img.shape[:3]) if len(img.shape) == 4 and img.shape[3] == 1 else tuple(img.shape)
+            if shape != lab.shape:
+                problems.append(f"{case}: image {rel} shape {shape} != label shape {tuple(lab.shape)}")
+                case_ok = False
+            elif not np.allclose(img.affine, lab_img.affine, atol=1e-4):
+                problems.append(f"{case}: image {rel} and its label have different affines (atol 1e-4)")
+                case_ok = False
+        if not np.issubdtype(lab.dtype, np.integer):
+            if not np.all(np.isfinite(lab)) or not np.array_equal(lab, np.round(lab)):
+                problems.append(f"{case}: label {labels_dir}/{case}{ending} has non-integer values")
+                continue
+            lab = lab.astype(np.int64)
+        values = [int(x) for x in np.unique(lab)]
+        for x in values:
+            label_hist[x] = label_hist.get(x, 0) + 1
+        if allowed is not None:
+            bad = [x for x in values if x not in allowed]
+            if bad:
+                problems.append(
+                    f"{case}: label {labels_dir}/{case}{ending} has value(s) {bad} not in dataset.json labels "
+                    f"{sorted(allowed)}"
+                )
+                case_ok = False
+        complete += case_ok
+    if progress is not None and cases:
+        progress(len(cases), len(cases))
+    return complete
+
+
+def _validate_nnunet_raw(
+    card: DataCard, root: Path, progress: Callable[[int, int], None] | None
+) -> tuple[list[str], dict[str, int]]:
+    problems: list[str] = []
+    counts: dict[str, int] = {}
+    ds_path = root / "dataset.json"
+    dataset: dict[str, Any] = {}
+    if not ds_path.is_file():
+        problems.append("dataset.json: missing")
+    else:
+        try:
+            loaded = json.loads(ds_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            problems.append(f"dataset.json: not valid JSON: {err}")
+        else:
+            if isinstance(loaded, dict):
+                dataset = loaded
+            else:
+                problems.append("dataset.json: top level must be an object")
+    if ds_path.is_file() and dataset:
+        missing = [k for k in NNUNET_REQUIRED_KEYS if k not in dataset]
+        if missing:
+            problems.append(f"dataset.json: missing required key(s) {', '.join(missing)}")
+
+    ending = dataset.get("file_ending", card.file_ending or ".nii.gz")
+    if not isinstance(ending, str):
+        problems.append(f"dataset.json: file_ending must be a string, got {ending!r}")
+        ending = card.file_ending or ".nii.gz"
+    if card.file_ending and ending != card.file_ending:
+        problems.append(f"dataset.json: file_ending {ending!r} differs from the card's {card.file_ending!r}")
+    if ending not in _NIFTI_ENDINGS:
+        problems.append(f"dataset.json: file_ending {ending!r} cannot be checked (NIfTI .nii.gz/.nii only)")
+        return problems, counts
+
+    channel_names = dataset.get("channel_names", card.channel_names or {"0": "?"})
+    if not isinstance(channel_names, dict) or not channel_names:
+        problems.append(f"dataset.json: channel_names must be a non-empty object, got {channel_names!r}")
+        channel_names = {"0": "?"}
+    elif card.channel_names is not None and "channel_names" in dataset:
+        got = {str(k): v for k, v in channel_names.items()}
+        if got != card.channel_names:
+            problems.append(f"dataset.json: channel_names {got} differ from the card's {card.channel_names}")
+    if sorted(str(k) for k in channel_names) != [str(i) for i in range(len(channel_names))]:
+        problems.append(f"dataset.json: channel_names keys must be '0'..'{len(channel_names) - 1}'")
+
+    allowed: set[int] | None = None
+    labels = dataset.get("labels")
+    if isinstance(labels, dict) and labels:
+        allowed = _label_values(labels)
+        if allowed is None:
+            problems.append("dataset.json: labels must map names to integers (or lists of integers)")
+        elif labels.get("background") != 0:
+            problems.append('dataset.json: labels must contain "background": 0')
+        for name, value in (card.labels or {}).items():
+            if labels.get(name) != value:
+                problems.append(f"dataset.json: the card requires label {name!r} = {value}, found {labels.get(name)!r}")
+    elif "labels" in dataset:
+        problems.append("dataset.json: labels must be a non-empty object")
+
+    if not (root / "imagesTr").is_dir():
+        problems.append("imagesTr: folder missing")
+    if not (root / "labelsTr").is_dir():
+        problems.append("labelsTr: folder missing")
+    label_hist: dict[int, int] = {}
+    n_channels = len(channel_names)
+    n_train = _check_split(root, "imagesTr", "labelsTr", ending, n_channels, allowed, problems, label_hist, progress)
+    counts["cases"] = n_train
+    num_training = dataset.get("numTraining")
+    n_found = len(list((root / "labelsTr").glob(f"[!.]*{ending}"))) if (root / "labelsTr").is_dir() else 0
+    if isinstance(num_training, int) and num_training != n_found:
+        problems.append(f"dataset.json: numTraining is {num_training} but labelsTr holds {n_found} label files")
+    elif num_training is not None and not isinstance(num_training, int):
+        problems.append(f"dataset.json: numTraining must be an integer, got {num_training!r}")
+    if (root / "imagesTs").is_dir():
+        n_test = _check_split(root, "imagesTs", "labelsTs", ending, n_channels, allowed, problems, label_hist, progress)
+        counts["test_cases"] = n_test
+    if isinstance(labels, dict) and allowed is not None:
+        for name, value in labels.items():
+            if isinstance(value, int) and value != 0:
+                counts[f"cases_with_{name}"] = label_hist.get(value, 0)
+    return problems, counts
+
+
+def _pair_files(root: Path, name: str, number: int) -> bool:
+    stem = root / name / f"{name}_{number:04d}"
+    return any(stem.with_name(stem.name + ext).is_file() for ext in IMAGE_EXTENSIONS)
+
+
+def _validate_pairs(root: Path, problems: list[str], counts: dict[str, int]) -> None:
+    """LFW ``pairs.txt`` (optional ``folds<TAB>n`` header; ``name i j`` and ``name1 i name2 j`` lines) or the
+    ``path_a path_b is_same`` variant with paths relative to ``root``."""
+    path = root / "pairs.txt"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        problems.append(f"pairs.txt: unreadable: {err}")
+        return
+    genuine = impostor = 0
+    for n, line in enumerate(lines, start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if n == 1 and len(parts) <= 2 and all(p.isdigit() for p in parts):
+            continue  # header: "N" or "folds N"
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            name, a, b = parts[0], int(parts[1]), int(parts[2])
+            missing = [f"{name}_{i:04d}" for i in (a, b) if not _pair_files(root, name, i)]
+            genuine += 1
+        elif len(parts) == 4 and parts[1].isdigit() and parts[3].isdigit():
+            sides = ((parts[0], int(parts[1])), (parts[2], int(parts[3])))
+            missing = [f"{nm}_{i:04d}" for nm, i in sides if not _pair_files(root, nm, i)]
+            impostor += 1
+        elif len(parts) == 3 and parts[2] in ("0", "1"):
+            missing = [p for p in parts[:2] if not (root / p).is_file()]
+            if parts[2] == "1":
+                genuine += 1
+            else:
+                impostor += 1
+        else:
+            problems.append(f"pairs.txt line {n}: expected 'name i j', 'name1 i name2 j' or 'path_a path_b is_same'")
+            continue
+        if missing:
+            problems.append(f"pairs.txt line {n}: image(s) not found: {', '.join(missing)}")
+    counts["genuine_pairs"] = genuine
+    counts["impostor_pairs"] = impostor
+
+
+def _validate_identity_folders(
+    card: DataCard, root: Path, progress: Callable[[int, int], None] | None
+) -> tuple[list[str], dict[str, int]]:
+    import cv2
+
+    problems: list[str] = []
+    identities = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    n_images = 0
+    for done, ident in enumerate(identities):
+        count = 0
+        for p in sorted(ident.iterdir()):
+            if p.name.startswith("."):
+                continue
+            rel = f"{ident.name}/{p.name}"
+            if p.is_dir():
+                problems.append(f"{rel}: nested folder inside an identity folder")
+            elif p.suffix.lower() not in IMAGE_EXTENSIONS:
+                problems.append(f"{rel}: not an image extension ({', '.join(IMAGE_EXTENSIONS)})")
+            elif p.stat().st_size == 0:
+                problems.append(f"{rel}: empty file (0 bytes)")
+            elif not cv2.haveImageReader(str(p)):  # reads the signature only, not the pixels
+                problems.append(f"{rel}: not a readable image (unknown file signature)")
+            else:
+                count += 1
+        if count == 0:
+            problems.append(f"{ident.name}: identity folder has no readable image")
+        n_images += count
+        if progress is not None:
+            progress(done + 1, len(identities))
+    if len(identities) < 2:
+        problems.append(f"{root.name}: {len(identities)} identity folder(s); need at least 2")
+    counts = {"identities": len(identities), "images": n_images}
+    if (root / "pairs.txt").is_file():
+        _validate_pairs(root, problems, counts)
+    return problems, counts

@@ -1,0 +1,181 @@
+"""``medvit data``: synthetic datasets, data cards, and checking folders against cards.
+
+Thin layer over :mod:`medvit.shared.data.synth` and :mod:`medvit.shared.data.cards`; heavy imports (numpy,
+nibabel, opencv) happen inside the commands so ``medvit --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from medvit.shared.errors import ConfigError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+
+class SynthKind(str, Enum):
+    """Generators of ``medvit data synth`` (later issues add cxr, fundus, oct, cells, deepfake)."""
+
+    ct = "ct"
+    faces = "faces"
+
+
+def _parse_tuple(text: str, n: int, cast: type, option: str) -> tuple[Any, ...]:
+    parts = [p for p in re.split(r"[,x\s]+", text.strip()) if p]
+    try:
+        values = tuple(cast(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != n:
+        raise ConfigError(f"{option} expects {n} comma-separated {cast.__name__} values (e.g. 96,96,64), got {text!r}")
+    return values
+
+
+def _reject(kind: SynthKind, **given: Any) -> None:
+    """Unknown-for-this-kind options are errors, not silently ignored."""
+    bad = [name for name, value in given.items() if value not in (None, False)]
+    if bad:
+        raise ConfigError(f"option(s) {', '.join(bad)} do not apply to 'synth {kind.value}'")
+
+
+@app.command()
+def synth(
+    kind: SynthKind = typer.Argument(..., help="What to generate."),
+    out: Path = typer.Argument(..., help="Output folder (created; must be empty unless --overwrite)."),
+    n: int | None = typer.Option(None, "--n", "-n", min=1, help="ct: training cases (8). faces: identities (8)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed; same seed, same files."),
+    shape: str | None = typer.Option(None, "--shape", help="ct: volume size X,Y,Z in voxels (96,96,64)."),
+    spacing: str | None = typer.Option(None, "--spacing", help="ct: voxel size in mm (0.8,0.8,2.5)."),
+    oblique: bool = typer.Option(False, "--oblique", help="ct: tilt the grid a few degrees (rotated affine)."),
+    test: int | None = typer.Option(None, "--test", min=0, help="ct: extra cases in imagesTs/ + labelsTs/ (0)."),
+    identities: int | None = typer.Option(None, "--identities", min=2, help="faces: identities (8)."),
+    per_identity: int | None = typer.Option(None, "--per-identity", min=1, help="faces: images per identity (6)."),
+    size: int | None = typer.Option(None, "--size", min=32, help="faces: image side in pixels (112)."),
+    held_out: bool = typer.Option(False, "--held-out", help="faces: a disjoint set of identities (heldout_XXX)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous synth output in OUT."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Write a small synthetic dataset in the field's layout (ct: nnU-Net raw; faces: identity folders)."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.table import Table
+
+    from medvit.shared.data import synth as synth_mod
+
+    # check every option before touching OUT, so a rejected call never deletes anything
+    kwargs: dict[str, Any]
+    if kind is SynthKind.ct:
+        _reject(kind, **{"--identities": identities, "--per-identity": per_identity, "--size": size})
+        _reject(kind, **{"--held-out": held_out})
+        generate = synth_mod.synth_ct
+        kwargs = {
+            "n": n if n is not None else 8,
+            "shape": _parse_tuple(shape, 3, int, "--shape") if shape else (96, 96, 64),
+            "spacing": _parse_tuple(spacing, 3, float, "--spacing") if spacing else (0.8, 0.8, 2.5),
+            "oblique": oblique,
+            "n_test": test or 0,
+        }
+    elif kind is SynthKind.faces:
+        _reject(kind, **{"--shape": shape, "--spacing": spacing, "--oblique": oblique, "--test": test})
+        if n is not None and identities is not None and n != identities:
+            raise ConfigError(f"--n ({n}) and --identities ({identities}) disagree; give one of them")
+        generate = synth_mod.synth_faces
+        kwargs = {
+            "identities": identities or n or 8,
+            "images_per_identity": per_identity or 6,
+            "size": size or 112,
+            "held_out": held_out,
+        }
+    else:  # pragma: no cover - typer restricts KIND to the enum
+        raise ConfigError(f"unknown synth kind {kind.value!r}")
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"{out}: output folder is not empty; pass --overwrite to replace generated files")
+        removed = synth_mod.clear_synth_outputs(kind.value, out)
+        if removed:
+            shown = ", ".join(removed[:5]) + (", ..." if len(removed) > 5 else "")
+            typer.echo(f"--overwrite: removed the previous {kind.value} output ({shown})", err=True)
+
+    console = Console()
+    columns = (TextColumn(f"synth {kind.value}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True, disable=quiet or not console.is_terminal) as bar:
+        task = bar.add_task("synth", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        summary = generate(out, seed=seed, progress=progress, **kwargs)
+
+    title = escape(f"synth {summary.kind} -> {summary.root}")  # a path may contain [brackets]
+    table = Table(title=title, show_header=False, title_justify="left")
+    for key, value in summary.counts.items():
+        table.add_row(key, str(value))
+    for key, value in summary.params.items():
+        if key not in summary.counts:
+            table.add_row(key, str(value))
+    table.add_row("seconds", f"{summary.seconds:.1f}")
+    console.print(table)
+
+
+@app.command()
+def validate(
+    card: str = typer.Argument(..., help="Card id (see `medvit data cards`) or a card .yaml path."),
+    directory: Path = typer.Argument(..., metavar="DIR", help="Dataset folder to check."),
+) -> None:
+    """Check a dataset folder against a data card; prints every problem, exit code 1 if there is any."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from medvit.shared.data.cards import load_card, validate_dir
+
+    loaded = load_card(card)
+    console = Console(stderr=True)
+    columns = (TextColumn(f"validate {loaded.id}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("validate", total=None)
+        report = validate_dir(
+            loaded, directory, progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
+    for problem in report.problems:
+        typer.echo(problem)  # plain echo: problem text may contain [brackets] that rich would eat as markup
+    typer.echo(report.summary(), err=not report.ok)
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def cards(card: str | None = typer.Argument(None, help="Show this card in full instead of the list.")) -> None:
+    """List the data cards, or show one."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from medvit.shared.data.cards import cards_dir, list_cards, load_card
+
+    console = Console()
+    if card is not None:
+        path = load_card(card).path  # parses strictly first, so a broken card is an error, not a listing
+        if path is not None:
+            typer.echo(f"# {path}")
+            typer.echo(path.read_text(encoding="utf-8").rstrip())
+        return
+    ids = list_cards()
+    if not ids:
+        raise ConfigError(f"no data cards found in {cards_dir()} (a wheel install ships none; pass card paths)")
+    table = Table(title=escape(f"data cards in {cards_dir()}"), title_justify="left")
+    table.add_column("id", no_wrap=True)  # the id is what users type: never truncate it
+    for column in ("layout", "used by", "name"):
+        table.add_column(column)
+    for card_id in ids:
+        c = load_card(card_id)
+        table.add_row(c.id, c.layout, ", ".join(c.used_by), c.name)
+    console.print(table)

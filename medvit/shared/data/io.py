@@ -1,0 +1,746 @@
+"""Readers for medical volumes, DICOM images, 2D images and videos.
+
+Every reader returns ``(array, meta)`` where ``meta`` is an :class:`ImageMeta`, and raises one error type,
+:class:`ReadError`, whose message names the file and the problem (missing, zero bytes, truncated or corrupt,
+wrong dimensionality, NaN/Inf values, unsupported format, too many pixels).
+
+Libraries: nibabel (NIfTI), pydicom (DICOM), opencv (PNG/JPEG/TIFF/BMP and video). They are imported inside the
+functions so that importing this module (and ``medvit --help``) stays cheap.
+
+Conventions:
+    * Volumes are indexed like nibabel arrays: ``[X, Y, Z]`` in the file's voxel order, with a 4x4 ``affine`` that
+      maps voxel indices to RAS+ millimetres (NIfTI/nibabel convention). DICOM series are converted from DICOM's
+      LPS patient coordinates to RAS (negate x and y) and indexed ``[column, row, slice]`` so they behave exactly
+      like a NIfTI volume of the same scan (as dcm2niix would write it, up to axis flips described by the affine).
+    * 2D images are indexed ``[H, W]`` or ``[H, W, C]`` with an explicit colour order (RGB or RGBA).
+    * PHI: DICOM patient identifiers (names, IDs, dates, UIDs) never enter ``meta``, log lines or error messages.
+      Error messages from pydicom are reduced to their exception type for the same reason.
+
+References:
+    * DICOM PS3.3 C.7.6.2 (Image Plane Module: ImagePositionPatient, ImageOrientationPatient, PixelSpacing).
+    * nibabel "Coordinate systems and affines"; dcm2niix (slice sorting and gap detection behaviour).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import struct
+import warnings
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medvit.shared.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+
+#: Default voxel limit for volumes (about 8 GiB as float32): a guard against decompression bombs.
+MAX_VOXELS = 2**31
+#: Default pixel limit for 2D images and video frames: the same value as PIL's ``Image.MAX_IMAGE_PIXELS``.
+MAX_PIXELS = 178_956_970
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+
+# Relative tolerance on slice spacing before a DICOM series is declared to have gaps (dcm2niix warns at a
+# similar level); 1% absorbs the rounding of ImagePositionPatient to a few decimals.
+SLICE_SPACING_RTOL = 0.01
+
+
+class ReadError(DataError):
+    """A file or folder that cannot be read as the requested kind of image; the message names it."""
+
+
+@dataclass(eq=False)
+class ImageMeta:
+    """What a reader knows about an image besides its pixels.
+
+    Attributes:
+        path: The file or folder that was read.
+        shape: Shape of the returned array.
+        dtype: Data type stored in the file (before conversion to float32), e.g. ``"int16"``.
+        modality: ``"CT"``, ``"MR"``, ``"CR"``... from DICOM; ``"unknown"`` for NIfTI unless given; ``"image"`` or
+            ``"video"`` for 2D files.
+        affine: 4x4 float64 voxel-to-RAS matrix for volumes, ``None`` for 2D images.
+        spacing: Voxel or pixel size in mm per array axis (spatial axes only); empty when unknown.
+        orientation: Axis codes of the affine (``nibabel.aff2axcodes``), e.g. ``"RAS"`` or ``"LPS"``.
+        extra: Small format-specific facts (never patient identifiers).
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    modality: str = "unknown"
+    affine: np.ndarray | None = None
+    spacing: tuple[float, ...] = ()
+    orientation: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _fail(path: PathLike, problem: str) -> ReadError:
+    return ReadError(f"{os.fspath(path)}: {problem}")
+
+
+def _check_file(path: PathLike) -> Path:
+    """Raise for a missing path, a folder, or an empty file; return the path."""
+    p = Path(path)
+    if not p.exists():
+        raise _fail(p, "file not found")
+    if p.is_dir():
+        raise _fail(p, "is a folder, expected a file")
+    if p.stat().st_size == 0:
+        raise _fail(p, "empty file (0 bytes)")
+    return p
+
+
+def _has_suffix(path: PathLike, suffixes: Sequence[str]) -> bool:
+    name = Path(path).name.lower()
+    return any(name.endswith(s) for s in suffixes)
+
+
+def is_dicom_file(path: PathLike) -> bool:
+    """True when the file carries the DICOM Part 10 preamble: ``b"DICM"`` at byte 128."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _check_finite(path: PathLike, arr: np.ndarray) -> None:
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        n_nan = int(np.count_nonzero(np.isnan(arr)))
+        n_inf = int(np.count_nonzero(np.isinf(arr)))
+        raise _fail(path, f"contains {n_nan + n_inf} non-finite voxels ({n_nan} NaN, {n_inf} Inf)")
+
+
+def _axcodes(affine: np.ndarray) -> str:
+    import nibabel as nib
+
+    return "".join(c or "?" for c in nib.aff2axcodes(affine))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# NIfTI
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_nifti(
+    path: PathLike,
+    *,
+    ndim: int | None = 3,
+    max_voxels: int = MAX_VOXELS,
+    modality: str = "unknown",
+    check_finite: bool = True,
+) -> tuple[np.ndarray, ImageMeta]:
+    """Read a NIfTI-1/2 file (``.nii`` or ``.nii.gz``) with nibabel.
+
+    The header is read first; the voxel limit and the dimensionality are checked before any voxel data is
+    decompressed. Trailing singleton axes beyond ``ndim`` (e.g. ``[X, Y, Z, 1]``) are dropped.
+
+    Args:
+        path: The NIfTI file.
+        ndim: Required number of array dimensions (3 for a CT volume, 4 for ``[X, Y, Z, C]``); ``None`` accepts any.
+        max_voxels: Largest accepted voxel count (decompression-bomb guard), checked from the header.
+        modality: Stored in ``meta.modality`` (NIfTI has no modality field).
+        check_finite: Reject NaN/Inf voxels.
+
+    Returns:
+        ``(array, meta)``: float32 array ``[X, Y, Z]`` (or ``[X, Y, Z, C]``) in the file's voxel order with the
+        header's scl_slope/scl_inter applied; ``meta.affine`` maps voxel indices to RAS mm, ``meta.spacing`` holds
+        the header zooms of the spatial axes.
+
+    Raises:
+        ReadError: Missing, empty, not NIfTI, truncated or corrupt, wrong dimensionality, too large, NaN/Inf.
+    """
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    p = _check_file(path)
+    if not _has_suffix(p, NIFTI_SUFFIXES):
+        raise _fail(p, f"unsupported format (expected {' or '.join(NIFTI_SUFFIXES)})")
+    if p.name.lower().endswith(".gz"):
+        with open(p, "rb") as f:
+            if f.read(2) != b"\x1f\x8b":
+                raise _fail(p, "not a NIfTI file (the .gz file is not gzip-compressed)")
+    try:
+        img = nib.load(p)  # header only: the data stays on disk until asked for
+    except ImageFileError:
+        raise _fail(p, "not a NIfTI file (no valid NIfTI header)") from None
+    except (EOFError, zlib.error, OSError, ValueError) as exc:
+        raise _fail(p, f"truncated or corrupt header ({type(exc).__name__}: {exc})") from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise _fail(p, f"not a NIfTI file (nibabel read it as {type(img).__name__})")
+
+    shape = tuple(int(s) for s in img.shape)
+    n_vox = math.prod(shape)
+    if n_vox > max_voxels:
+        raise _fail(p, f"too large: header declares shape {shape} = {n_vox} voxels, limit is {max_voxels} (max_voxels)")
+    if ndim is not None:
+        while len(shape) > ndim and shape[-1] == 1:
+            shape = shape[:-1]
+        if len(shape) != ndim:
+            what = {2: "a 2D image", 3: "a 3D volume", 4: "a 4D volume [X, Y, Z, C]"}.get(ndim, f"{ndim} dimensions")
+            raise _fail(p, f"expected {what}, got shape {tuple(int(s) for s in img.shape)}")
+    if n_vox == 0:
+        raise _fail(p, f"empty volume, shape {shape}")
+
+    try:
+        arr = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
+    except (EOFError, zlib.error, OSError, ValueError) as exc:
+        # A cut .nii.gz ends the gzip stream early (EOFError); a cut .nii is shorter than the header says (OSError).
+        raise _fail(p, f"truncated or corrupt ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    if check_finite:
+        _check_finite(p, arr)
+
+    affine = np.asarray(img.affine, dtype=np.float64)
+    n_spatial = min(3, len(shape))
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:n_spatial])
+    hdr = img.header
+    meta = ImageMeta(
+        path=os.fspath(path),
+        shape=tuple(arr.shape),
+        dtype=img.get_data_dtype().name,
+        modality=modality,
+        affine=affine,
+        spacing=zooms,
+        orientation=_axcodes(affine),
+        extra={
+            "format": "nifti2" if isinstance(img, nib.Nifti2Image) else "nifti1",
+            "qform_code": int(hdr["qform_code"]),
+            "sform_code": int(hdr["sform_code"]),
+        },
+    )
+    return arr, meta
+
+
+# --------------------------------------------------------------------------------------------------------------
+# DICOM
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _dcmread(path: Path, *, stop_before_pixels: bool = False) -> Any:
+    """``pydicom.dcmread`` with warnings silenced: pydicom warnings may quote element values (possible PHI)."""
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(path, force=False, stop_before_pixels=stop_before_pixels)
+
+
+def _pixels(path: Path, ds: Any) -> np.ndarray:
+    """Pixel data with the modality LUT (RescaleSlope/Intercept) applied, as float32 ``[rows, cols]``."""
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw = ds.pixel_array
+            out = apply_modality_lut(raw, ds)
+    except Exception as exc:  # decoders raise many types; the message must stay PHI-free
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        ts_name = getattr(ts, "name", str(ts)) if ts is not None else "unknown"
+        raise _fail(path, f"cannot decode pixel data (transfer syntax {ts_name}; {type(exc).__name__})") from None
+    return np.asarray(out, dtype=np.float32)
+
+
+def _stored_dtype(ds: Any) -> str:
+    """Data type of the stored pixels from BitsAllocated/PixelRepresentation, without decoding them."""
+    if "PixelData" not in ds:
+        return "float32" if "FloatPixelData" in ds else "float64"
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    return f"{'int' if signed else 'uint'}{bits}" if bits in (8, 16, 32) else f"{bits}-bit"
+
+
+def _floats(ds: Any, keyword: str, n: int) -> np.ndarray | None:
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    try:
+        arr = np.asarray([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return arr if arr.shape == (n,) else None
+
+
+def _n_frames(ds: Any) -> int:
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def _read_dicom_files(files: Sequence[Path], label: Path, *, max_voxels: int) -> tuple[np.ndarray, ImageMeta]:
+    """Assemble one volume from DICOM files that hold slices of one series (see :func:`read_dicom_series`)."""
+    slices = []  # (file, dataset)
+    n_skipped = 0
+    from pydicom.errors import InvalidDicomError
+
+    for f in files:
+        try:
+            ds = _dcmread(f)
+        except InvalidDicomError:
+            n_skipped += 1
+            continue
+        except Exception as exc:  # a damaged file: name it, keep pydicom's text out (PHI)
+            raise _fail(f, f"truncated or corrupt DICOM file ({type(exc).__name__})") from None
+        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+            n_skipped += 1  # DICOMDIR, structured reports, presentation states...
+            continue
+        slices.append((f, ds))
+    if n_skipped:
+        logger.debug("%s: skipped %d non-image or non-DICOM files", label, n_skipped)
+    if not slices:
+        if label.is_file():
+            raise _fail(label, "DICOM file has no pixel data (truncated, or not an image object)")
+        raise _fail(label, "no DICOM image files found")
+
+    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
+    if len(series) > 1:
+        raise _fail(label, f"contains {len(series)} DICOM series; expected one series per folder (split it)")
+    for f, ds in slices:
+        if _n_frames(ds) > 1:
+            raise _fail(f, "multi-frame (enhanced) DICOM is not supported; convert it to NIfTI (e.g. dcm2niix)")
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+            raise _fail(f, "colour DICOM image in a volume; expected one sample per pixel")
+    shapes = sorted({(int(ds.Rows), int(ds.Columns)) for _, ds in slices})
+    if len(shapes) > 1:
+        raise _fail(label, f"inconsistent slice shapes (rows, cols) in one series: {shapes}")
+    rows, cols = shapes[0]
+    n = len(slices)
+    if rows * cols * n > max_voxels:
+        raise _fail(label, f"too large: {cols}x{rows}x{n} = {rows * cols * n} voxels, limit is {max_voxels}")
+
+    # Geometry: every slice needs position + orientation, except a lone slice (then assume axial at origin).
+    iops = [_floats(ds, "ImageOrientationPatient", 6) for _, ds in slices]
+    ipps = [_floats(ds, "ImagePositionPatient", 3) for _, ds in slices]
+    if n > 1 and any(v is None for v in iops + ipps):
+        n_bad = sum(1 for a, b in zip(iops, ipps, strict=True) if a is None or b is None)
+        raise _fail(label, f"{n_bad} of {n} slices lack ImagePositionPatient/ImageOrientationPatient; cannot sort")
+    iop = iops[0] if iops[0] is not None else np.array([1.0, 0, 0, 0, 1.0, 0])
+    if n > 1 and any(not np.allclose(o, iop, atol=1e-4) for o in iops):
+        raise _fail(label, "slices have different ImageOrientationPatient; not one volume")
+    row_dir, col_dir = iop[:3], iop[3:]  # row_dir: direction of increasing column index (DICOM PS3.3 C.7.6.2.1.1)
+    normal = np.cross(row_dir, col_dir)
+    positions = [v if v is not None else np.zeros(3) for v in ipps]
+    proj = np.array([float(np.dot(pos, normal)) for pos in positions])
+    order = np.argsort(proj, kind="stable")
+    proj = proj[order]
+    slices = [slices[i] for i in order]
+    origin = positions[order[0]]
+
+    ds0 = slices[0][1]
+    ps = _floats(ds0, "PixelSpacing", 2)
+    if ps is None:
+        ps = _floats(ds0, "ImagerPixelSpacing", 2)
+    row_spacing, col_spacing = (float(ps[0]), float(ps[1])) if ps is not None else (1.0, 1.0)
+
+    if n > 1:
+        steps = np.diff(proj)
+        if np.any(steps <= 1e-6 * max(1.0, abs(proj).max())):
+            n_dup = int(np.count_nonzero(steps <= 1e-6 * max(1.0, abs(proj).max())))
+            raise _fail(label, f"{n_dup} duplicate slice positions (two acquisitions in one series?)")
+        step = float(steps.min())  # missing slices only make gaps larger, so the smallest step is the nominal one
+        gaps = steps[np.abs(steps - step) > SLICE_SPACING_RTOL * step]
+        if gaps.size:
+            n_missing = int(np.sum(np.maximum(np.round(gaps / step) - 1, 1)))
+            raise _fail(
+                label,
+                f"non-uniform slice spacing: {gaps.size} gap(s) (about {n_missing} missing slice(s)) "
+                f"in {n} slices with nominal spacing {step:.4g} mm",
+            )
+    else:
+        sbs = ds0.get("SpacingBetweenSlices") or ds0.get("SliceThickness")
+        try:
+            step = float(sbs) if sbs is not None else 1.0
+        except (TypeError, ValueError):
+            step = 1.0
+        step = step if step > 0 else 1.0
+
+    # Pixel data as [rows, cols] -> transpose to [col=i, row=j], stack slices along k.
+    vol = np.empty((cols, rows, n), dtype=np.float32)
+    for k, (f, ds) in enumerate(slices):
+        px = _pixels(f, ds)
+        if px.shape != (rows, cols):
+            raise _fail(f, f"pixel data shape {px.shape} does not match Rows x Columns ({rows}, {cols})")
+        vol[:, :, k] = px.T
+    _check_finite(label, vol)
+
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * col_spacing
+    lps[:3, 1] = col_dir * row_spacing
+    lps[:3, 2] = normal * step
+    lps[:3, 3] = origin
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS (nibabel convention)
+    meta = ImageMeta(
+        path=os.fspath(label),
+        shape=tuple(vol.shape),
+        dtype=_stored_dtype(ds0),
+        modality=str(ds0.get("Modality", "unknown") or "unknown"),
+        affine=affine,
+        spacing=(col_spacing, row_spacing, step),
+        orientation=_axcodes(affine),
+        extra={"modality": str(ds0.get("Modality", "unknown") or "unknown"), "rows": rows, "cols": cols, "n_slices": n},
+    )
+    return vol, meta
+
+
+def read_dicom_series(folder: PathLike, *, max_voxels: int = MAX_VOXELS) -> tuple[np.ndarray, ImageMeta]:
+    """Read one DICOM series from a folder (one folder = one series) into a volume.
+
+    Every regular file in the folder (not its subfolders) is tried with ``pydicom.dcmread(force=False)``;
+    files without the DICOM preamble and non-image objects (DICOMDIR, reports) are skipped. Slices are sorted by
+    the projection of ImagePositionPatient on the slice normal (row x column direction of
+    ImageOrientationPatient), RescaleSlope/Intercept are applied (CT: Hounsfield units), and the affine is built
+    from the geometry and converted from DICOM LPS to RAS.
+
+    Args:
+        folder: Folder holding the slices of one series.
+        max_voxels: Largest accepted voxel count, checked from the headers before pixel data is decoded.
+
+    Returns:
+        ``(array, meta)``: float32 ``[cols, rows, n_slices]`` (i = column, j = row, k = slice, like a NIfTI);
+        ``meta.spacing`` is ``(column spacing, row spacing, slice spacing)`` in mm.
+
+    Raises:
+        ReadError: Missing folder, no DICOM images, more than one series, inconsistent shapes or orientation,
+            missing slices (gaps in the slice spacing beyond 1 %), duplicate positions, undecodable pixel data.
+    """
+    d = Path(folder)
+    if not d.exists():
+        raise _fail(d, "folder not found")
+    if not d.is_dir():
+        raise _fail(d, "is a file, expected a folder holding one DICOM series")
+    files = sorted(f for f in d.iterdir() if f.is_file() and not f.name.startswith(".") and f.stat().st_size > 0)
+    return _read_dicom_files(files, d, max_voxels=max_voxels)
+
+
+def read_dicom_image(path: PathLike, *, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, ImageMeta]:
+    """Read a single-frame grayscale DICOM image (CR, DX, CT slice...) as a 2D array.
+
+    The modality LUT (RescaleSlope/Intercept) is applied. MONOCHROME1 images (bright = low value, common in CR/DX)
+    are inverted with ``max + min - x`` so that bright always means dense and the value range is kept.
+
+    Args:
+        path: The DICOM file.
+        max_pixels: Largest accepted Rows x Columns, checked from the header before decoding.
+
+    Returns:
+        ``(array, meta)``: float32 ``[rows, cols]`` (= ``[H, W]``); ``meta.spacing`` is ``(row, column)`` spacing in
+        mm from PixelSpacing or ImagerPixelSpacing (empty if neither is present); ``meta.affine`` is ``None``.
+
+    Raises:
+        ReadError: Missing, empty, not DICOM, no pixel data, multi-frame or colour, too large, undecodable.
+    """
+    from pydicom.errors import InvalidDicomError
+
+    p = _check_file(path)
+    try:
+        ds = _dcmread(p)
+    except InvalidDicomError:
+        raise _fail(p, "not a DICOM file (no 'DICM' preamble)") from None
+    except Exception as exc:  # keep pydicom's text out of the message (PHI)
+        raise _fail(p, f"truncated or corrupt DICOM file ({type(exc).__name__})") from None
+    if "PixelData" not in ds:
+        raise _fail(p, "DICOM file has no pixel data (truncated, or not an image object)")
+    if _n_frames(ds) > 1:
+        raise _fail(p, "multi-frame DICOM; expected a single image (use read_dicom_series or convert to NIfTI)")
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise _fail(p, "colour DICOM image; expected grayscale (one sample per pixel)")
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if rows * cols > max_pixels:
+        raise _fail(p, f"too large: {rows}x{cols} = {rows * cols} pixels, limit is {max_pixels} (max_pixels)")
+    stored_dtype = _stored_dtype(ds)
+    arr = _pixels(p, ds)
+    _check_finite(p, arr)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    inverted = photometric == "MONOCHROME1"
+    if inverted:
+        arr = arr.max() + arr.min() - arr
+    ps = _floats(ds, "PixelSpacing", 2)
+    if ps is None:
+        ps = _floats(ds, "ImagerPixelSpacing", 2)
+    modality = str(ds.get("Modality", "unknown") or "unknown")
+    meta = ImageMeta(
+        path=os.fspath(path),
+        shape=tuple(arr.shape),
+        dtype=stored_dtype,
+        modality=modality,
+        spacing=tuple(float(v) for v in ps) if ps is not None else (),
+        extra={"modality": modality, "rows": rows, "cols": cols, "photometric": photometric, "inverted": inverted},
+    )
+    return arr.astype(np.float32, copy=False), meta
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 2D images
+# --------------------------------------------------------------------------------------------------------------
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _header_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a PNG, JPEG or BMP header without decoding, or ``None`` if not found (e.g. TIFF)."""
+    b = data[:65536].tobytes()
+    if b[:8] == b"\x89PNG\r\n\x1a\n" and b[12:16] == b"IHDR" and len(b) >= 24:
+        return struct.unpack(">II", b[16:24])
+    if b[:2] == b"BM" and len(b) >= 26:
+        if struct.unpack("<I", b[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER
+            return struct.unpack("<HH", b[18:22])
+        w, h = struct.unpack("<ii", b[18:26])
+        return abs(w), abs(h)
+    if b[:2] == b"\xff\xd8":
+        buf = data.tobytes() if len(b) == 65536 else b
+        i = 2
+        while i + 4 <= len(buf):
+            if buf[i] != 0xFF:
+                i += 1
+                continue
+            marker = buf[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker in (0x01, *range(0xD0, 0xD9)):  # markers without a length field
+                i += 2
+                continue
+            seg_len = struct.unpack(">H", buf[i + 2 : i + 4])[0]
+            if marker in _JPEG_SOF and i + 9 <= len(buf):
+                h, w = struct.unpack(">HH", buf[i + 5 : i + 9])
+                return w, h
+            i += 2 + seg_len
+        return None
+    return None
+
+
+def read_image(path: PathLike, mode: str = "rgb", *, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, ImageMeta]:
+    """Read a PNG, JPEG, TIFF or BMP image with opencv, in an explicit colour order.
+
+    The bit depth is kept in every mode (uint8 stays uint8, 16-bit PNG/TIFF stays uint16); ``meta.dtype`` tells
+    which, so callers normalise by 255 or 65535. The pixel limit is checked from the header before decoding for
+    PNG (IHDR), JPEG (SOF marker) and BMP; for TIFF it is checked after decoding (opencv's own
+    ``OPENCV_IO_MAX_IMAGE_PIXELS`` limit, 2**30 by default, still applies during the decode).
+
+    Args:
+        path: The image file.
+        mode: ``"rgb"``: ``[H, W, 3]`` in RGB order; ``"gray"``: ``[H, W]``; ``"unchanged"``: channels as stored,
+            ``[H, W]``, ``[H, W, 3]`` RGB or ``[H, W, 4]`` RGBA.
+        max_pixels: Largest accepted width x height (decompression-bomb guard; PIL's default).
+
+    Returns:
+        ``(array, meta)`` with the array as uint8 or uint16; ``meta.extra`` has ``channels`` and ``color_order``.
+
+    Raises:
+        ReadError: Missing, empty, unsupported suffix, truncated or corrupt, too many pixels.
+    """
+    import cv2
+
+    if mode not in ("rgb", "gray", "unchanged"):
+        raise ValueError(f"mode must be 'rgb', 'gray' or 'unchanged', got {mode!r}")
+    p = _check_file(path)
+    if not _has_suffix(p, IMAGE_SUFFIXES):
+        raise _fail(p, f"unsupported format '{p.suffix}' (expected one of {', '.join(IMAGE_SUFFIXES)})")
+    data = np.fromfile(p, dtype=np.uint8)
+    size = _header_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise _fail(p, f"too large: {size[0]}x{size[1]} = {size[0] * size[1]} pixels, limit is {max_pixels}")
+    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:].tobytes():
+        # libjpeg decodes a cut JPEG into a grey-filled image with only a warning: catch it by the missing EOI.
+        raise _fail(p, "truncated or corrupt JPEG (no end-of-image marker)")
+    flags = {
+        "rgb": cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH,
+        "gray": cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH,
+        "unchanged": cv2.IMREAD_UNCHANGED,
+    }[mode]
+    try:
+        img = cv2.imdecode(data, flags)
+    except cv2.error as exc:
+        raise _fail(p, f"cannot decode image ({str(exc).strip().splitlines()[-1]})") from None
+    if img is None or img.size == 0:
+        raise _fail(p, "truncated or corrupt image (opencv could not decode it)")
+    h, w = img.shape[:2]
+    if h * w > max_pixels:
+        raise _fail(p, f"too large: {w}x{h} = {h * w} pixels, limit is {max_pixels}")
+    stored_dtype = str(img.dtype)
+    if img.dtype not in (np.uint8, np.uint16) and mode != "unchanged":
+        raise _fail(p, f"unsupported pixel type {img.dtype} (expected 8- or 16-bit); use mode='unchanged'")
+    if img.ndim == 3 and img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)  # opencv decodes to BGR
+        order = "RGB"
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+        order = "RGBA"
+    else:
+        order = "L"
+    img = np.ascontiguousarray(img)
+    meta = ImageMeta(
+        path=os.fspath(path),
+        shape=tuple(img.shape),
+        dtype=stored_dtype,
+        modality="image",
+        extra={"channels": 1 if img.ndim == 2 else int(img.shape[2]), "color_order": order},
+    )
+    return img, meta
+
+
+# --------------------------------------------------------------------------------------------------------------
+# video
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _sample_indices(total: int, n_frames: int) -> np.ndarray:
+    """``n_frames`` evenly spaced indices in ``[0, total)``, repeating frames when the video is shorter."""
+    return np.linspace(0, total - 1, n_frames).round().astype(np.int64)
+
+
+def read_video_frames(path: PathLike, n_frames: int, *, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, ImageMeta]:
+    """Sample ``n_frames`` evenly spaced frames of a video with opencv.
+
+    Frames are read sequentially (``grab`` then ``retrieve`` only for the chosen ones) rather than by seeking,
+    because ``CAP_PROP_POS_FRAMES`` seeks are inexact for many codecs. If the container's frame count is missing
+    or too high, the real count is found by a first pass and the indices are recomputed.
+
+    Args:
+        path: The video file (anything opencv's FFmpeg backend opens).
+        n_frames: Number of frames to return; a shorter video repeats frames.
+        max_pixels: Largest accepted frame width x height.
+
+    Returns:
+        ``(frames, meta)``: uint8 ``[T, H, W, 3]`` in RGB order; ``meta.extra`` has ``fps``, ``frame_count`` and the
+        sampled ``indices``.
+
+    Raises:
+        ReadError: Missing, empty, unreadable by opencv, no frames, frames too large.
+    """
+    import cv2
+
+    if n_frames < 1:
+        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    p = _check_file(path)
+
+    def _open() -> Any:
+        cap = cv2.VideoCapture(os.fspath(p))
+        if not cap.isOpened():
+            cap.release()
+            raise _fail(p, "cannot open video (unsupported codec, truncated or not a video)")
+        return cap
+
+    cap = _open()
+    try:
+        w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if w * h > max_pixels:
+            raise _fail(p, f"too large: frames of {w}x{h} = {w * h} pixels, limit is {max_pixels}")
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        frames = _read_indices(cap, _sample_indices(total, n_frames)) if total > 0 else None
+    finally:
+        cap.release()
+    if frames is None:  # count unknown or overstated: count by grabbing, then read again
+        cap = _open()
+        try:
+            total = 0
+            while cap.grab():
+                total += 1
+        finally:
+            cap.release()
+        if total == 0:
+            raise _fail(p, "no decodable frames (truncated or corrupt video)")
+        cap = _open()
+        try:
+            frames = _read_indices(cap, _sample_indices(total, n_frames))
+        finally:
+            cap.release()
+        if frames is None:
+            raise _fail(p, "frames could not be decoded (truncated or corrupt video)")
+    indices = _sample_indices(total, n_frames)
+    out = np.stack([cv2.cvtColor(fr, cv2.COLOR_BGR2RGB) for fr in frames])
+    meta = ImageMeta(
+        path=os.fspath(path),
+        shape=tuple(out.shape),
+        dtype="uint8",
+        modality="video",
+        extra={"fps": fps, "frame_count": total, "indices": indices.tolist(), "color_order": "RGB"},
+    )
+    return out, meta
+
+
+def _read_indices(cap: Any, indices: np.ndarray) -> list[np.ndarray] | None:
+    """Frames at sorted ``indices`` (may repeat) by sequential grab/retrieve; ``None`` if the video ends early."""
+    wanted = {int(i): int(c) for i, c in zip(*np.unique(indices, return_counts=True), strict=True)}
+    last = int(indices.max())
+    frames: list[np.ndarray] = []
+    for i in range(last + 1):
+        if not cap.grab():
+            return None
+        if i in wanted:
+            ok, frame = cap.retrieve()
+            if not ok or frame is None:
+                return None
+            if frame.ndim == 2:
+                frame = np.repeat(frame[..., None], 3, axis=2)
+            frames.extend([frame] * wanted[i])
+    return frames
+
+
+# --------------------------------------------------------------------------------------------------------------
+# dispatch
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_volume(
+    path: PathLike, *, ndim: int | None = 3, max_voxels: int = MAX_VOXELS, check_finite: bool = True
+) -> tuple[np.ndarray, ImageMeta]:
+    """Read a volume from whatever the path is: a NIfTI file, a DICOM series folder, or one DICOM file.
+
+    Args:
+        path: ``.nii``/``.nii.gz`` file, folder of DICOM slices, or a ``.dcm`` (or extension-less DICOM) file.
+        ndim: Required dimensionality for NIfTI files (DICOM gives 3D volumes).
+        max_voxels: Voxel limit (decompression-bomb guard).
+        check_finite: Reject NaN/Inf voxels (NIfTI).
+
+    Returns:
+        ``(array, meta)`` as :func:`read_nifti` / :func:`read_dicom_series` (a single DICOM file is a volume with
+        one slice).
+
+    Raises:
+        ReadError: Unsupported format, or anything the chosen reader raises.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise _fail(p, "file or folder not found")
+    if p.is_dir():
+        return read_dicom_series(p, max_voxels=max_voxels)
+    if _has_suffix(p, NIFTI_SUFFIXES):
+        return read_nifti(p, ndim=ndim, max_voxels=max_voxels, check_finite=check_finite)
+    if _has_suffix(p, DICOM_SUFFIXES) or (p.suffix == "" and is_dicom_file(p)):
+        _check_file(p)
+        from pydicom.errors import InvalidDicomError
+
+        try:
+            _dcmread(p, stop_before_pixels=True)
+        except InvalidDicomError:
+            raise _fail(p, "not a DICOM file (no 'DICM' preamble)") from None
+        except Exception as exc:  # keep pydicom's text out of the message (PHI)
+            raise _fail(p, f"truncated or corrupt DICOM file ({type(exc).__name__})") from None
+        return _read_dicom_files([p], p, max_voxels=max_voxels)
+    suffix = "".join(p.suffixes[-2:]) if p.name.lower().endswith(".gz") else p.suffix
+    raise _fail(
+        p, f"unsupported format '{suffix or p.name}' (expected .nii, .nii.gz, .dcm or a folder of DICOM slices)"
+    )

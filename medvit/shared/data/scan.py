@@ -1,0 +1,230 @@
+"""Finding inputs in folders: CT volumes (NIfTI, nnU-Net raw layout, DICOM series) and generic file lists.
+
+Layouts understood by :func:`find_volumes`:
+    * NIfTI files (``.nii``, ``.nii.gz``) anywhere below the root.
+    * nnU-Net raw layout (Isensee et al., nnU-Net, Nat. Methods 2021; ``nnunetv2`` dataset format docs):
+      ``imagesTr/CASE_0000.nii.gz`` / ``imagesTs/``; only channel ``0000`` is taken (CT is single-channel) and the
+      suffix is dropped from the case id; ``labelsTr/`` and ``labelsTs/`` are skipped.
+    * DICOM series folders: a folder holding ``.dcm``/``.dicom``/``.ima`` files, or extension-less files with the
+      DICOM Part 10 magic ``b"DICM"`` at byte 128, is one series (see :func:`medvit.shared.data.io.read_dicom_series`).
+
+Hidden files and folders (leading ``.``) are ignored and symlinked folders are not followed. Results are sorted by
+path so that every rank of a distributed job sees the same order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from medvit.shared.data.io import DICOM_SUFFIXES, NIFTI_SUFFIXES, is_dicom_file
+from medvit.shared.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+
+NNUNET_IMAGE_DIRS = ("imagesTr", "imagesTs", "imagesVal")
+NNUNET_LABEL_DIRS = ("labelsTr", "labelsTs", "labelsVal")
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})\.nii(\.gz)?$", re.IGNORECASE)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class VolumeSource:
+    """One CT input found by :func:`find_volumes`.
+
+    Attributes:
+        path: The NIfTI file, the DICOM file, or the folder holding one DICOM series.
+        kind: ``"nifti"``, ``"dicom_series"`` or ``"dicom"`` (a single DICOM file given as the root).
+        case_id: Unique, filesystem-safe name for outputs (nnU-Net channel suffix removed).
+        rel: ``path`` relative to the searched root, POSIX style (``"."`` when the root folder is itself a series,
+            the file name when the root is a file).
+    """
+
+    path: Path
+    kind: str
+    case_id: str
+    rel: str
+
+
+def _nifti_stem(name: str) -> str:
+    low = name.lower()
+    for s in NIFTI_SUFFIXES:
+        if low.endswith(s):
+            return name[: -len(s)]
+    return name
+
+
+def _is_dicom_candidate(f: Path) -> bool:
+    name = f.name
+    if name.upper() == "DICOMDIR":  # a media index, not an image
+        return False
+    if name.lower().endswith(DICOM_SUFFIXES):
+        return True
+    return f.suffix == "" and is_dicom_file(f)
+
+
+def find_volumes(root: PathLike) -> list[VolumeSource]:
+    """Find CT volumes under ``root`` (see the module docstring for the layouts).
+
+    Args:
+        root: A folder to search recursively, or a single NIfTI/DICOM file.
+
+    Returns:
+        Sources sorted by path; ``case_id`` values are unique (clashing names get their relative folder
+        prefixed, e.g. ``siteA__case1``).
+
+    Raises:
+        DataError: ``root`` does not exist or holds no volumes.
+    """
+    r = Path(root)
+    if not r.exists():
+        raise DataError(f"{r}: not found")
+    found: list[tuple[Path, str, str]] = []  # (path, kind, stem)
+    if r.is_file():
+        if r.name.lower().endswith(NIFTI_SUFFIXES):
+            found.append((r, "nifti", _nifti_stem(r.name)))
+        elif _is_dicom_candidate(r):
+            found.append((r, "dicom", r.stem))
+        else:
+            raise DataError(f"{r}: unsupported format (expected .nii, .nii.gz, .dcm or a folder)")
+    else:
+        for dirpath, dirnames, filenames in os.walk(r):
+            d = Path(dirpath)
+            dirnames[:] = sorted(n for n in dirnames if not n.startswith(".") and n not in NNUNET_LABEL_DIRS)
+            files = [d / n for n in sorted(filenames) if not n.startswith(".")]
+            nnunet = d.name in NNUNET_IMAGE_DIRS
+            has_dicom = False
+            for f in files:
+                low = f.name.lower()
+                if low.endswith(NIFTI_SUFFIXES):
+                    m = _CHANNEL.match(f.name) if nnunet else None
+                    if m is None:
+                        found.append((f, "nifti", _nifti_stem(f.name)))
+                    elif m.group("ch") == "0000":
+                        found.append((f, "nifti", m.group("case")))
+                elif not has_dicom and _is_dicom_candidate(f):
+                    has_dicom = True
+            if has_dicom:
+                found.append((d, "dicom_series", d.name if d != r else (r.resolve().name or "series")))
+    if not found:
+        raise DataError(f"no volumes found in {r} (looked for .nii, .nii.gz and DICOM series folders)")
+    found.sort(key=lambda t: t[0].as_posix())
+
+    def rel_of(p: Path) -> str:
+        if r.is_file():
+            return p.name
+        return "." if p == r else p.relative_to(r).as_posix()
+
+    ids = [_UNSAFE.sub("_", stem) or "case" for _, _, stem in found]
+    clash = {k for k, c in Counter(ids).items() if c > 1}
+    for i, (p, _, stem) in enumerate(found):
+        if ids[i] in clash:
+            parent = Path(rel_of(p)).parent.as_posix()
+            prefix = "" if parent == "." else parent.replace("/", "__") + "__"
+            ids[i] = _UNSAFE.sub("_", prefix + stem)
+    seen: Counter[str] = Counter()
+    out = []
+    for (p, kind, _), cid in zip(found, ids, strict=True):
+        seen[cid] += 1
+        unique = cid if seen[cid] == 1 else f"{cid}-{seen[cid]}"
+        out.append(VolumeSource(path=p, kind=kind, case_id=unique, rel=rel_of(p)))
+    logger.debug("found %d volumes in %s", len(out), r)
+    return out
+
+
+def _norm_exts(exts: Iterable[str] | str) -> tuple[str, ...]:
+    if isinstance(exts, str):
+        exts = [exts]
+    out = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in exts)
+    if not out:
+        raise ValueError("exts must name at least one extension, e.g. ('.png', '.jpg')")
+    return out
+
+
+def find_files(
+    root: PathLike, exts: Iterable[str] | str, recursive: bool = True, *, allow_empty: bool = False
+) -> list[Path]:
+    """Files under ``root`` whose name ends with one of ``exts`` (case-insensitive; ``".nii.gz"`` works).
+
+    Args:
+        root: A folder, or a single file (returned as is when its extension matches).
+        exts: Extensions with or without the leading dot.
+        recursive: Search subfolders too (hidden folders are skipped, symlinked folders not followed).
+        allow_empty: Return ``[]`` instead of raising when nothing matches.
+
+    Returns:
+        Matching files sorted by path.
+
+    Raises:
+        DataError: ``root`` is missing, a file with another extension, or (unless ``allow_empty``) nothing matches.
+    """
+    r = Path(root)
+    suffixes = _norm_exts(exts)
+    if not r.exists():
+        raise DataError(f"{r}: not found")
+    if r.is_file():
+        if r.name.lower().endswith(suffixes):
+            return [r]
+        raise DataError(f"{r}: unsupported format (expected {', '.join(suffixes)})")
+    out: list[Path] = []
+    if recursive:
+        for dirpath, dirnames, filenames in os.walk(r):
+            dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+            d = Path(dirpath)
+            out.extend(d / n for n in filenames if not n.startswith(".") and n.lower().endswith(suffixes))
+    else:
+        out = [
+            f for f in r.iterdir() if f.is_file() and not f.name.startswith(".") and f.name.lower().endswith(suffixes)
+        ]
+    out.sort(key=lambda p: p.as_posix())
+    if not out and not allow_empty:
+        raise DataError(f"no files with extension {', '.join(suffixes)} found in {r}")
+    return out
+
+
+def read_list_file(path: PathLike) -> list[Path]:
+    """Paths listed in a text file, one per line.
+
+    Blank lines and lines starting with ``#`` are skipped; surrounding whitespace is stripped. Relative paths are
+    taken relative to the list file's folder (so a list travels with its data). Repeated entries are kept once,
+    in first-seen order.
+
+    Args:
+        path: The list file.
+
+    Returns:
+        The listed paths (not checked for existence: a batch job reports missing ones per item).
+
+    Raises:
+        DataError: The list file is missing, unreadable, or lists nothing.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: list file not found")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{p}: cannot read list file ({type(exc).__name__}: {exc})") from None
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for line in lines:
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        q = Path(s).expanduser()
+        q = q if q.is_absolute() else p.parent / q
+        if q in seen:
+            logger.warning("%s: %s listed more than once; using it once", p, s)
+            continue
+        seen.add(q)
+        out.append(q)
+    if not out:
+        raise DataError(f"{p}: list file has no entries")
+    return out
