@@ -477,13 +477,17 @@ def load_config(
     cls: type[T],
     config_file: str | Path | None = None,
     overrides: Sequence[str] = (),
+    *,
+    preset: str | Path | Mapping[str, Any] | None = None,
     **options: Any,
 ) -> T:
-    """Resolve a config: defaults < YAML file < ``--set`` overrides < first-class options.
+    """Resolve a config: defaults < preset < YAML file < ``--set`` overrides < first-class options.
 
     Args:
         cls: The config dataclass type.
         config_file: Optional YAML file (read with safe-load semantics; duplicate keys are errors).
+        preset: Optional app preset applied over the defaults: a YAML file (e.g. ``presets/tiny.yaml`` shipped
+            as package data) or an already parsed mapping.
         overrides: ``--set`` items, ``dotted.key=value``.
         **options: First-class CLI options as dotted keys (pass ``**{"train.out": out}`` for nested ones);
             entries whose value is None (option not given) are ignored.
@@ -496,6 +500,10 @@ def load_config(
             ``--set``; unknown keys or wrong types (naming the dotted key and where it was set).
     """
     layers: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(preset, Mapping):
+        layers.append(("preset", dict(preset)))
+    elif preset is not None:
+        layers.append((f"preset {Path(preset).stem}", _read_yaml(preset)))
     if config_file is not None:
         layers.append((str(Path(config_file).expanduser()), _read_yaml(config_file)))
     if overrides:

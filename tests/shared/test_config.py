@@ -416,3 +416,19 @@ def test_data_dir_is_required_only_when_used(monkeypatch: pytest.MonkeyPatch, tm
     assert paths.require_data_dir(tmp_path) == tmp_path
     monkeypatch.setenv("MEDVIT_DATA", str(tmp_path))
     assert paths.data_dir() == tmp_path == paths.require_data_dir()
+
+
+def test_preset_layer_sits_between_defaults_and_config_file(tmp_path: Path) -> None:
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text("optim:\n  lr: 0.5\n  betas: [0.8, 0.9]\n")
+    cfg_file = tmp_path / "user.yaml"
+    cfg_file.write_text("optim:\n  lr: 0.25\n")
+    cfg = load_config(TrainCfg, cfg_file, preset=preset)
+    assert cfg.optim.lr == 0.25  # the user's file wins over the preset
+    assert cfg.optim.betas == (0.8, 0.9)  # the preset wins over the defaults
+    cfg = load_config(TrainCfg, preset={"optim": {"lr": 0.5}}, **{"optim.lr": 0.125})
+    assert cfg.optim.lr == 0.125
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  nope: 1\n")
+    with pytest.raises(ConfigError, match="preset bad"):
+        load_config(TrainCfg, preset=bad)
