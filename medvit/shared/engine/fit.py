@@ -494,7 +494,12 @@ class _Trainer:
         if not groups:
             raise TrainingError(f"{type(self.raw).__name__} has no trainable parameters (all requires_grad=False)")
         self.params = [p for g in groups for p in g["params"]]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        # The fused kernel (CPU and CUDA) avoids the per-parameter Python loop, which took ~38% of a ViT-S MAE
+        # step on CPU; fall back where it is not available (e.g. mixed devices, MPS on old torch).
+        try:
+            self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
+        except (RuntimeError, ValueError):
+            self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
     def _load(self, path: Path) -> dict[str, Any]:
