@@ -14,6 +14,9 @@ import typer
 from typer.core import TyperGroup
 
 from medvit import __version__
+from medvit.apps.ct_seg.cli import app as ct_seg_app
+from medvit.apps.fiqa.cli import app as fiqa_app
+from medvit.pretrain.cli import pretrain_command
 from medvit.shared.cli_weights import app as weights_app
 from medvit.shared.data.cli import app as data_app
 from medvit.shared.errors import MedvitError
@@ -82,5 +85,8 @@ def demo(
 
 
 # Sub-apps, mounted explicitly (no registry for apps: see DESIGN.md section 2).
+app.command("pretrain")(pretrain_command)
+app.add_typer(ct_seg_app, name="ct-seg", help="CT segmentation: UNETR decoder on the shared ViT.")
+app.add_typer(fiqa_app, name="fiqa", help="Face-image quality assessment (ViT-FIQA).")
 app.add_typer(weights_app, name="weights", help="Inspect and convert checkpoints; list backbones.")
 app.add_typer(data_app, name="data", help="Synthetic datasets and data-card validation.")

@@ -112,14 +112,19 @@ def build_model(cfg: CTSegConfig, num_classes: int) -> tuple[UNETR, dict[str, An
         else:
             sd, info = read_checkpoint(path)
             fmt = detect_format(sd, info)
-            kw = {"num_heads": m.num_heads, "backbone_overrides": {"drop_path_rate": m.drop_path_rate}}
+            foreign = {"drop_path_rate": m.drop_path_rate}
+            if m.checkpoint_img_size is not None:
+                foreign["img_size"] = list(m.checkpoint_img_size)
+            kw = {"num_heads": m.num_heads, "backbone_overrides": foreign}
             if fmt == "hi-end-mae":
                 model = UNETR.from_hi_end_mae(sd, num_classes, **kw, **dec)
             elif fmt == "monai":
                 # feature size and taps follow the checkpoint's decoder unless taps are set explicitly
                 model = UNETR.from_monai_unetr(sd, num_classes, **kw, taps=m.taps, res_block=m.res_block)
             else:
-                enc, report = build_encoder_from_checkpoint(sd, source_format=fmt, **kw)  # type: ignore[arg-type]
+                enc, report = build_encoder_from_checkpoint(
+                    sd, source_format=fmt, num_heads=m.num_heads, overrides=foreign
+                )
                 model = UNETR(enc, num_classes, **dec)
                 model.load_report = report  # type: ignore[attr-defined]
         report = getattr(model, "load_report", None)
@@ -479,8 +484,12 @@ def train(
     # ---- data
     pre = spec["preprocess"]
     signature = transform_signature(
-        "ct_seg", spacing=pre["spacing"], hu_window=pre["hu_window"], orientation=pre["orientation"],
-        crop_foreground=pre["crop_foreground"], labels=sorted(labels_int),
+        "ct_seg",
+        spacing=pre["spacing"],
+        hu_window=pre["hu_window"],
+        orientation=pre["orientation"],
+        crop_foreground=pre["crop_foreground"],
+        labels=sorted(labels_int),
     )
     cache = VolumeCache(cfg.data.cache_dir or run / "cache", signature)
     d = cfg.data
@@ -742,24 +751,42 @@ class Segmenter:
         from monai.data import MetaTensor
         from monai.transforms import SpatialResample
 
-        dst = torch.as_tensor(np.asarray(meta.affine if meta.affine is not None else np.eye(4)), dtype=torch.float64)
+        dst_np = np.asarray(meta.affine if meta.affine is not None else np.eye(4), dtype=np.float64)
         size = tuple(int(s) for s in shape[:3])
         dev = self.device if self.device.type == "cuda" else torch.device("cpu")
         dtype = np.uint8 if max(self.labels) < 256 else np.uint16
+        # Only the input voxels that the network grid covers can be foreground: resample into that box alone
+        # (the cropped-away air around the body is background), then place it in the full volume.
+        box = _covered_box(np.asarray(net_affine, dtype=np.float64), probs.shape[1:], dst_np, size)
+        labels = np.zeros(size, dtype=dtype)
+        full_np = np.zeros((probs.shape[0], *size), dtype=np.float16) if keep else None
+        if full_np is not None:
+            full_np[0] = 1.0
+        if box is None:
+            return labels, full_np
+        lo, hi = box
+        sub = dst_np.copy()
+        sub[:3, 3] = dst_np[:3, :3] @ np.asarray(lo, dtype=np.float64) + dst_np[:3, 3]
+        sub_t = torch.as_tensor(sub, dtype=torch.float64)
+        sub_size = tuple(int(h - lo_) for lo_, h in zip(lo, hi, strict=True))
+        region = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
         if self.resample == "labels" and not keep:
             lab = MetaTensor(probs.argmax(0, keepdim=True).float().to(dev), affine=net_affine)
             out = SpatialResample(mode="nearest", padding_mode="zeros", dtype=torch.float32)(
-                lab, dst_affine=dst, spatial_size=size
+                lab, dst_affine=sub_t, spatial_size=sub_size
             )
-            return out[0].as_tensor().round().cpu().numpy().astype(dtype), None
+            labels[region] = out[0].as_tensor().round().cpu().numpy().astype(dtype)
+            return labels, None
         mt = MetaTensor(probs[1:].to(dev), affine=net_affine)  # foreground channels: zero padding = background
         fg = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)(
-            mt, dst_affine=dst, spatial_size=size
+            mt, dst_affine=sub_t, spatial_size=sub_size
         ).as_tensor()
         bg = (1.0 - fg.sum(0, keepdim=True)).clamp_(min=0.0)
         full = torch.cat([bg, fg], 0)
-        labels = full.argmax(0).cpu().numpy().astype(dtype)
-        return labels, (full.cpu().numpy().astype(np.float16) if keep else None)
+        labels[region] = full.argmax(0).cpu().numpy().astype(dtype)
+        if full_np is not None:
+            full_np[(slice(None), *region)] = full.cpu().numpy().astype(np.float16)
+        return labels, full_np
 
     def __call__(
         self, array: np.ndarray, meta: ImageMeta, *, keep_probabilities: bool = False
@@ -768,6 +795,21 @@ class Segmenter:
         pre = self.preprocess(array, meta)
         probs = self.probabilities(pre)
         return self.to_input_grid(probs, pre.affine, meta, array.shape, keep=keep_probabilities)
+
+
+def _covered_box(
+    src_affine: np.ndarray, src_shape: Sequence[int], dst_affine: np.ndarray, dst_shape: Sequence[int]
+) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """Input-voxel bounding box ``(lo, hi)`` (hi exclusive) of a grid's voxel centres, one voxel of margin;
+    None when the grids do not overlap."""
+    n = [int(s) for s in src_shape]
+    corners = np.array([[i, j, k, 1.0] for i in (0, n[0] - 1) for j in (0, n[1] - 1) for k in (0, n[2] - 1)])
+    vox = (np.linalg.inv(dst_affine) @ src_affine @ corners.T)[:3].T  # [8, 3] in destination voxel indices
+    lo = np.maximum(np.floor(vox.min(0)).astype(int) - 1, 0)
+    hi = np.minimum(np.ceil(vox.max(0)).astype(int) + 2, np.asarray(dst_shape))
+    if np.any(hi <= lo):
+        return None
+    return tuple(int(v) for v in lo), tuple(int(v) for v in hi)
 
 
 def write_label_map(path: str | Path, labels: np.ndarray, meta: ImageMeta) -> None:
@@ -822,8 +864,9 @@ def save_overlay(
 ) -> None:
     """Axial, coronal and sagittal slices through the segmentation's centre with labels coloured (PNG).
 
-    Displayed in radiological convention (patient right on the left), slices through the centre of mass of the
-    foreground (the volume centre if nothing was segmented), aspect from the voxel size.
+    Displayed in radiological convention (patient right on the left, anterior on the left in the sagittal view),
+    slices through the centre of mass of the foreground (the volume centre if nothing was segmented), aspect from
+    the voxel size.
     """
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -844,7 +887,7 @@ def save_overlay(
     views = [
         ("axial", img[::-1, :, c[2]].T, lab[::-1, :, c[2]].T, zooms[1] / zooms[0]),
         ("coronal", img[::-1, c[1], :].T, lab[::-1, c[1], :].T, zooms[2] / zooms[0]),
-        ("sagittal", img[c[0], :, :].T, lab[c[0], :, :].T, zooms[2] / zooms[1]),
+        ("sagittal", img[c[0], ::-1, :].T, lab[c[0], ::-1, :].T, zooms[2] / zooms[1]),
     ]
     fig = Figure(figsize=(12, 4.4), dpi=100)
     FigureCanvasAgg(fig)
@@ -852,7 +895,13 @@ def save_overlay(
         ax = fig.add_subplot(1, 3, i + 1)
         ax.imshow(im, cmap="gray", vmin=lo, vmax=hi, origin="lower", aspect=aspect, interpolation="nearest")
         ax.imshow(
-            np.ma.masked_equal(lb, 0), cmap=cmap, vmin=0, vmax=n_cls - 1, alpha=0.45, origin="lower", aspect=aspect,
+            np.ma.masked_equal(lb, 0),
+            cmap=cmap,
+            vmin=0,
+            vmax=n_cls - 1,
+            alpha=0.45,
+            origin="lower",
+            aspect=aspect,
             interpolation="nearest",
         )
         ax.set_title(name)
@@ -929,7 +978,12 @@ class _PredictJob:
         if self.overlay:
             pre_cfg = self.seg.spec["preprocess"]
             save_overlay(
-                tmp_outputs[k], array, labels, meta.affine, window=pre_cfg["hu_window"], names=self.seg.labels,
+                tmp_outputs[k],
+                array,
+                labels,
+                meta.affine,
+                window=pre_cfg["hu_window"],
+                names=self.seg.labels,
                 title=self.case_ids[item],
             )
             k += 1
@@ -1140,8 +1194,17 @@ def evaluate(
         by_case.setdefault(r["case"], set()).add(int(r["label"]))
     for cid in sorted(refs):
         for lab in sorted(seen - by_case.get(cid, set())):
-            rows.append({"case": cid, "label": lab, "dice": 1.0, "hd95": 0.0 if hd95 else math.nan,
-                         "ref_voxels": 0, "pred_voxels": 0, "empty": "both"})
+            rows.append(
+                {
+                    "case": cid,
+                    "label": lab,
+                    "dice": 1.0,
+                    "hd95": 0.0 if hd95 else math.nan,
+                    "ref_voxels": 0,
+                    "pred_voxels": 0,
+                    "empty": "both",
+                }
+            )
     rows.sort(key=lambda r: (r["case"], int(r["label"])))
     names = dict(declared or {})
     for r in rows:

@@ -58,6 +58,8 @@ class ModelCfg:
             run. Its architecture then replaces ``backbone``.
         num_heads: attention heads of a foreign checkpoint (weights do not record them; standard widths are
             guessed).
+        checkpoint_img_size: input size a foreign checkpoint with a learned, non-cubic position embedding was
+            trained on (e.g. a MONAI UNETR's ``img_size``); cubic grids are inferred.
         taps: 0-based encoder blocks feeding the decoder (default: 4 evenly spaced, the last block included).
         feature_size: channels of the full-resolution decoder level.
         res_block: residual conv blocks in the decoder.
@@ -68,6 +70,7 @@ class ModelCfg:
     backbone_overrides: dict[str, Any] = field(default_factory=dict)
     weights: Path | None = None
     num_heads: int | None = None
+    checkpoint_img_size: tuple[int, int, int] | None = None
     taps: tuple[int, ...] | None = None
     feature_size: int = 16
     res_block: bool = True
@@ -248,7 +251,8 @@ def load_ct_seg_config(
 ) -> CTSegConfig:
     """Resolve the training config: defaults < preset (or ``base``) < ``config_file`` < ``overrides`` < ``options``.
 
-    Each layer is validated on its own first, so an error names the file or the ``--set`` item.
+    Through :func:`medvit.shared.config.load_config`: an error names the layer (preset, file, ``--set``, option)
+    that set the bad key.
 
     Args:
         preset: preset name (see :data:`PRESETS`); None with ``base``.
@@ -265,46 +269,11 @@ def load_ct_seg_config(
     """
     import yaml
 
-    from medvit.shared.config import from_dict, load_config, parse_set
+    from medvit.shared.config import load_config
 
-    layers: list[dict[str, Any]] = []
     if base is not None and preset is None:
-        layers.append(dict(base))
+        layer = dict(base)
     else:
         name = preset or "base"
-        path = preset_path(name)
-        layer = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        try:
-            from_dict(CTSegConfig, layer)
-        except ConfigError as err:
-            raise ConfigError(f"{path}: {err}") from None
-        layers += [layer, {"preset": name}]
-    if config_file is not None:
-        load_config(CTSegConfig, config_file)  # strict checks (duplicate/unknown keys, types) naming the file
-        layers.append(yaml.safe_load(Path(config_file).expanduser().read_text(encoding="utf-8")) or {})
-    if overrides:
-        load_config(CTSegConfig, None, list(overrides))
-        layers.append(parse_set(list(overrides)))
-    opts: dict[str, Any] = {}
-    for key, value in options.items():
-        if value is not None:
-            node = opts
-            *parents, last = key.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[last] = value
-    layers.append(opts)
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        merged = _deep_merge(merged, layer)
-    return from_dict(CTSegConfig, merged)
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+        layer = {**(yaml.safe_load(preset_path(name).read_text(encoding="utf-8")) or {}), "preset": name}
+    return load_config(CTSegConfig, config_file, list(overrides), preset=layer, **options)

@@ -524,15 +524,50 @@ def build_encoder_from_checkpoint(
         key = next((k for k in sd if k.endswith("patch_embedding.patch_embeddings.1.weight")), None)
         if key is not None:
             hints["in_chans"] = int(sd[key].shape[1]) // math.prod(hints["patch_size"])
-    converted, _ = convert_state_dict(sd, fmt, hints)
-    kwargs = infer_architecture(converted, fmt)
+    converted, dropped = convert_state_dict(sd, fmt, hints)
+    img_size = (overrides or {}).get("img_size")
+    pe: torch.Tensor | None = None
+    try:
+        kwargs = infer_architecture(converted, fmt)
+    except WeightsError:
+        # A learned position embedding of a non-cubic grid (e.g. MONAI UNETR trained on 96x96x64) does not say
+        # which grid it is: the caller must name the input size it was trained on.
+        if "pos_embed" not in converted:
+            raise
+        if img_size is None:
+            n = int(converted["pos_embed"].shape[1])
+            raise WeightsError(
+                f"the checkpoint's position embedding has {n} tokens, not a cubic grid: give the input size it was "
+                "trained on (ct-seg: --set model.checkpoint_img_size=[X,Y,Z])"
+            ) from None
+        pe = converted.pop("pos_embed")
+        kwargs = infer_architecture(converted, fmt)
+        patch = kwargs["patch_size"]
+        grid = math.prod(int(s) // int(p) for s, p in zip(img_size, patch, strict=True))
+        kwargs.update(pos_embed="learn", pos_embed_prefix=int(pe.shape[1]) != grid)
     kwargs["num_classes"] = 0  # a classifier of the checkpoint is not used by the segmentation network
     if num_heads is not None:
         kwargs["num_heads"] = int(num_heads)
     kwargs.update(dict(overrides or {}))
     kwargs.setdefault("dynamic_img_size", True)
     enc = VisionTransformer(**kwargs)
+    expected, allowed = ("fc_norm.*",), ("head.*", "fc_norm.*")
+    if pe is None:
+        report = load_pretrained(enc, sd, source_format=fmt, expected_missing=expected, allow_unexpected=allowed)
+        return enc, report
+    # Non-cubic grid: the shared loader only resamples cubic tables, so the keys are loaded as already converted
+    # (identity "timm" conversion) and the position table, which must fit exactly, is copied here.
+    assert enc.pos_embed is not None
+    if tuple(pe.shape) != tuple(enc.pos_embed.shape):
+        raise WeightsError(
+            f"pos_embed: checkpoint {tuple(pe.shape)} does not fit img_size {list(img_size)} "
+            f"(model {tuple(enc.pos_embed.shape)})"
+        )
     report = load_pretrained(
-        enc, sd, source_format=fmt, expected_missing=("fc_norm.*",), allow_unexpected=("head.*", "fc_norm.*")
+        enc, converted, source_format="timm", expected_missing=(*expected, "pos_embed"), allow_unexpected=allowed
     )
+    with torch.no_grad():
+        enc.pos_embed.copy_(pe.to(enc.pos_embed.dtype))
+    report.source_format, report.missing = fmt, [k for k in report.missing if k != "pos_embed"]
+    report.dropped = sorted({*report.dropped, *dropped})
     return enc, report

@@ -392,6 +392,8 @@ def _fit_pos_embed(
     """Match prefix slots and grid of a checkpoint position embedding to the model's."""
     assert model.pos_embed is not None
     target = model.pos_embed
+    if tuple(v.shape) == tuple(target.shape):
+        return v  # exact match (also for non-cubic grids, whose side cannot be inferred)
     n_prefix_model = model.num_prefix_tokens if model.pos_embed_prefix else 0
     n_grid_model = model.patch_embed.num_patches
     n_src = v.shape[1]

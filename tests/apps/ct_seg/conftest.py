@@ -95,8 +95,12 @@ def tiny_spec(model, labels: dict[int, str], spacing=(1.5, 1.5, 1.5), crop=(32, 
         "encoder": model.encoder.arch_kwargs,
         "decoder": model.decoder_kwargs(),
         "labels": {str(k): v for k, v in labels.items()},
-        "preprocess": {"spacing": list(spacing), "hu_window": [-175.0, 250.0], "orientation": "RAS",
-                       "crop_foreground": True},
+        "preprocess": {
+            "spacing": list(spacing),
+            "hu_window": [-175.0, 250.0],
+            "orientation": "RAS",
+            "crop_foreground": True,
+        },
         "crop_size": list(crop),
         "infer": {"overlap": 0.25, "sw_batch_size": 2, "device": "cpu", "precision": "fp32"},
-    }  # fmt: skip
+    }

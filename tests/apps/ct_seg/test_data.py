@@ -123,10 +123,24 @@ def _extra_channel(ds: Path, write_nifti) -> str:
 @pytest.mark.parametrize(
     "breaker", [_break_shape, _break_affine, _undeclared_label, _float_labels, _missing_label, _extra_channel]
 )
-def test_bad_pairs_are_one_line_errors_naming_the_case(dataset: Path, tmp_path: Path, write_nifti, cli, breaker) -> None:
+def test_bad_pairs_are_one_line_errors_naming_the_case(
+    dataset: Path, tmp_path: Path, write_nifti, cli, breaker
+) -> None:
     expected = breaker(dataset, write_nifti)
-    args = ["ct-seg", "train", str(dataset), "--out", str(tmp_path / "run"), "--preset", "tiny", "--fold", "all",
-            "--steps", "1", "--quiet"]  # fmt: skip
+    args = [
+        "ct-seg",
+        "train",
+        str(dataset),
+        "--out",
+        str(tmp_path / "run"),
+        "--preset",
+        "tiny",
+        "--fold",
+        "all",
+        "--steps",
+        "1",
+        "--quiet",
+    ]
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 2, res.output
     assert res.output.startswith("error: ") and "Traceback" not in res.output

@@ -29,8 +29,8 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_train_predict_evaluate_reaches_dice_0_8(synthetic: Path, tmp_path: Path, cli) -> None:
     run, pred, runner = tmp_path / "run", tmp_path / "pred", CliRunner()
-    res = runner.invoke(cli, ["ct-seg", "train", str(synthetic), "--out", str(run), "--preset", "tiny",
-                              "--set", "data.spacing=native", "--steps", str(STEPS), "--fold", "0", "--quiet"])  # fmt: skip
+    opts = f"--preset tiny --set data.spacing=native --steps {STEPS} --fold 0 --quiet"
+    res = runner.invoke(cli, ["ct-seg", "train", str(synthetic), "--out", str(run), *opts.split()])
     assert res.exit_code == 0, res.output
     splits = json.loads((run / "splits.json").read_text())
     assert len(splits) == 5 and sorted(c for s in splits for c in s["val"]) == [f"case_{i:03d}" for i in range(16)]
@@ -40,7 +40,9 @@ def test_train_predict_evaluate_reaches_dice_0_8(synthetic: Path, tmp_path: Path
     assert val and val[-1]["step"] == STEPS
     assert (run / "model.safetensors").is_file() and (run / "plots" / "loss.png").is_file()
 
-    res = runner.invoke(cli, ["ct-seg", "predict", str(run), str(synthetic / "imagesTs"), "--out", str(pred), "--quiet"])
+    res = runner.invoke(
+        cli, ["ct-seg", "predict", str(run), str(synthetic / "imagesTs"), "--out", str(pred), "--quiet"]
+    )
     assert res.exit_code == 0, res.output
     for case in ("case_016", "case_017", "case_018", "case_019"):
         src, out = nib.load(synthetic / "imagesTs" / f"{case}_0000.nii.gz"), nib.load(pred / f"{case}.nii.gz")
@@ -48,8 +50,9 @@ def test_train_predict_evaluate_reaches_dice_0_8(synthetic: Path, tmp_path: Path
         np.testing.assert_array_equal(out.affine, src.affine)
         assert (pred / "overlays" / f"{case}.png").is_file()
 
-    res = runner.invoke(cli, ["ct-seg", "evaluate", str(pred), str(synthetic / "labelsTs"),
-                              "--labels", str(synthetic / "dataset.json")])  # fmt: skip
+    res = runner.invoke(
+        cli, ["ct-seg", "evaluate", str(pred), str(synthetic / "labelsTs"), "--labels", str(synthetic / "dataset.json")]
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads((pred / "summary.json").read_text())
     assert summary["cases"] == 4
@@ -58,8 +61,22 @@ def test_train_predict_evaluate_reaches_dice_0_8(synthetic: Path, tmp_path: Path
 
 def test_train_resumes_to_the_requested_step(synthetic: Path, tmp_path: Path, cli) -> None:
     run, runner = tmp_path / "run", CliRunner()
-    base = ["ct-seg", "train", str(synthetic), "--out", str(run), "--preset", "tiny", "--fold", "all", "--quiet",
-            "--set", "data.spacing=[3,3,3]", "--set", "optim.ckpt_every=2"]  # fmt: skip
+    base = [
+        "ct-seg",
+        "train",
+        str(synthetic),
+        "--out",
+        str(run),
+        "--preset",
+        "tiny",
+        "--fold",
+        "all",
+        "--quiet",
+        "--set",
+        "data.spacing=[3,3,3]",
+        "--set",
+        "optim.ckpt_every=2",
+    ]
     assert runner.invoke(cli, [*base, "--steps", "2"]).exit_code == 0
     again = runner.invoke(cli, [*base, "--steps", "2"])
     assert again.exit_code == 2 and "--resume" in again.output  # never overwrites a run silently
@@ -68,3 +85,48 @@ def test_train_resumes_to_the_requested_step(synthetic: Path, tmp_path: Path, cl
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["resumed_from_step"] == 2
     assert json.loads((run / "model.json").read_text())["weights"] == {"from": "last.pt", "step": 4}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ct") / "small"
+    synth_ct(root, n=2, seed=3, shape=(24, 24, 16), n_organs=(2, 3))
+    return root
+
+
+def test_preprocessing_comes_from_the_encoder_sidecar_unless_overridden(small: Path, tmp_path: Path, cli) -> None:
+    from medvit.shared.backbone import create_backbone
+    from medvit.shared.backbone.weights import save_backbone
+
+    enc = create_backbone("test_vit_3d", img_size=48, patch_size=(16, 16, 16), embed_dim=24, depth=2, num_heads=2)
+    weights = save_backbone(
+        enc, tmp_path / "enc.safetensors", metadata={"spacing": [2.5, 2.5, 3.0], "hu_window": [-100.0, 200.0]}
+    )
+    opts = "--preset tiny --fold all --steps 1 --quiet"
+    base = ["ct-seg", "train", str(small), "--weights", str(weights), *opts.split()]
+    runner = CliRunner()
+    assert runner.invoke(cli, [*base, "--out", str(tmp_path / "a")]).exit_code == 0
+    pre = json.loads((tmp_path / "a" / "model.json").read_text())["preprocess"]
+    assert pre["spacing"] == [2.5, 2.5, 3.0] and pre["hu_window"] == [-100.0, 200.0]
+    spec = json.loads((tmp_path / "a" / "model.json").read_text())
+    assert spec["encoder"]["embed_dim"] == 24  # the export's architecture, not the preset's
+    res = runner.invoke(cli, [*base, "--out", str(tmp_path / "b"), "--set", "data.spacing=[3,3,3]"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "b" / "model.json").read_text())["preprocess"]["spacing"] == [3.0, 3.0, 3.0]
+
+
+def test_monai_unetr_weights_start_the_whole_network(small: Path, tmp_path: Path, cli) -> None:
+    import monai.networks.nets as monai_nets
+    import torch
+
+    ref = monai_nets.UNETR(1, 6, (48, 48, 32), feature_size=4, hidden_size=24, mlp_dim=48, num_heads=2)
+    torch.save({"state_dict": ref.state_dict()}, tmp_path / "unetr.pt")
+    run = tmp_path / "run"
+    opts = "--preset tiny --fold all --steps 1 --quiet --set model.num_heads=2 --set data.spacing=[3,3,3]"
+    # a non-cubic grid is not inferable from 18 position embeddings: name the size MONAI was trained on
+    opts += " --set model.checkpoint_img_size=[48,48,32]"
+    args = ["ct-seg", "train", str(small), "--out", str(run), "--weights", str(tmp_path / "unetr.pt"), *opts.split()]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    dec = json.loads((run / "model.json").read_text())["decoder"]
+    assert dec["taps"] == [3, 6, 9, 11] and dec["feature_size"] == 4  # MONAI's layout, kept

@@ -195,3 +195,14 @@ def test_medvit_export_keeps_its_sidecar(tmp_path) -> None:
     assert model.encoder_meta["spacing"] == [1.5, 1.5, 2.0]
     torch.testing.assert_close(model.encoder.blocks[2].mlp.fc2.weight, enc.blocks[2].mlp.fc2.weight)
     assert json.loads((tmp_path / "enc.json").read_text())["hu_window"] == [-1, 2]
+
+
+def test_monai_unetr_on_a_non_cubic_grid_needs_its_input_size() -> None:
+    torch.manual_seed(1)
+    ref = monai_nets.UNETR(1, 2, (48, 48, 32), feature_size=4, hidden_size=24, mlp_dim=48, num_heads=2).eval()
+    with pytest.raises(WeightsError, match="not a cubic grid"):
+        UNETR.from_monai_unetr(ref.state_dict(), num_heads=2)
+    model = UNETR.from_monai_unetr(ref.state_dict(), num_heads=2, backbone_overrides={"img_size": [48, 48, 32]})
+    x = torch.randn(1, 1, 48, 48, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), ref(x), atol=1e-4, rtol=1e-4)

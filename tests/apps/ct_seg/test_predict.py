@@ -71,8 +71,9 @@ def test_predict_cli_writes_maps_with_the_input_shape_and_affine(tmp_path: Path,
     path, _ = oblique_case
     run = _tiny_run(tmp_path)
     out = tmp_path / "pred"
-    res = CliRunner().invoke(cli, ["ct-seg", "predict", str(run), str(path.parent), "--out", str(out),
-                                   "--probabilities", "--quiet"])  # fmt: skip
+    res = CliRunner().invoke(
+        cli, ["ct-seg", "predict", str(run), str(path.parent), "--out", str(out), "--probabilities", "--quiet"]
+    )
     assert res.exit_code == 0, res.output
     src, pred = nib.load(path), nib.load(out / "scan.nii.gz")  # nnU-Net _0000 suffix dropped
     assert pred.shape == src.shape

@@ -1,0 +1,8 @@
+"""Face-image quality assessment with ViT-FIQA (``medvit fiqa``).
+
+Atzori, Boutros, Damer, "ViT-FIQA: Assessing Face Image Quality using Vision Transformers", ICCV 2025 Workshops
+(arXiv 2508.13957): a face ViT with a learnable quality token, trained jointly for recognition (CosFace) and for
+regressing the online CR-FIQA certainty ratio. Modules: ``model`` (network, weights), ``losses`` (objective),
+``data`` (identity folders, RecordIO, pair lists), ``bin_reader`` (insightface .bin), ``align`` (detection and
+alignment), ``evaluate`` (EDC plumbing), ``api`` / ``cli`` (commands), ``config`` (+ ``presets/``).
+"""

@@ -1,0 +1,522 @@
+"""ViT-FIQA on the shared face ViT: embedding head, quality head, token masking, weights in and out.
+
+The network (Atzori, Boutros, Damer, "ViT-FIQA: Assessing Face Image Quality using Vision Transformers",
+ICCV 2025 Workshops, arXiv 2508.13957; official code ``backbones/vit_qs.py``) is an insightface
+arcface_torch-style ViT on 112x112 aligned faces (patch 9 -> 12x12 = 144 patch tokens) with one learnable
+quality token at position 0 that has its own learned position embedding. Two heads read the final tokens:
+
+* embedding head ``feature``: flatten the 144 patch tokens (144 x D) -> Linear(no bias) -> BN1d(eps 2e-5) ->
+  Linear(no bias) -> BN1d(eps 2e-5): the D-dimensional (512 for ViT-S) face embedding, trained with a margin
+  softmax;
+* quality head ``head_qs``: BN1d(eps 2e-5) -> Linear(D -> 1, no bias) on the output quality token: an
+  unbounded scalar, higher = better, regressed onto the certainty ratio (see ``losses.py``).
+
+Head modes of the reference: ``token`` (above, the paper's model), ``full`` (embedding head over all 145
+tokens, quality head on the embedding) and ``crfiqa`` (no quality token; quality head on the embedding, i.e.
+CR-FIQA on a ViT).
+
+Token masking (arcface_torch): in training a random 10 % of the tokens is dropped before the encoder and a
+learned ``mask_token`` is put back at the dropped positions after the final norm, so the flattened embedding
+head always sees 144 slots. **Deviation (deliberate):** the reference masks the quality token like any other
+token, so in about 10 % of the samples the quality head reads ``mask_token`` instead of the quality token;
+here only patch tokens are masked and the quality token is always encoded (the shared backbone keeps prefix
+tokens when given ``keep=``).
+
+Other deviations, stated: LayerNorm eps 1e-5 (PyTorch's default, as the reference) rather than the shared
+backbone's 1e-6; weights initialised by the shared backbone's MAE scheme, not trunc-normal.
+
+Input: RGB (never OpenCV's BGR), 112x112, normalised ``(x / 255 - 0.5) / 0.5`` (reference
+``evaluation/QualityModel.py``); :func:`preprocess_faces` does it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from medvit.shared.backbone.vit import VisionTransformer
+from medvit.shared.errors import WeightsError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FIQA_FORMAT",
+    "HeadMode",
+    "ViTFIQA",
+    "build_fiqa_model",
+    "convert_official_state_dict",
+    "load_fiqa",
+    "load_state_into",
+    "model_from_official",
+    "preprocess_faces",
+    "read_foreign_state_dict",
+    "save_fiqa",
+]
+
+HeadMode = Literal["token", "full", "crfiqa"]
+FIQA_FORMAT = "medvit-fiqa"
+FIQA_FORMAT_VERSION = 1
+BN_EPS = 2e-5  # arcface_torch / ViT-FIQA heads
+LN_EPS = 1e-5  # nn.LayerNorm default, used by the reference ViT
+INPUT_SIZE = 112
+_ARCFACE_VIT_HEADS = 8  # every arcface_torch / ViT-FIQA ViT (vit_t..vit_h, vit_s_qs, vit_b_qs) uses 8 heads
+
+
+def preprocess_faces(crops: torch.Tensor | np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+    """Aligned RGB uint8 crops -> normalised float input.
+
+    Args:
+        crops: ``[B, H, W, 3]`` uint8 (numpy or tensor, RGB), a list of ``[H, W, 3]`` arrays, or an already
+            channel-first ``[B, 3, H, W]`` uint8 tensor.
+
+    Returns:
+        ``[B, 3, H, W]`` float32 in [-1, 1]: ``(x / 255 - 0.5) / 0.5``.
+    """
+    if isinstance(crops, (list, tuple)):
+        crops = np.stack([np.asarray(c) for c in crops])
+    x = torch.as_tensor(crops)
+    if x.ndim != 4:
+        raise ValueError(f"expected a batch [B, H, W, 3] or [B, 3, H, W], got shape {tuple(x.shape)}")
+    if x.shape[-1] == 3 and x.shape[1] != 3:
+        x = x.permute(0, 3, 1, 2)
+    return (x.float() / 255.0 - 0.5) / 0.5
+
+
+class ViTFIQA(nn.Module):
+    """Face ViT + embedding head + quality head (ViT-FIQA).
+
+    Args:
+        backbone: the shared ViT with ``global_pool="none"``; for ``token``/``full`` exactly one prefix token
+            named ``quality`` (``extra_tokens=("quality",)``), for ``crfiqa`` no prefix token.
+        head: ``token``, ``full`` or ``crfiqa`` (see the module docstring).
+        mask_ratio: fraction of patch tokens dropped in training (0 disables masking and ``mask_token``).
+
+    Attributes:
+        backbone: the encoder (``backbone.quality_token`` is the quality token).
+        feature: embedding head.
+        head_qs: quality head.
+        mask_token: ``[1, 1, D]`` filler for dropped tokens, or None.
+    """
+
+    def __init__(self, backbone: VisionTransformer, *, head: HeadMode = "token", mask_ratio: float = 0.1) -> None:
+        super().__init__()
+        if head not in ("token", "full", "crfiqa"):
+            raise ValueError(f"head must be token, full or crfiqa, got {head!r}")
+        if backbone.spatial_dims != 2 or backbone.global_pool != "none":
+            raise ValueError("ViTFIQA needs a 2D backbone with global_pool='none' (e.g. vit_fiqa_small_patch9_112)")
+        names = backbone.prefix_token_names()
+        if head == "crfiqa" and names:
+            raise ValueError(f"head='crfiqa' needs a backbone without prefix tokens, got {names}")
+        if head != "crfiqa" and names != ["quality"]:
+            raise ValueError(f"head={head!r} needs exactly one prefix token named 'quality', got {names}")
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        self.backbone = backbone
+        self.head = head
+        self.mask_ratio = float(mask_ratio)
+        d = backbone.embed_dim
+        self.num_patches = backbone.patch_embed.num_patches
+        self.num_prefix = backbone.num_prefix_tokens
+        n_in = d * (self.num_patches + (1 if head == "full" else 0))
+        self.embed_dim = d
+        self.feature = nn.Sequential(
+            nn.Linear(n_in, d, bias=False),
+            nn.BatchNorm1d(d, eps=BN_EPS),
+            nn.Linear(d, d, bias=False),
+            nn.BatchNorm1d(d, eps=BN_EPS),
+        )
+        self.head_qs = nn.Sequential(nn.BatchNorm1d(d, eps=BN_EPS), nn.Linear(d, 1, bias=False))
+        if self.mask_ratio > 0:
+            self.mask_token: nn.Parameter | None = nn.Parameter(torch.zeros(1, 1, d))
+            nn.init.normal_(self.mask_token, std=0.02)
+        else:
+            self.mask_token = None
+        for m in (*self.feature, *self.head_qs):
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)  # reference _init_weights
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.embed_dim
+
+    def random_keep(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample random subset of patch tokens to encode (MAE ``random_masking`` order trick).
+
+        Returns:
+            ``ids_keep [B, L_keep]`` and ``ids_restore [B, L]`` (position of each token in ``[kept, dropped]``).
+        """
+        n = self.num_patches
+        keep = int(n * (1 - self.mask_ratio))
+        noise = torch.rand(batch, n, device=device)
+        ids_shuffle = torch.argsort(noise, dim=1)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        return ids_shuffle[:, :keep], ids_restore
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder output with every slot filled.
+
+        Args:
+            x: normalised faces ``[B, 3, 112, 112]``.
+
+        Returns:
+            ``[B, P + 144, D]`` after the final norm (P = 1 quality token, 0 for ``crfiqa``); in training the
+            dropped patch positions hold ``mask_token``; the quality token is never dropped.
+        """
+        if not (self.training and self.mask_token is not None):
+            return self.backbone.forward_features(x)
+        b = x.shape[0]
+        ids_keep, ids_restore = self.random_keep(b, x.device)
+        tokens = self.backbone.forward_features(x, keep=ids_keep)  # [B, P + L_keep, D]
+        prefix, kept = tokens[:, : self.num_prefix], tokens[:, self.num_prefix :]
+        d = kept.shape[-1]
+        fill = self.mask_token.to(kept.dtype).expand(b, self.num_patches - kept.shape[1], d)
+        patches = torch.gather(torch.cat([kept, fill], dim=1), 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))
+        return torch.cat([prefix, patches], dim=1)
+
+    def forward_heads(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heads on encoder tokens ``[B, P + L, D]`` -> (embedding ``[B, D]``, quality ``[B]``)."""
+        b = tokens.shape[0]
+        tokens = tokens.float()  # the reference runs the heads in fp32 (``self.norm(x.float())``)
+        if self.head == "token":
+            emb = self.feature(tokens[:, 1:].reshape(b, -1))
+            quality = self.head_qs(tokens[:, 0])
+        else:  # full: all 145 tokens; crfiqa: the 144 patch tokens; quality from the embedding in both
+            emb = self.feature(tokens.reshape(b, -1))
+            quality = self.head_qs(emb)
+        return emb, quality.squeeze(1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: x normalised RGB faces ``[B, 3, 112, 112]``. Returns (embedding ``[B, D]``, quality ``[B]``)."""
+        return self.forward_heads(self.forward_tokens(x))
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description written into weight sidecars."""
+        return {
+            "head": self.head,
+            "mask_ratio": self.mask_ratio,
+            "embedding_dim": self.embed_dim,
+            "backbone_kwargs": self.backbone.arch_kwargs,
+            "input": {"size": INPUT_SIZE, "color": "RGB", "mean": 0.5, "std": 0.5, "scale": 255},
+        }
+
+
+def build_fiqa_model(
+    backbone: str = "vit_fiqa_small_patch9_112",
+    *,
+    head: HeadMode = "token",
+    mask_ratio: float = 0.1,
+    **overrides: Any,
+) -> ViTFIQA:
+    """Build ViT-FIQA on a registered backbone.
+
+    Args:
+        backbone: registry name (``vit_fiqa_small_patch9_112``: the paper's ViT-S setting,
+            ``vit_fiqa_base_patch9_112``: depth 24, ``test_vit_fiqa``: tiny).
+        head: ``token``, ``full`` or ``crfiqa``.
+        mask_ratio: training token-masking ratio.
+        **overrides: backbone kwargs (``drop_path_rate``, ``depth``...).
+
+    Returns:
+        The model (train mode).
+    """
+    from medvit.shared.backbone.registry import create_backbone
+
+    kw: dict[str, Any] = {"norm_eps": LN_EPS, **overrides}
+    if head == "crfiqa":
+        kw["extra_tokens"] = ()
+    return ViTFIQA(create_backbone(backbone, **kw), head=head, mask_ratio=mask_ratio)
+
+
+def _from_description(desc: Mapping[str, Any]) -> ViTFIQA:
+    kwargs = dict(desc["backbone_kwargs"])
+    try:
+        vit = VisionTransformer(**kwargs)
+    except TypeError as err:
+        raise WeightsError(f"sidecar backbone_kwargs do not build a VisionTransformer: {err}") from None
+    return ViTFIQA(vit, head=desc.get("head", "token"), mask_ratio=float(desc.get("mask_ratio", 0.0)))
+
+
+# ============================================================================= our format
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_fiqa(model: ViTFIQA, path: str | os.PathLike[str], *, metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write the whole model (encoder + heads + BN statistics) as safetensors + a JSON sidecar, atomically.
+
+    Args:
+        model: the model (a DDP/compile wrapper is unwrapped).
+        path: ``.safetensors`` target; ``path.json`` (same stem) is the sidecar.
+        metadata: extra sidecar fields (training data, steps, source checkpoint...).
+
+    Returns:
+        The weight file path.
+    """
+    from safetensors.torch import save
+
+    from medvit import __version__
+    from medvit.shared.backbone.weights import unwrap_model
+
+    model = unwrap_model(model)  # type: ignore[assignment]
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"{path}: FIQA weight files end in .safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    side = {
+        "format": FIQA_FORMAT,
+        "format_version": FIQA_FORMAT_VERSION,
+        "medvit_version": __version__,
+        "architecture": "ViTFIQA",
+        **model.describe(),
+        **dict(metadata or {}),
+    }
+    _atomic_bytes(path, save(sd, metadata={"format": FIQA_FORMAT}))
+    _atomic_bytes(path.with_suffix(".json"), (json.dumps(side, indent=2, default=str) + "\n").encode())
+    return path
+
+
+def load_fiqa(path: str | os.PathLike[str]) -> tuple[ViTFIQA, dict[str, Any]]:
+    """Rebuild a model written by :func:`save_fiqa` (eval mode, CPU).
+
+    Raises:
+        WeightsError: missing/corrupt file or sidecar, or weights that do not fit the described model.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    side_path = path.with_suffix(".json")
+    if not path.is_file():
+        raise WeightsError(f"{path}: weight file not found")
+    if not side_path.is_file():
+        raise WeightsError(f"{path}: no sidecar {side_path.name} (needed to rebuild the model)")
+    try:
+        side = json.loads(side_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise WeightsError(f"{side_path}: corrupt sidecar JSON ({err})") from None
+    if side.get("format") != FIQA_FORMAT:
+        raise WeightsError(
+            f"{path}: not a FIQA model file (sidecar format {side.get('format')!r}, expected {FIQA_FORMAT!r})"
+        )
+    if int(side.get("format_version", 0)) > FIQA_FORMAT_VERSION:
+        raise WeightsError(f"{path}: written by a newer medvit (format_version {side['format_version']})")
+    try:
+        sd = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(f"{path}: corrupt safetensors file ({err})") from None
+    model = _from_description(side)
+    load_state_into(model, sd, source=str(path))
+    return model.eval(), side
+
+
+# ============================================================================= foreign checkpoints
+_WRAPPERS = ("state_dict_backbone", "state_dict", "model", "module", "model_state", "backbone")
+
+
+def read_foreign_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a torch pickle or safetensors file into a flat state dict (``module.`` prefixes removed).
+
+    Understands the wrappers of arcface_torch training checkpoints (``state_dict_backbone``) and the usual
+    ``state_dict`` / ``model``; pickles are read with ``torch.load(weights_only=True)`` only.
+    """
+    from medvit.shared.backbone.weights import safe_torch_load, strip_prefixes
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weight file not found")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: empty file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            obj: Any = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise WeightsError(f"{path}: corrupt safetensors file ({err})") from None
+    else:
+        obj = safe_torch_load(path)
+    while isinstance(obj, Mapping):
+        inner = next((w for w in _WRAPPERS if isinstance(obj.get(w), Mapping)), None)
+        if inner is None:
+            break
+        obj = obj[inner]
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path}: no state dict found (top level is {type(obj).__name__})")
+    sd = {strip_prefixes(str(k), ("module.", "_orig_mod.")): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise WeightsError(f"{path}: the checkpoint holds no tensors")
+    return sd
+
+
+_BACKBONE_PREFIXES = ("patch_embed.", "blocks.", "norm.")
+
+
+def convert_official_state_dict(
+    sd: Mapping[str, torch.Tensor], *, num_heads: int = _ARCFACE_VIT_HEADS
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Rename an official ViT-FIQA (``backbones/vit_qs.py``) or arcface_torch ViT state dict to ours.
+
+    Key map: ``qs_token`` -> ``backbone.quality_token``; ``pos_embed``, ``patch_embed.*``, ``blocks.N.*``
+    (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``), ``norm.*`` -> ``backbone.*``;
+    ``feature.*``, ``head_qs.*``, ``mask_token`` unchanged. The head mode follows from the keys: ``qs_token``
+    with ``feature.0`` over 144 x D inputs -> ``token``, over 145 x D -> ``full``; no ``qs_token`` ->
+    ``crfiqa`` (an arcface_torch recognition ViT is this layout without ``head_qs``).
+
+    Args:
+        sd: the foreign state dict (``module.`` prefixes already removed).
+        num_heads: attention heads (not recorded in weights; 8 in every arcface_torch / ViT-FIQA ViT).
+
+    Returns:
+        (our state dict, a model description for :func:`build_from_description`-style rebuilding with keys
+        ``head``, ``mask_ratio``, ``backbone_kwargs``, ``has_quality_head``).
+
+    Raises:
+        WeightsError: not this layout, the BatchNorm-ViT variant, or keys we have no place for.
+    """
+    keys = set(sd)
+    if "patch_embed.proj.weight" not in keys or "feature.0.weight" not in keys:
+        raise WeightsError(
+            "not a ViT-FIQA / arcface_torch ViT checkpoint (needs patch_embed.proj.weight and feature.0.weight); "
+            f"first keys: {sorted(keys)[:6]}"
+        )
+    if any(re.match(r"blocks\.\d+\.norm1\.bn\.", k) for k in keys):
+        raise WeightsError("the BatchNorm ViT variant (norm_layer='bn') is not supported; only norm_layer='ln'")
+    out: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for k, v in sd.items():
+        if k == "qs_token":
+            out["backbone.quality_token"] = v
+        elif k == "pos_embed" or k.startswith(_BACKBONE_PREFIXES):
+            out[f"backbone.{k}"] = v
+        elif k.startswith(("feature.", "head_qs.")) or k == "mask_token":
+            out[k] = v
+        else:
+            unknown.append(k)
+    if unknown:
+        raise WeightsError(f"unexpected key(s) in the ViT-FIQA checkpoint: {', '.join(sorted(unknown)[:8])}")
+    w = sd["patch_embed.proj.weight"]
+    d, in_chans, patch = int(w.shape[0]), int(w.shape[1]), int(w.shape[2])
+    n_patches = (INPUT_SIZE // patch) ** 2
+    depth = 1 + max((int(m.group(1)) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
+    if depth < 1:
+        raise WeightsError("the checkpoint has no transformer blocks")
+    has_q = "qs_token" in keys
+    n_feat = int(sd["feature.0.weight"].shape[1])
+    head = ("full" if n_feat == d * (n_patches + 1) else "token") if has_q else "crfiqa"
+    expected_feat = d * (n_patches + (1 if head == "full" else 0))
+    if n_feat != expected_feat:
+        raise WeightsError(
+            f"feature.0.weight takes {n_feat} inputs; a {patch}-px-patch ViT of width {d} on 112 px needs "
+            f"{expected_feat}"
+        )
+    fc1 = sd.get("blocks.0.mlp.fc1.weight")
+    backbone_kwargs = {
+        "img_size": INPUT_SIZE,
+        "patch_size": patch,
+        "in_chans": in_chans,
+        "embed_dim": d,
+        "depth": depth,
+        "num_heads": num_heads,
+        "mlp_ratio": float(fc1.shape[0]) / d if fc1 is not None else 4.0,
+        "qkv_bias": "blocks.0.attn.qkv.bias" in keys,
+        "act": "relu6",
+        "norm_eps": LN_EPS,
+        "class_token": False,
+        "extra_tokens": ["quality"] if has_q else [],
+        "pos_embed": "learn",
+        "global_pool": "none",
+        "patch_bias": "patch_embed.proj.bias" in keys,
+    }
+    desc = {
+        "head": head,
+        "mask_ratio": 0.1 if "mask_token" in keys else 0.0,
+        "backbone_kwargs": backbone_kwargs,
+        "has_quality_head": "head_qs.1.weight" in keys,
+    }
+    return out, desc
+
+
+def load_state_into(
+    model: ViTFIQA,
+    sd: Mapping[str, torch.Tensor],
+    *,
+    expected_missing: Iterable[str] = (),
+    allow_unexpected: Iterable[str] = (),
+    source: str = "checkpoint",
+) -> dict[str, list[str]]:
+    """Strict load with declared exceptions (MAE ``main_finetune.py`` idiom): anything else is an error.
+
+    Args:
+        model: target.
+        sd: state dict in our key names.
+        expected_missing: glob patterns of model keys the source may lack.
+        allow_unexpected: glob patterns of source keys that may be ignored.
+        source: name used in error messages.
+
+    Returns:
+        ``{"missing": [...], "unexpected": [...]}``.
+
+    Raises:
+        WeightsError: undeclared missing/unexpected keys or a shape mismatch (naming the key and both shapes).
+    """
+    import fnmatch
+
+    target = model.state_dict()
+    missing = sorted(k for k in target if k not in sd)
+    unexpected = sorted(k for k in sd if k not in target)
+    bad_m = [k for k in missing if not any(fnmatch.fnmatchcase(k, p) for p in expected_missing)]
+    bad_u = [k for k in unexpected if not any(fnmatch.fnmatchcase(k, p) for p in allow_unexpected)]
+    if bad_m or bad_u:
+        parts = []
+        if bad_m:
+            parts.append(f"missing {len(bad_m)} key(s): {', '.join(bad_m[:6])}")
+        if bad_u:
+            parts.append(f"unexpected {len(bad_u)} key(s): {', '.join(bad_u[:6])}")
+        raise WeightsError(f"{source} does not match the FIQA model: " + "; ".join(parts))
+    for k, v in sd.items():
+        if k in target and tuple(v.shape) != tuple(target[k].shape):
+            raise WeightsError(
+                f"{source}: shape mismatch for {k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
+            )
+    model.load_state_dict({k: v.to(target[k].dtype) for k, v in sd.items() if k in target}, strict=False)
+    return {"missing": missing, "unexpected": unexpected}
+
+
+def model_from_official(sd: Mapping[str, torch.Tensor], *, require_quality_head: bool = True) -> ViTFIQA:
+    """Build our model from an official ViT-FIQA / arcface_torch ViT state dict and load it (eval mode).
+
+    Args:
+        sd: foreign state dict.
+        require_quality_head: refuse recognition-only checkpoints (no ``head_qs``), which cannot score quality.
+
+    Raises:
+        WeightsError: see :func:`convert_official_state_dict`, or no quality head when one is required.
+    """
+    ours, desc = convert_official_state_dict(sd)
+    if require_quality_head and not desc["has_quality_head"]:
+        raise WeightsError(
+            "this is a face-recognition ViT without a quality head (no head_qs.*); it cannot score quality. "
+            "Use it as a starting point: medvit fiqa train DATA --set model.init=FILE"
+        )
+    model = _from_description(desc)
+    load_state_into(model, ours, expected_missing=["head_qs.*"], source="ViT-FIQA checkpoint")
+    return model.eval()

@@ -1,0 +1,143 @@
+"""``medvit demo``: the main jobs end to end on built-in synthetic data, sized for 2 CPU cores.
+
+1. Synthetic CT in nnU-Net raw layout (``medvit data synth ct``).
+2. Hi-End-MAE pretraining with the ``tiny`` preset; the encoder is exported (``encoder.safetensors``).
+3. ``ct-seg`` fine-tuning from that encoder, prediction of the held-out cases, evaluation (Dice per class).
+4. ``fiqa``: the tiny ViT-FIQA preset trained on synthetic identities with graded degradations, a held-out
+   folder scored, and the rank correlation between predicted quality and degradation strength.
+
+Everything is written under one folder; a re-run replaces the folder's earlier demo outputs (it never
+touches a non-empty folder that was not made by the demo).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from medvit.shared.errors import MedvitError
+
+logger = logging.getLogger(__name__)
+
+_MARKER = ".medvit-demo"
+
+# Sizes chosen so that the whole demo runs in a few minutes on 2 CPU cores (see README, BENCHMARKS.md).
+# The CT steps keep the synthetic scans at their native spacing (0.8 x 0.8 x 2.5 mm) so the volumes stay small.
+CT_CASES, CT_TEST_CASES, CT_SHAPE = 8, 2, (64, 64, 32)
+PRETRAIN_STEPS = 100
+SEG_STEPS = 200
+FIQA_STEPS = 300
+
+
+def _prepare(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not (out / _MARKER).is_file():
+            raise MedvitError(f"{out} is not empty and was not made by `medvit demo`; choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / _MARKER).write_text("made by medvit demo; safe to delete\n")
+
+
+def _print(console: Any, text: str) -> None:
+    console.print(text)
+
+
+def run_demo(out: str | Path, *, quiet: bool = False) -> dict[str, Any]:
+    """Run the demo into ``out`` and return its headline numbers and paths."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from medvit.apps.ct_seg import api as ct_seg
+    from medvit.apps.fiqa.api import run_demo as fiqa_demo
+    from medvit.pretrain.api import run_pretrain
+    from medvit.pretrain.config import PretrainConfig
+    from medvit.shared.config import load_config
+    from medvit.shared.data.synth import synth_ct
+
+    console = Console()
+    out = Path(out).resolve()
+    _prepare(out)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    # 1. data
+    _print(console, "[bold]1/4[/bold] synthetic CT (nnU-Net raw layout)")
+    t = time.perf_counter()
+    ct = out / "data" / "ct"
+    synth_ct(ct, n=CT_CASES, n_test=CT_TEST_CASES, shape=CT_SHAPE, seed=0)
+    timings["data"] = time.perf_counter() - t
+
+    # 2. pretraining
+    _print(console, "[bold]2/4[/bold] Hi-End-MAE pretraining (tiny preset)")
+    t = time.perf_counter()
+    cfg = load_config(
+        PretrainConfig,
+        None,
+        ("data.spacing=null",),
+        **{
+            "data_dir": ct / "imagesTr",
+            "out": out / "runs" / "pretrain",
+            "model.method": "hi-end-mae",
+            "model.preset": "tiny",
+            "train.steps": PRETRAIN_STEPS,
+            "train.device": "cpu",
+            "quiet": quiet,
+        },
+    )
+    pre_run = run_pretrain(cfg)
+    encoder = pre_run / "encoder.safetensors"
+    timings["pretrain"] = time.perf_counter() - t
+
+    # 3. segmentation
+    _print(console, "[bold]3/4[/bold] ct-seg: fine-tune from the exported encoder, predict, evaluate")
+    t = time.perf_counter()
+    seg_run = out / "runs" / "ct-seg"
+    ct_seg.train(
+        ct,
+        out=seg_run,
+        preset="tiny",
+        quiet=quiet,
+        **{"model.weights": encoder, "data.fold": "all", "data.spacing": "native", "optim.steps": SEG_STEPS},
+    )
+    pred = out / "predictions" / "ct-seg"
+    ct_seg.predict(seg_run, ct / "imagesTs", pred, quiet=quiet)
+    summary = ct_seg.evaluate(pred, ct / "labelsTs", labels_json=ct / "dataset.json", quiet=quiet)
+    timings["ct-seg"] = time.perf_counter() - t
+
+    # 4. face-image quality
+    _print(console, "[bold]4/4[/bold] fiqa: train tiny ViT-FIQA, score a held-out folder")
+    t = time.perf_counter()
+    fiqa = fiqa_demo(out, quiet=quiet, steps=FIQA_STEPS)
+    timings["fiqa"] = time.perf_counter() - t
+
+    table = Table("class", "Dice (mean ± sd)", "HD95 mm", title="ct-seg on held-out synthetic cases")
+    for name, row in summary.get("per_class", {}).items():
+        dice = row.get("dice", {})
+        hd = row.get("hd95", {})
+        table.add_row(
+            str(name),
+            f"{dice.get('mean', float('nan')):.3f} ± {dice.get('sd', float('nan')):.3f}",
+            f"{hd.get('mean', float('nan')):.2f}" if hd else "-",
+        )
+    console.print(table)
+    overall = summary.get("overall", {}).get("dice", {}).get("mean")
+    console.print(f"mean foreground Dice: [bold]{overall:.3f}[/bold]" if overall is not None else "")
+    console.print(f"pretraining previews:   {pre_run / 'previews'}")
+    console.print(f"pretraining loss plot:  {pre_run / 'plots' / 'loss.png'}")
+    console.print(f"encoder export:         {encoder}")
+    console.print(f"segmentation overlays:  {pred / 'overlays'}")
+    console.print(f"FIQA Spearman(quality, -degradation strength): [bold]{fiqa['spearman']:.3f}[/bold]")
+    console.print(f"FIQA contact sheet:     {fiqa['contact_sheet']}")
+    total = time.perf_counter() - t0
+    console.print("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {total:.0f}s")
+    return {
+        "dice": overall,
+        "summary": summary,
+        "spearman": fiqa["spearman"],
+        "encoder": encoder,
+        "timings": timings,
+        "total_s": total,
+    }
