@@ -285,26 +285,7 @@ def run_pretrain(
     if t.steps is None and t.epochs is None:
         t = replace(t, epochs=DEFAULT_EPOCHS)
     lr = t.lr if t.lr is not None else preset.lr
-    train_cfg = TrainConfig(
-        steps=t.steps,
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        workers=t.workers,
-        lr=lr,
-        min_lr=t.min_lr,
-        weight_decay=t.weight_decay,
-        betas=tuple(t.betas),
-        warmup_fraction=t.warmup_fraction,
-        grad_accum=t.grad_accum,
-        grad_clip=t.grad_clip,
-        precision=t.precision,
-        device=t.device,
-        seed=t.seed,
-        log_every=t.log_every,
-        ckpt_every=t.ckpt_every,
-        keep_last=t.keep_last,
-        compile=t.compile,
-    )
+    train_cfg = TrainConfig.from_section(t, lr=lr, betas=tuple(t.betas))
     # Fail before the (possibly long) preprocessing pass if the run directory cannot be used.
     run = RunDir(out)
     if not resume and run.has_checkpoints():

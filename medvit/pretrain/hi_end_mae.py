@@ -55,7 +55,6 @@ References:
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -63,25 +62,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from medvit.pretrain.mae import (
-    _check_divisible,
-    _init_decoder_weights,
-    batch_images,
-    denormalize_patches,
-    masked_mse,
-    normalize_patches,
-    num_visible,
-    patchify,
-    random_masking,
-    unpatchify,
-)
-from medvit.shared.backbone.layers import Attention, Block, Mlp
-from medvit.shared.backbone.pos_embed import resample_pos_embed, sincos_pos_embed
+from medvit.pretrain.mae import MaskedAutoencoderBase, random_masking
+from medvit.shared.backbone.layers import Attention, Block, Mlp, MultiHeadAttention, init_mae_weights
+from medvit.shared.backbone.pos_embed import resample_pos_embed
 from medvit.shared.backbone.vit import VisionTransformer
-from medvit.shared.backbone.weights import LoadReport, load_pretrained, read_checkpoint, strip_prefixes
+from medvit.shared.backbone.weights import LoadReport, load_pretrained, load_strict, read_checkpoint, strip_prefixes
 from medvit.shared.errors import WeightsError
 
 logger = logging.getLogger(__name__)
@@ -118,7 +105,7 @@ def hiend_taps(depth: int, n: int = 3) -> tuple[int, ...]:
     return taps
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(MultiHeadAttention):
     """Multi-head attention: queries from the decoder tokens, keys/values from encoder tokens.
 
     Args:
@@ -129,28 +116,15 @@ class CrossAttention(nn.Module):
         proj_drop: output dropout.
     """
 
-    def __init__(
-        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
-    ) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"decoder width {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+    def _init_inputs(self, dim: int, qkv_bias: bool) -> None:
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """``x [B, N, D]`` attends to ``context [B, M, D]``; returns ``[B, N, D]``."""
-        b, n, d = x.shape
-        m = context.shape[1]
-        q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-        k, v = self.kv(context).reshape(b, m, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, d)))
+        q = self._split_heads(self.q(x), 1)[0]  # [B, H, N, hd]
+        k, v = self._split_heads(self.kv(context), 2).unbind(0)  # each [B, H, M, hd]
+        return self._attend(q, k, v)
 
 
 class CrossAttentionBlock(nn.Module):
@@ -220,7 +194,7 @@ class HiEndDecoder(nn.Module):
         )
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.head = nn.Linear(dim, out_dim)
-        _init_decoder_weights(self)
+        init_mae_weights(self)
 
     def forward(self, x: torch.Tensor, contexts: Sequence[torch.Tensor]) -> torch.Tensor:
         """Decode.
@@ -242,8 +216,12 @@ class HiEndDecoder(nn.Module):
         return self.head(self.norm(x))
 
 
-class HiEndMAE(nn.Module):
+class HiEndMAE(MaskedAutoencoderBase):
     """Hi-End-MAE pretraining model around a 3D (or 2D) medvit ViT encoder.
+
+    Targets are always normalised per patch, by a LayerNorm without affine (biased variance, eps 1e-6); the loss is
+    the MSE on the removed patches (equal to the official ``MSELoss(pred[masked], patch_norm(target[masked]))``
+    because every sample has the same number of masked patches).
 
     Args:
         encoder: the backbone (paper: ``vit_hiend_large_patch12_3d``); not re-initialised.
@@ -257,6 +235,9 @@ class HiEndMAE(nn.Module):
         norm_eps: decoder LayerNorm epsilon (1e-6).
     """
 
+    unbiased_norm = False  # targets: LayerNorm without affine (biased variance, eps 1e-6)
+    decoder_pos_prefix = False  # decoder_pos_embed [1, L, Dd]: the cls position gets none
+
     def __init__(
         self,
         encoder: VisionTransformer,
@@ -269,33 +250,22 @@ class HiEndMAE(nn.Module):
         mask_ratio: float = 0.75,
         norm_eps: float = 1e-6,
     ) -> None:
-        super().__init__()
         depth = len(encoder.blocks)
         taps = hiend_taps(depth) if taps is None else tuple(sorted(int(t) for t in taps))
         if not taps or len(set(taps)) != len(taps) or not all(0 <= t < depth for t in taps):
             raise ValueError(f"taps {taps} must be distinct 0-based block indices of a {depth}-block encoder")
-        num_visible(encoder.patch_embed.num_patches, mask_ratio)
-        self.encoder = encoder
+        # mask_token and the fixed sin-cos decoder_pos_embed [1, L, Dd] (no prefix slot) come from the base.
+        super().__init__(encoder, decoder_embed_dim=decoder_embed_dim, mask_ratio=mask_ratio, norm_pix_loss=True)
         self.taps = taps
-        self.mask_ratio = mask_ratio
-        self.patch_size = tuple(encoder.patch_embed.patch_size)
-        self.in_chans = int(encoder.patch_embed.proj.in_channels)
-        self.num_prefix_tokens = encoder.num_prefix_tokens
-        self.decoder_embed_dim = decoder_embed_dim
-        out_dim = math.prod(self.patch_size) * self.in_chans
 
         # encoder_to_decoder[i] projects taps[i] (shallow -> deep); the last one the final normed output.
         self.encoder_to_decoder = nn.ModuleList(
             nn.Linear(encoder.embed_dim, decoder_embed_dim, bias=True) for _ in range(len(taps) + 1)
         )
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.decoder_pos_embed = nn.Parameter(
-            self._decoder_pos(tuple(encoder.patch_embed.grid_size)), requires_grad=False
-        )
         self.decoder = HiEndDecoder(
             decoder_embed_dim,
             decoder_num_heads,
-            out_dim,
+            math.prod(self.patch_size) * self.in_chans,
             self_depth=decoder_depth,
             cross_depth=len(taps),
             mlp_ratio=mlp_ratio,
@@ -304,39 +274,6 @@ class HiEndMAE(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
         for proj in self.encoder_to_decoder:
             nn.init.xavier_uniform_(proj.weight)  # bias: PyTorch default, as the official code
-        self._pos_cache: dict[tuple[int, ...], torch.Tensor] = {}
-
-    # ------------------------------------------------------------------ helpers
-    def _decoder_pos(self, grid: tuple[int, ...]) -> torch.Tensor:
-        return sincos_pos_embed(self.decoder_embed_dim, grid)[None]  # [1, L, Dd], no prefix slot
-
-    def decoder_pos_for(self, grid: tuple[int, ...]) -> torch.Tensor:
-        """``[1, L, Dd]`` decoder position embedding for a token grid."""
-        if grid == tuple(self.encoder.patch_embed.grid_size):
-            return self.decoder_pos_embed
-        if grid not in self._pos_cache:
-            self._pos_cache[grid] = self._decoder_pos(grid)
-        return self._pos_cache[grid].to(self.decoder_pos_embed)
-
-    def grid_of(self, imgs: torch.Tensor) -> tuple[int, ...]:
-        """Token grid of an input; it must be a whole number of patches per axis."""
-        if imgs.ndim != 2 + len(self.patch_size):
-            raise ValueError(
-                f"expected [B, C, {', '.join('S' * len(self.patch_size))}] input, got shape {tuple(imgs.shape)}"
-            )
-        return _check_divisible(imgs.shape[2:], self.patch_size)
-
-    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
-        """``[B, C, *spatial] -> [B, L, prod(p) * C]`` (order ``(p1, p2, p3, c)``)."""
-        return patchify(imgs, self.patch_size)
-
-    def unpatchify(self, x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
-        """``[B, L, prod(p) * C] -> [B, C, *spatial]``."""
-        return unpatchify(x, self.patch_size, grid, self.in_chans)
-
-    def targets(self, imgs: torch.Tensor) -> torch.Tensor:
-        """``[B, L, V]`` patches normalised by a LayerNorm without affine (biased variance, eps 1e-6)."""
-        return normalize_patches(self.patchify(imgs), unbiased=False, eps=1e-6)
 
     # ------------------------------------------------------------------ forward
     def forward_encoder(self, imgs: torch.Tensor, ids_keep: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -383,55 +320,18 @@ class HiEndMAE(nn.Module):
         out = out[:, p:]
         return torch.gather(out, 1, ids_restore.unsqueeze(-1).expand(-1, -1, out.shape[-1]))
 
-    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """MSE on removed patches only, against per-patch normalised targets.
-
-        Equal to the official ``MSELoss(pred[masked], patch_norm(target[masked]))`` because every sample has
-        the same number of masked patches.
-
-        Args:
-            imgs: ``[B, C, *spatial]``.
-            pred: ``[B, L, V]`` (original order).
-            mask: ``[B, L]``, 1 = removed.
+    def forward_masked(
+        self, imgs: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random masking, encoder on the visible tokens (final output + taps), hierarchical decoder.
 
         Returns:
-            scalar.
+            ``pred [B, L, V]`` (original order), ``mask [B, L]`` (1 = removed).
         """
-        return masked_mse(pred, self.targets(imgs), mask)
-
-    def reconstruct(self, imgs: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-        """Predictions de-normalised with each true patch's mean/std, as ``[B, C, *spatial]``."""
-        pred = denormalize_patches(pred.float(), self.patchify(imgs).float(), unbiased=False, eps=1e-6)
-        return self.unpatchify(pred, self.grid_of(imgs))
-
-    def forward(
-        self,
-        batch: torch.Tensor | Mapping[str, Any],
-        mask_ratio: float | None = None,
-        generator: torch.Generator | None = None,
-    ) -> dict[str, Any]:
-        """One Hi-End-MAE step.
-
-        Args:
-            batch: ``[B, C, *spatial]`` or a dict with ``"image"``.
-            mask_ratio: override of the default ratio.
-            generator: optional RNG for the mask.
-
-        Returns:
-            ``{"loss": scalar, "pred": [B, L, V] (original order), "mask": [B, L] (1 = removed),
-            "logs": {"loss_visible": ...}}``.
-        """
-        imgs = batch_images(batch)
-        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
         grid = self.grid_of(imgs)
-        ids_keep, mask, ids_restore = random_masking(imgs.shape[0], math.prod(grid), ratio, imgs.device, generator)
+        ids_keep, mask, ids_restore = random_masking(imgs.shape[0], math.prod(grid), mask_ratio, imgs.device, generator)
         final, feats = self.forward_encoder(imgs, ids_keep)
-        pred = self.forward_decoder(final, feats, ids_restore, grid)
-        target = self.targets(imgs)
-        loss = masked_mse(pred, target, mask)
-        with torch.no_grad():
-            visible = masked_mse(pred.detach(), target, 1.0 - mask)
-        return {"loss": loss, "pred": pred, "mask": mask, "logs": {"loss_visible": visible}}
+        return self.forward_decoder(final, feats, ids_restore, grid), mask
 
 
 # ============================================================================= official checkpoints
@@ -511,20 +411,7 @@ def load_official_hi_end_mae(
                 raise WeightsError(f"decoder_pos_embed: {tuple(v.shape)} does not fit a {nd}D grid")
             rest["decoder_pos_embed"] = resample_pos_embed(v, model.encoder.patch_embed.grid_size, (side,) * nd)
             report.resized.append(("decoder_pos_embed", tuple(v.shape), tuple(t.shape)))
-    missing = sorted(k for k in target if k not in rest)
-    unexpected = sorted(k for k in rest if k not in target)
-    bad_missing = [k for k in missing if not any(fnmatch.fnmatchcase(k, p) for p in allow_missing)]
-    if bad_missing or unexpected:
-        parts = []
-        if bad_missing:
-            parts.append(f"missing {len(bad_missing)} key(s): {', '.join(bad_missing[:8])}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {', '.join(unexpected[:8])}")
-        raise WeightsError("Hi-End-MAE checkpoint does not match the model: " + "; ".join(parts))
-    for k, v in rest.items():
-        if tuple(v.shape) != tuple(target[k].shape):
-            raise WeightsError(f"shape mismatch for {k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}")
-    model.load_state_dict({k: v.to(target[k].dtype) for k, v in rest.items()}, strict=False)
+    missing, _ = load_strict(model, rest, what="Hi-End-MAE checkpoint", target=target, expected_missing=allow_missing)
     report.missing += missing
     logger.info("loaded Hi-End-MAE checkpoint (%s)", report.summary())
     return report

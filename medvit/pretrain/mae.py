@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medvit.shared.backbone.layers import Block
+from medvit.shared.backbone.layers import Block, init_mae_weights
 from medvit.shared.backbone.pos_embed import sincos_pos_embed
 from medvit.shared.backbone.vit import VisionTransformer
 
@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MAE",
+    "MaskedAutoencoderBase",
     "batch_images",
     "denormalize_patches",
     "normalize_patches",
@@ -225,20 +226,146 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return (loss * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def _init_decoder_weights(module: nn.Module) -> None:
-    """MAE ``_init_weights``: xavier-uniform Linear, zero bias, LayerNorm (1, 0)."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+# ============================================================================= what MAE-family models share
+class MaskedAutoencoderBase(nn.Module):
+    """The parts every masked autoencoder here shares; the decoder is the subclass's own.
+
+    Holds the encoder and its patch geometry, the learned ``mask_token`` and the fixed sin-cos
+    ``decoder_pos_embed`` (the names of both papers' code), the per-patch targets, the masked MSE and the
+    training step :meth:`forward`. A subclass builds its decoder, then draws ``mask_token ~ N(0, 0.02)`` (so the
+    random initialisation keeps the reference order), and writes :meth:`forward_masked` - masking, encoder,
+    decoder - the way its paper does.
+
+    Args:
+        encoder: the backbone; its ``patch_size`` decides 2D or 3D. Its weights are not re-initialised.
+        decoder_embed_dim: decoder width Dd.
+        mask_ratio: default fraction of removed tokens.
+        norm_pix_loss: per-patch normalised targets.
+    """
+
+    #: Variance estimator of the per-patch target normalisation (True: MAE; False: a LayerNorm, Hi-End-MAE).
+    unbiased_norm: bool = True
+    #: The decoder position table has one zero slot per prefix token (MAE's ``[1, P + L, Dd]``); False: none
+    #: (Hi-End-MAE's ``[1, L, Dd]``).
+    decoder_pos_prefix: bool = True
+
+    def __init__(
+        self, encoder: VisionTransformer, *, decoder_embed_dim: int, mask_ratio: float, norm_pix_loss: bool
+    ) -> None:
+        super().__init__()
+        num_visible(encoder.patch_embed.num_patches, mask_ratio)  # validate early
+        self.encoder = encoder
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
+        self.patch_size = tuple(encoder.patch_embed.patch_size)
+        self.in_chans = int(encoder.patch_embed.proj.in_channels)
+        self.num_prefix_tokens = encoder.num_prefix_tokens
+        self.decoder_embed_dim = decoder_embed_dim
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(
+            self._decoder_pos(tuple(encoder.patch_embed.grid_size)), requires_grad=False
+        )
+        self._pos_cache: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def _decoder_pos(self, grid: tuple[int, ...]) -> torch.Tensor:
+        emb = sincos_pos_embed(self.decoder_embed_dim, grid)[None]
+        if not self.decoder_pos_prefix:
+            return emb
+        prefix = torch.zeros(1, self.num_prefix_tokens, self.decoder_embed_dim)
+        return torch.cat([prefix, emb], dim=1)
+
+    def decoder_pos_for(self, grid: tuple[int, ...]) -> torch.Tensor:
+        """Decoder position embedding ``[1, (P +) L, Dd]`` for a token grid (regenerated if not the default)."""
+        if grid == tuple(self.encoder.patch_embed.grid_size):
+            return self.decoder_pos_embed
+        if grid not in self._pos_cache:
+            self._pos_cache[grid] = self._decoder_pos(grid)
+        return self._pos_cache[grid].to(self.decoder_pos_embed)
+
+    def grid_of(self, imgs: torch.Tensor) -> tuple[int, ...]:
+        """Token grid of an input; it must be a whole number of patches per axis."""
+        if imgs.ndim != 2 + len(self.patch_size):
+            raise ValueError(
+                f"expected [B, C, {', '.join('S' * len(self.patch_size))}] input, got shape {tuple(imgs.shape)}"
+            )
+        return _check_divisible(imgs.shape[2:], self.patch_size)
+
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        """``[B, C, *spatial] -> [B, L, prod(p) * C]`` (see :func:`patchify`)."""
+        return patchify(imgs, self.patch_size)
+
+    def unpatchify(self, x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+        """``[B, L, prod(p) * C] -> [B, C, *spatial]`` (see :func:`unpatchify`)."""
+        return unpatchify(x, self.patch_size, grid, self.in_chans)
+
+    def targets(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Reconstruction targets ``[B, L, V]``: patches, normalised per patch with ``norm_pix_loss``."""
+        target = self.patchify(imgs)
+        return normalize_patches(target, unbiased=self.unbiased_norm) if self.norm_pix_loss else target
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """MSE on removed patches only.
+
+        Args:
+            imgs: ``[B, C, *spatial]``.
+            pred: ``[B, L, prod(p) * C]`` in the original token order.
+            mask: ``[B, L]``, 1 = removed.
+
+        Returns:
+            scalar loss.
+        """
+        return masked_mse(pred, self.targets(imgs), mask)
+
+    def reconstruct(self, imgs: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """Predictions as an image ``[B, C, *spatial]`` in input units (de-normalised with norm-pix)."""
+        if self.norm_pix_loss:
+            pred = denormalize_patches(pred.float(), self.patchify(imgs).float(), unbiased=self.unbiased_norm)
+        return self.unpatchify(pred, self.grid_of(imgs))
+
+    def forward_masked(
+        self, imgs: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask, encode the visible tokens, decode.
+
+        Args:
+            imgs: ``[B, C, *spatial]``.
+            mask_ratio: fraction of tokens removed.
+            generator: optional RNG for the mask.
+
+        Returns:
+            ``pred [B, L, V]`` in the original token order and ``mask [B, L]`` (1 = removed).
+        """
+        raise NotImplementedError
+
+    def forward(
+        self,
+        batch: torch.Tensor | Mapping[str, Any],
+        mask_ratio: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Any]:
+        """One training step: :meth:`forward_masked`, then the loss on the removed patches.
+
+        Args:
+            batch: ``[B, C, *spatial]`` or a dict with ``"image"``.
+            mask_ratio: override of the default ratio.
+            generator: optional RNG for the mask.
+
+        Returns:
+            ``{"loss": scalar, "pred": [B, L, V] (original order), "mask": [B, L] (1 = removed),
+            "logs": {"loss_visible": ...}}``.
+        """
+        imgs = batch_images(batch)
+        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+        pred, mask = self.forward_masked(imgs, ratio, generator)
+        target = self.targets(imgs)
+        loss = masked_mse(pred, target, mask)
+        with torch.no_grad():
+            visible = masked_mse(pred.detach(), target, 1.0 - mask)
+        return {"loss": loss, "pred": pred, "mask": mask, "logs": {"loss_visible": visible}}
 
 
 # ============================================================================= the model
-class MAE(nn.Module):
+class MAE(MaskedAutoencoderBase):
     """Masked autoencoder with a ViT encoder and a light transformer decoder.
 
     Args:
@@ -264,23 +391,13 @@ class MAE(nn.Module):
         norm_pix_loss: bool = False,
         norm_eps: float = 1e-6,
     ) -> None:
-        super().__init__()
-        num_visible(encoder.patch_embed.num_patches, mask_ratio)  # validate early
-        self.encoder = encoder
-        self.mask_ratio = mask_ratio
-        self.norm_pix_loss = norm_pix_loss
-        self.patch_size = tuple(encoder.patch_embed.patch_size)
-        self.in_chans = int(encoder.patch_embed.proj.in_channels)
-        self.num_prefix_tokens = encoder.num_prefix_tokens
-        self.decoder_embed_dim = decoder_embed_dim
-
+        # mask_token and the fixed sin-cos decoder_pos_embed (one zero slot per prefix token, as MAE's
+        # [1, 1 + L, 512]) come from the base.
+        super().__init__(
+            encoder, decoder_embed_dim=decoder_embed_dim, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss
+        )
         # ---- decoder (MAE names)
         self.decoder_embed = nn.Linear(encoder.embed_dim, decoder_embed_dim, bias=True)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        # Fixed sin-cos, one (zero) slot per prefix token as MAE's [1, 1 + L, 512].
-        self.decoder_pos_embed = nn.Parameter(
-            self._decoder_pos(tuple(encoder.patch_embed.grid_size)), requires_grad=False
-        )
         self.decoder_blocks = nn.ModuleList(
             Block(decoder_embed_dim, decoder_num_heads, mlp_ratio=mlp_ratio, qkv_bias=True, norm_eps=norm_eps)
             for _ in range(decoder_depth)
@@ -288,41 +405,11 @@ class MAE(nn.Module):
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=norm_eps)
         self.decoder_pred = nn.Linear(decoder_embed_dim, math.prod(self.patch_size) * self.in_chans, bias=True)
 
-        _init_decoder_weights(nn.ModuleList([self.decoder_embed, self.decoder_blocks, self.decoder_norm]))
-        _init_decoder_weights(self.decoder_pred)
+        for part in (self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred):
+            init_mae_weights(part)
         nn.init.normal_(self.mask_token, std=0.02)
-        self._pos_cache: dict[tuple[int, ...], torch.Tensor] = {}
-
-    def _decoder_pos(self, grid: tuple[int, ...]) -> torch.Tensor:
-        emb = sincos_pos_embed(self.decoder_embed_dim, grid)[None]
-        prefix = torch.zeros(1, self.num_prefix_tokens, self.decoder_embed_dim)
-        return torch.cat([prefix, emb], dim=1)
-
-    def decoder_pos_for(self, grid: tuple[int, ...]) -> torch.Tensor:
-        """Decoder position embedding ``[1, P + L, Dd]`` for a token grid (regenerated if not the default)."""
-        if grid == tuple(self.encoder.patch_embed.grid_size):
-            return self.decoder_pos_embed
-        if grid not in self._pos_cache:
-            self._pos_cache[grid] = self._decoder_pos(grid)
-        return self._pos_cache[grid].to(self.decoder_pos_embed)
-
-    def grid_of(self, imgs: torch.Tensor) -> tuple[int, ...]:
-        """Token grid of an input; it must be a whole number of patches per axis."""
-        if imgs.ndim != 2 + len(self.patch_size):
-            raise ValueError(
-                f"expected [B, C, {', '.join('S' * len(self.patch_size))}] input, got shape {tuple(imgs.shape)}"
-            )
-        return _check_divisible(imgs.shape[2:], self.patch_size)
 
     # ------------------------------------------------------------------ MAE's methods
-    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
-        """``[B, C, *spatial] -> [B, L, prod(p) * C]`` (see :func:`patchify`)."""
-        return patchify(imgs, self.patch_size)
-
-    def unpatchify(self, x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
-        """``[B, L, prod(p) * C] -> [B, C, *spatial]`` (see :func:`unpatchify`)."""
-        return unpatchify(x, self.patch_size, grid, self.in_chans)
-
     def forward_encoder(
         self, imgs: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -364,53 +451,14 @@ class MAE(nn.Module):
         x = self.decoder_pred(self.decoder_norm(x))
         return x[:, p:]
 
-    def targets(self, imgs: torch.Tensor) -> torch.Tensor:
-        """Reconstruction targets ``[B, L, V]``: patches, normalised per patch with ``norm_pix_loss``."""
-        target = self.patchify(imgs)
-        return normalize_patches(target, unbiased=True) if self.norm_pix_loss else target
-
-    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """MSE on removed patches only.
-
-        Args:
-            imgs: ``[B, C, *spatial]``.
-            pred: ``[B, L, prod(p) * C]``.
-            mask: ``[B, L]``, 1 = removed.
+    def forward_masked(
+        self, imgs: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """MAE's ``forward`` without the loss: ``forward_encoder``, then ``forward_decoder``.
 
         Returns:
-            scalar loss.
+            ``pred [B, L, V]``, ``mask [B, L]``.
         """
-        return masked_mse(pred, self.targets(imgs), mask)
-
-    def reconstruct(self, imgs: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-        """Predictions as an image ``[B, C, *spatial]`` in input units (de-normalised with norm-pix)."""
-        if self.norm_pix_loss:
-            pred = denormalize_patches(pred.float(), self.patchify(imgs).float(), unbiased=True)
-        return self.unpatchify(pred, self.grid_of(imgs))
-
-    def forward(
-        self,
-        batch: torch.Tensor | Mapping[str, Any],
-        mask_ratio: float | None = None,
-        generator: torch.Generator | None = None,
-    ) -> dict[str, Any]:
-        """One MAE step.
-
-        Args:
-            batch: ``[B, C, *spatial]`` or a dict with ``"image"``.
-            mask_ratio: override of the default ratio.
-            generator: optional RNG for the mask.
-
-        Returns:
-            ``{"loss": scalar, "pred": [B, L, V], "mask": [B, L], "logs": {"loss_visible": ...}}``.
-        """
-        imgs = batch_images(batch)
-        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        grid = self.grid_of(imgs)
-        latent, mask, ids_restore = self.forward_encoder(imgs, ratio, generator)
-        pred = self.forward_decoder(latent, ids_restore, grid)
-        target = self.targets(imgs)
-        loss = masked_mse(pred, target, mask)
-        with torch.no_grad():
-            visible = masked_mse(pred.detach(), target, 1.0 - mask)
-        return {"loss": loss, "pred": pred, "mask": mask, "logs": {"loss_visible": visible}}
+        latent, mask, ids_restore = self.forward_encoder(imgs, mask_ratio, generator)
+        pred = self.forward_decoder(latent, ids_restore, self.grid_of(imgs))
+        return pred, mask

@@ -77,15 +77,24 @@ class Preset:
         return len(self.crop_size)
 
 
-_TINY_3D = {
-    "img_size": 48,
-    "patch_size": (16, 16, 16),
-    "in_chans": 1,
-    "embed_dim": 96,
-    "depth": 4,
-    "num_heads": 4,
-    "pos_embed": "sincos",
-    "pos_embed_prefix": False,
+# The CPU-sized 3D model both methods share (tests and the demo): encoder 96/4/4 with 16^3 patches on 48^3 crops,
+# decoder 96 wide with 8 heads, lr 1e-3.
+_TINY_3D: dict[str, Any] = {
+    "backbone": "test_vit_3d",
+    "backbone_overrides": {
+        "img_size": 48,
+        "patch_size": (16, 16, 16),
+        "in_chans": 1,
+        "embed_dim": 96,
+        "depth": 4,
+        "num_heads": 4,
+        "pos_embed": "sincos",
+        "pos_embed_prefix": False,
+    },
+    "decoder_embed_dim": 96,
+    "decoder_num_heads": 8,
+    "crop_size": (48, 48, 48),
+    "lr": 1e-3,
 }
 
 _PRESETS: dict[tuple[str, str], Preset] = {
@@ -117,27 +126,17 @@ _PRESETS: dict[tuple[str, str], Preset] = {
             description="ViT-S 384/12/6, 16^3 patches on 96^3, decoder 264/8",
         ),
         Preset(
-            "hi-end-mae",
-            "tiny",
-            "test_vit_3d",
-            backbone_overrides=_TINY_3D,
-            decoder_embed_dim=96,
-            decoder_num_heads=8,
-            crop_size=(48, 48, 48),
-            lr=1e-3,
+            method="hi-end-mae",
+            name="tiny",
+            **_TINY_3D,
             description="CPU tests and demo: ViT 96/4/4, 16^3 patches on 48^3 (27 tokens), decoder 96/8",
         ),
         # ---------------------------------------------------------------- MAE, 3D
         Preset(
-            "mae",
-            "tiny",
-            "test_vit_3d",
-            backbone_overrides=_TINY_3D,
-            decoder_embed_dim=96,
-            decoder_num_heads=8,
+            method="mae",
+            name="tiny",
+            **_TINY_3D,
             decoder_depth=2,
-            crop_size=(48, 48, 48),
-            lr=1e-3,
             description="CPU tests and demo: ViT 96/4/4 3D, 16^3 patches on 48^3, decoder 96 x 2 blocks",
         ),
         Preset(

@@ -49,6 +49,8 @@ __all__ = [
     "from_dict",
     "load_config",
     "parse_set",
+    "preset_file",
+    "preset_layer",
     "replace_path",
     "to_dict",
 ]
@@ -529,6 +531,42 @@ def load_config(
         if source in ("--set", "command-line option"):
             raise ConfigError(f"{err} (from {source})") from None
         raise ConfigError(f"{source}: {err}") from None
+
+
+def preset_file(folder: str | Path, name: str, names: Sequence[str], app: str) -> Path:
+    """YAML file ``folder/<name>.yaml`` of a named app preset (shipped as package data beside the app's config).
+
+    Args:
+        folder: the app's ``presets`` folder.
+        name: preset name.
+        names: the app's presets.
+        app: the app as errors name it (``ct-seg``).
+
+    Returns:
+        The preset's path.
+
+    Raises:
+        ConfigError: ``name`` is not one of ``names`` (listing them).
+    """
+    if name not in names:
+        raise ConfigError(f"unknown {app} preset {name!r}; choose one of {', '.join(names)}")
+    return Path(folder) / f"{name}.yaml"
+
+
+def preset_layer(path: str | Path, name: str) -> dict[str, Any]:
+    """A preset file as the ``preset`` layer of :func:`load_config`: its mapping plus ``preset: name``.
+
+    Args:
+        path: the preset YAML (read strictly, as a config file).
+        name: recorded in the config's ``preset`` field.
+
+    Returns:
+        The layer.
+
+    Raises:
+        ConfigError: unreadable or invalid YAML (naming the file).
+    """
+    return {**_read_yaml(path), "preset": name}
 
 
 class _Dumper(yaml.SafeDumper):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medvit.pretrain.hi_end_mae import HiEndMAE, hiend_taps, load_official_hi_end_mae
+from medvit.pretrain.hi_end_mae import CrossAttention, HiEndMAE, hiend_taps, load_official_hi_end_mae
 from medvit.pretrain.mae import MAE, patchify
 from medvit.pretrain.presets import build_model, get_preset
 from medvit.shared.backbone.registry import create_backbone
@@ -41,6 +41,27 @@ def _gen() -> torch.Generator:
 )
 def test_hiend_taps_scale_with_depth(depth: int, n: int, taps: tuple[int, ...]) -> None:
     assert hiend_taps(depth, n) == taps
+
+
+def test_cross_attention_equals_softmax_reference() -> None:
+    torch.manual_seed(0)
+    attn = CrossAttention(12, 3).eval()
+    x, ctx = torch.randn(2, 5, 12), torch.randn(2, 7, 12)
+    q = attn.q(x).reshape(2, 5, 3, 4).transpose(1, 2)
+    k, v = attn.kv(ctx).reshape(2, 7, 2, 3, 4).permute(2, 0, 3, 1, 4)
+    weights = torch.softmax(q @ k.transpose(-2, -1) / 2.0, dim=-1)  # scale 1/sqrt(head_dim = 4)
+    ref = attn.proj((weights @ v).transpose(1, 2).reshape(2, 5, 12))
+    torch.testing.assert_close(attn(x, ctx), ref)
+    assert [n for n, _ in attn.named_parameters()] == [
+        "q.weight",
+        "q.bias",
+        "kv.weight",
+        "kv.bias",
+        "proj.weight",
+        "proj.bias",
+    ]
+    with pytest.raises(ValueError, match="not divisible by num_heads"):
+        CrossAttention(10, 3)
 
 
 def test_hiend_taps_errors() -> None:

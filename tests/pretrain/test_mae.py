@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -200,3 +201,34 @@ def test_unknown_preset_is_a_config_error() -> None:
         get_preset("hi-end-mae", "huge")
     with pytest.raises(ConfigError, match="method"):
         get_preset("simclr", "tiny")
+
+
+_BLOCK = ["norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2"]
+_CROSS_BLOCK = ["norm0", "self_attn.qkv", "self_attn.proj", "norm1", "cross_attn.q", "cross_attn.kv"]
+_CROSS_BLOCK += ["cross_attn.proj", "norm2", "mlp.fc1", "mlp.fc2"]
+
+
+def _wb(prefix: str, names: list[str]) -> list[str]:
+    return [f"{prefix}{n}.{p}" for n in names for p in ("weight", "bias")]
+
+
+# Checkpoints (ours and the official Hi-End-MAE ones) and optimizer states depend on these names and this order.
+GOLDEN_DECODER_KEYS = {
+    "mae": ["mask_token", "decoder_pos_embed", *_wb("", ["decoder_embed"]), *_wb("decoder_blocks.N.", _BLOCK)]
+    + _wb("", ["decoder_norm", "decoder_pred"]),
+    "hi-end-mae": ["mask_token", "decoder_pos_embed", *_wb("", ["encoder_to_decoder.N"])]
+    + _wb("decoder.blocks.N.", _BLOCK)
+    + _wb("decoder.cross_attention_blocks.N.", _CROSS_BLOCK)
+    + _wb("decoder.", ["norm", "head"]),
+}
+
+
+@pytest.mark.parametrize("method", ["mae", "hi-end-mae"])
+def test_golden_state_dict_keys_and_parameter_order(method: str) -> None:
+    model = build_model(get_preset(method, "tiny"))
+    keys = [k for k in model.state_dict() if not k.startswith("encoder.")]
+    assert list(dict.fromkeys(re.sub(r"\.\d+(\.|$)", r".N\1", k) for k in keys)) == GOLDEN_DECODER_KEYS[method]
+    names = [n for n, _ in model.named_parameters()]
+    assert names[:2] == ["mask_token", "decoder_pos_embed"]
+    assert names[2].startswith("encoder.")  # then the encoder, then the decoder, as registered
+    assert model.decoder_pos_embed.requires_grad is False

@@ -13,7 +13,16 @@ import yaml
 
 from medvit import __version__
 from medvit.shared import paths
-from medvit.shared.config import dump_config, from_dict, load_config, parse_set, replace_path, to_dict
+from medvit.shared.config import (
+    dump_config,
+    from_dict,
+    load_config,
+    parse_set,
+    preset_file,
+    preset_layer,
+    replace_path,
+    to_dict,
+)
 from medvit.shared.errors import ConfigError, MedvitError
 
 
@@ -432,3 +441,16 @@ def test_preset_layer_sits_between_defaults_and_config_file(tmp_path: Path) -> N
     bad.write_text("optim:\n  nope: 1\n")
     with pytest.raises(ConfigError, match="preset bad"):
         load_config(TrainCfg, preset=bad)
+
+
+def test_preset_file_and_layer(tmp_path: Path) -> None:
+    assert preset_file(tmp_path, "tiny", ("base", "tiny"), "demo") == tmp_path / "tiny.yaml"
+    with pytest.raises(ConfigError, match="unknown demo preset 'huge'; choose one of base, tiny"):
+        preset_file(tmp_path, "huge", ("base", "tiny"), "demo")
+    (tmp_path / "tiny.yaml").write_text("optim:\n  lr: 0.5\n")
+    assert preset_layer(tmp_path / "tiny.yaml", "tiny") == {"optim": {"lr": 0.5}, "preset": "tiny"}
+    (tmp_path / "empty.yaml").write_text("# nothing\n")
+    assert preset_layer(tmp_path / "empty.yaml", "empty") == {"preset": "empty"}
+    (tmp_path / "dup.yaml").write_text("steps: 1\nsteps: 2\n")
+    with pytest.raises(ConfigError, match="dup.yaml: invalid YAML.*duplicate key"):
+        preset_layer(tmp_path / "dup.yaml", "dup")

@@ -511,23 +511,9 @@ def train(
 
     # ---- fit
     o = cfg.optim
-    tcfg = TrainConfig(
-        steps=o.steps,
-        batch_size=o.batch_size,
-        workers=o.workers,
-        lr=o.lr,
-        min_lr=o.min_lr,
-        weight_decay=o.weight_decay,
-        warmup_fraction=o.warmup_fraction,
-        schedule=o.schedule,
-        layer_decay=o.layer_decay,
-        grad_clip=o.grad_clip,
-        precision=o.precision,
-        device=o.device,
-        seed=o.seed,
+    tcfg = TrainConfig.from_section(
+        o,
         drop_last=False,
-        log_every=o.log_every,
-        ckpt_every=o.ckpt_every,
         eval_every=o.eval_every if val_cases else 0,
         best_metric="val/dice" if val_cases else None,
     )

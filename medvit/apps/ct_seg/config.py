@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from medvit.shared.errors import ConfigError
-
 __all__ = [
     "DEFAULT_HU_WINDOW",
     "DEFAULT_SPACING",
@@ -237,9 +235,9 @@ def preset_path(name: str) -> Path:
     Raises:
         ConfigError: unknown preset.
     """
-    if name not in PRESETS:
-        raise ConfigError(f"unknown ct-seg preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return Path(__file__).with_name("presets") / f"{name}.yaml"
+    from medvit.shared.config import preset_file
+
+    return preset_file(Path(__file__).with_name("presets"), name, PRESETS, "ct-seg")
 
 
 def load_ct_seg_config(
@@ -267,13 +265,11 @@ def load_ct_seg_config(
     Raises:
         ConfigError: unknown preset, key or value.
     """
-    import yaml
-
-    from medvit.shared.config import load_config
+    from medvit.shared.config import load_config, preset_layer
 
     if base is not None and preset is None:
         layer = dict(base)
     else:
         name = preset or "base"
-        layer = {**(yaml.safe_load(preset_path(name).read_text(encoding="utf-8")) or {}), "preset": name}
+        layer = preset_layer(preset_path(name), name)
     return load_config(CTSegConfig, config_file, list(overrides), preset=layer, **options)

@@ -80,7 +80,8 @@ def _model_from_training_checkpoint(path: Path) -> tuple[Any, dict[str, Any]]:
     if not cfg_path.is_file():
         raise WeightsError(f"{path}: a training checkpoint needs its run's config.yaml beside it")
     raw = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
-    cfg = from_dict(FiqaConfig, {k: v for k, v in raw.items() if k != "train"})
+    # config.yaml holds the resolved FiqaConfig plus run records (engine ``train`` section, ``data_path``).
+    cfg = from_dict(FiqaConfig, {k: v for k, v in raw.items() if k not in ("train", "data_path")})
     try:
         ckpt = load_checkpoint(path)
     except TrainingError as err:
@@ -342,26 +343,7 @@ def train(
     meta = {"preset": cfg.preset, "identities": ds.num_classes, "train_images": len(ds), "data": str(data)}
     hooks.append(_ExportHook(weights, meta))
     best = f"val/{read_pairs(cfg.val_pairs[0]).name}_acc" if cfg.val_pairs else None
-    tc = TrainConfig(
-        steps=o.steps,
-        epochs=None if o.steps is not None else o.epochs,
-        batch_size=o.batch_size,
-        workers=o.workers,
-        lr=o.lr,
-        min_lr=o.min_lr,
-        weight_decay=o.weight_decay,
-        warmup_fraction=o.warmup_fraction,
-        schedule=o.schedule,
-        grad_clip=o.grad_clip,
-        precision=o.precision,
-        device=o.device,
-        seed=o.seed,
-        log_every=o.log_every,
-        ckpt_every=o.ckpt_every,
-        eval_every=o.eval_every,
-        best_metric=best,
-        drop_last=True,
-    )
+    tc = TrainConfig.from_section(o, epochs=None if o.steps is not None else o.epochs, best_metric=best, drop_last=True)
     logger.info(
         "fiqa train: %d images of %d identities, %s (%s head), class centres %s",
         len(ds),
@@ -690,6 +672,12 @@ def evaluate(
     from medvit.shared.metrics.quality import edc, pair_quality
 
     pairs = read_pairs(pairs_path, images)
+    n_genuine = int(np.count_nonzero(pairs.issame))
+    if n_genuine == 0 or n_genuine == len(pairs):
+        raise DataError(
+            f"{pairs_path}: an EDC needs both genuine and impostor pairs; this list has {n_genuine} genuine and "
+            f"{len(pairs) - n_genuine} impostor pairs"
+        )
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)

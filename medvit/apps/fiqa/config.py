@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from medvit.shared.errors import ConfigError
-
 __all__ = [
     "PRESETS",
     "DataCfg",
@@ -183,9 +181,9 @@ def preset_path(name: str) -> Path:
     Raises:
         ConfigError: unknown preset.
     """
-    if name not in PRESETS:
-        raise ConfigError(f"unknown fiqa preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return Path(__file__).with_name("presets") / f"{name}.yaml"
+    from medvit.shared.config import preset_file
+
+    return preset_file(Path(__file__).with_name("presets"), name, PRESETS, "fiqa")
 
 
 def load_fiqa_config(
@@ -196,8 +194,8 @@ def load_fiqa_config(
 ) -> FiqaConfig:
     """Resolve the training config: defaults < preset < ``config_file`` < ``overrides`` < ``options``.
 
-    Each layer is validated on its own first (so an error names the file or ``--set`` item), then the layers are
-    deep-merged and validated together.
+    Through :func:`medvit.shared.config.load_config`: an error names the layer (preset, file, ``--set``, option)
+    that set the bad key.
 
     Args:
         preset: preset name (see :data:`PRESETS`).
@@ -211,43 +209,7 @@ def load_fiqa_config(
     Raises:
         ConfigError: unknown preset, key or value.
     """
-    import yaml
+    from medvit.shared.config import load_config, preset_layer
 
-    from medvit.shared.config import from_dict, load_config, parse_set
-
-    base_path = preset_path(preset)
-    layers: list[dict[str, Any]] = [yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}, {"preset": preset}]
-    try:
-        from_dict(FiqaConfig, layers[0])
-    except ConfigError as err:
-        raise ConfigError(f"{base_path}: {err}") from None
-    if config_file is not None:
-        load_config(FiqaConfig, config_file)  # strict checks (duplicate/unknown keys, types) naming the file
-        layers.append(yaml.safe_load(Path(config_file).expanduser().read_text(encoding="utf-8")) or {})
-    if overrides:
-        sets = parse_set(list(overrides))
-        load_config(FiqaConfig, None, list(overrides))
-        layers.append(sets)
-    opts: dict[str, Any] = {}
-    for key, value in options.items():
-        if value is not None:
-            node = opts
-            *parents, last = key.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[last] = value
-    layers.append(opts)
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        merged = _deep_merge(merged, layer)
-    return from_dict(FiqaConfig, merged)
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+    layer = preset_layer(preset_path(preset), preset)
+    return load_config(FiqaConfig, config_file, list(overrides), preset=layer, **options)

@@ -23,6 +23,18 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+def init_mae_weights(module: nn.Module) -> None:
+    """MAE ``_init_weights`` over every submodule: xavier-uniform Linear with zero bias, LayerNorm (1, 0)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def make_activation(name: str) -> nn.Module:
     try:
         return _ACTIVATIONS[name]()
@@ -82,8 +94,20 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), grid
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention through ``F.scaled_dot_product_attention``."""
+class MultiHeadAttention(nn.Module):
+    """What self- and cross-attention share: the head split, ``F.scaled_dot_product_attention`` and the output
+    projection ``proj``.
+
+    Subclasses create their input projections in :meth:`_init_inputs` (called before ``proj``, so the parameter
+    order is inputs first, as in timm) and call :meth:`_attend` from ``forward``.
+
+    Args:
+        dim: token width D (a multiple of ``num_heads``).
+        num_heads: heads H.
+        qkv_bias: bias on the input projections.
+        attn_drop: dropout on the attention weights (training only).
+        proj_drop: dropout after the output projection.
+    """
 
     def __init__(
         self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
@@ -93,19 +117,37 @@ class Attention(nn.Module):
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self._init_inputs(dim, qkv_bias)
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    def _init_inputs(self, dim: int, qkv_bias: bool) -> None:
+        raise NotImplementedError
+
+    def _split_heads(self, x: torch.Tensor, parts: int) -> torch.Tensor:
+        """``[B, N, parts * D] -> [parts, B, H, N, hd]``."""
+        b, n, _ = x.shape
+        return x.reshape(b, n, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``q [B, H, N, hd]``, ``k, v [B, H, M, hd]`` -> ``[B, N, D]`` (heads merged, projected)."""
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        b, h, n, hd = x.shape
+        x = x.transpose(1, 2).reshape(b, n, h * hd)
+        return self.proj_drop(self.proj(x))
+
+
+class Attention(MultiHeadAttention):
+    """Multi-head self-attention: one ``qkv`` projection (timm's key names)."""
+
+    def _init_inputs(self, dim: int, qkv_bias: bool) -> None:
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, N, D] -> [B, N, D]``."""
-        b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each [B, H, N, hd]
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(b, n, d)
-        return self.proj_drop(self.proj(x))
+        q, k, v = self._split_heads(self.qkv(x), 3).unbind(0)  # each [B, H, N, hd]
+        return self._attend(q, k, v)
 
 
 class Mlp(nn.Module):

@@ -26,7 +26,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from medvit.shared.backbone.features import take_indices, tokens_to_spatial
-from medvit.shared.backbone.layers import Block, Mlp, PatchEmbed
+from medvit.shared.backbone.layers import Block, Mlp, PatchEmbed, init_mae_weights
 from medvit.shared.backbone.pos_embed import resample_pos_embed, sincos_pos_embed
 
 logger = logging.getLogger(__name__)
@@ -196,14 +196,7 @@ class VisionTransformer(nn.Module):
             nn.init.normal_(p, std=0.02)
         w = self.patch_embed.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_mae_weights(self)
 
     def prefix_parameters(self) -> list[nn.Parameter]:
         """Prefix-token parameters in token order: cls, extra tokens, registers."""

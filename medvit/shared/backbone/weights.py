@@ -434,6 +434,51 @@ def _matches(key: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(key, p) for p in patterns)
 
 
+def load_strict(
+    module: nn.Module,
+    sd: Mapping[str, torch.Tensor],
+    *,
+    what: str,
+    target: Mapping[str, torch.Tensor] | None = None,
+    expected_missing: Iterable[str] = (),
+    allow_unexpected: Iterable[str] = (),
+) -> tuple[list[str], list[str]]:
+    """Check a state dict key by key and shape by shape against ``module``, then load it.
+
+    Args:
+        module: receives the tensors (cast to the target dtypes; ``load_state_dict(strict=False)``).
+        sd: state dict already in ``module``'s key names.
+        what: the source as errors name it (``"timm checkpoint"``).
+        target: the part of ``module.state_dict()`` that ``sd`` must fill (default: all of it).
+        expected_missing: glob patterns of target keys that ``sd`` may lack.
+        allow_unexpected: glob patterns of ``sd`` keys that may be ignored.
+
+    Returns:
+        The sorted missing keys and the sorted unexpected keys (the allowed ones included).
+
+    Raises:
+        WeightsError: undeclared missing/unexpected keys (up to 8 of each named) or a shape mismatch (naming the
+            key and both shapes).
+    """
+    target = module.state_dict() if target is None else target
+    missing = sorted(k for k in target if k not in sd)
+    unexpected = sorted(k for k in sd if k not in target)
+    bad_missing = [k for k in missing if not _matches(k, expected_missing)]
+    bad_unexpected = [k for k in unexpected if not _matches(k, allow_unexpected)]
+    if bad_missing or bad_unexpected:
+        parts = []
+        if bad_missing:
+            parts.append(f"missing {len(bad_missing)} key(s): {', '.join(bad_missing[:8])}")
+        if bad_unexpected:
+            parts.append(f"unexpected {len(bad_unexpected)} key(s): {', '.join(bad_unexpected[:8])}")
+        raise WeightsError(f"{what} does not match the model: " + "; ".join(parts))
+    for k, v in sd.items():
+        if k in target and tuple(v.shape) != tuple(target[k].shape):
+            raise WeightsError(f"shape mismatch for {k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}")
+    module.load_state_dict({k: v.to(target[k].dtype) for k, v in sd.items() if k in target}, strict=False)
+    return missing, unexpected
+
+
 def load_pretrained(
     model: VisionTransformer,
     source: str | Path | Mapping[str, torch.Tensor],
@@ -494,25 +539,14 @@ def load_pretrained(
                 report.dropped.append(k)
                 sd.pop(k)
 
-    # ---- strict bookkeeping
-    report.missing = sorted(k for k in target_sd if k not in sd)
-    report.unexpected = sorted(k for k in sd if k not in target_sd)
-    bad_missing = [k for k in report.missing if not _matches(k, expected_missing)]
-    bad_unexpected = [k for k in report.unexpected if not _matches(k, allow_unexpected)]
-    if bad_missing or bad_unexpected:
-        parts = []
-        if bad_missing:
-            parts.append(f"missing {len(bad_missing)} key(s): {', '.join(bad_missing[:8])}")
-        if bad_unexpected:
-            parts.append(f"unexpected {len(bad_unexpected)} key(s): {', '.join(bad_unexpected[:8])}")
-        raise WeightsError(f"{fmt} checkpoint does not match the model: " + "; ".join(parts))
-    for k, v in sd.items():
-        if k in target_sd and tuple(v.shape) != tuple(target_sd[k].shape):
-            raise WeightsError(
-                f"shape mismatch for {k}: checkpoint {tuple(v.shape)} vs model {tuple(target_sd[k].shape)}"
-            )
-    to_load = {k: v.to(target_sd[k].dtype) for k, v in sd.items() if k in target_sd}
-    backbone.load_state_dict(to_load, strict=False)
+    report.missing, report.unexpected = load_strict(
+        backbone,
+        sd,
+        what=f"{fmt} checkpoint",
+        target=target_sd,
+        expected_missing=expected_missing,
+        allow_unexpected=allow_unexpected,
+    )
     logger.info("loaded weights (%s)", report.summary())
     return report
 

@@ -526,8 +526,8 @@ def _s(length: float) -> int:
 
 
 def _c(rgb: np.ndarray) -> tuple[float, float, float]:
-    r, g, b = np.clip(rgb, 0, 255)
-    return (float(r), float(g), float(b))
+    r, g, b = (min(255.0, max(0.0, float(v))) for v in rgb)  # scalar clip: np.clip per call dominated drawing
+    return (r, g, b)
 
 
 def _draw_face(ident: _FaceIdentity, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -539,7 +539,8 @@ def _draw_face(ident: _FaceIdentity, rng: np.random.Generator, size: int) -> np.
     # background: random colour with a linear gradient (changes per image)
     bg0, bg1 = rng.uniform(40, 220, size=3), rng.uniform(40, 220, size=3)
     t = np.linspace(0.0, 1.0, big, dtype=np.float64)[:, None, None]
-    canvas = np.broadcast_to(bg0 * (1 - t) + bg1 * t, (big, big, 3)).astype(np.uint8).copy()
+    canvas = np.empty((big, big, 3), np.uint8)
+    canvas[:] = (bg0 * (1 - t) + bg1 * t).astype(np.uint8)  # [big, 1, 3] broadcast along x
     skin = ident.skin * rng.uniform(0.95, 1.05)
     ax, ay = ident.face_axes
     cx, cy = 56.0, ident.face_cy
@@ -614,12 +615,13 @@ def _draw_face(ident: _FaceIdentity, rng: np.random.Generator, size: int) -> np.
         moustache_c = ((nose[0] + mouth_c[0]) / 2, (nose[1] + mouth_c[1]) / 2 + 1)
         cv2.ellipse(canvas, _p(moustache_c), (_s(half_w * 0.9), _s(2.0)), tilt, 0, 360, _c(hair), -1, aa)
 
-    # illumination: a mild gradient in a random direction (per image)
+    # illumination: a mild gradient in a random direction (per image), applied after the area downsampling
+    # (a smooth multiplicative field commutes with it up to rounding, at 1/16 of the cost)
     angle, strength = rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.15)
-    yy, xx = np.mgrid[0:big, 0:big].astype(np.float32) / big - 0.5
-    light = 1.0 + strength * (np.cos(angle) * xx + np.sin(angle) * yy) * 2
-    canvas = np.clip(canvas.astype(np.float32) * light[..., None], 0, 255)
-    return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA).round().astype(np.uint8)
+    small = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
+    ramp = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
+    light = 1.0 + 2 * strength * (np.cos(angle) * ramp[None, :] + np.sin(angle) * ramp[:, None])
+    return np.clip(small * light[..., None], 0, 255).round().astype(np.uint8)
 
 
 def _degrade(img: np.ndarray, kind: str, s: float, rng: np.random.Generator) -> np.ndarray:

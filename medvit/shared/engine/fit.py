@@ -177,6 +177,29 @@ class TrainConfig:
         if self.best_mode not in ("max", "min"):
             raise bad("best_mode", "must be max or min")
 
+    @classmethod
+    def from_section(cls, section: Any, **overrides: Any) -> TrainConfig:
+        """Map an app's optimisation section (a config dataclass) onto the loop's config.
+
+        Every field of ``section`` that :class:`TrainConfig` also has is copied under the same name; fields the
+        loop does not know (e.g. ``preview_every``) are left to the app. ``overrides`` then set or replace fields
+        the app derives (``best_metric``, ``drop_last``, an ``lr`` taken from a preset, ...).
+
+        Args:
+            section: dataclass instance, e.g. ``cfg.optim``.
+            **overrides: TrainConfig fields that win over the section's.
+
+        Returns:
+            The validated :class:`TrainConfig`.
+
+        Raises:
+            ConfigError: a value the loop refuses (see ``__post_init__``).
+            TypeError: an override that is not a TrainConfig field.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.name in known}
+        return cls(**{**values, **overrides})
+
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (tuples as lists) for YAML/JSON and checkpoints."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

@@ -18,6 +18,7 @@ from medvit.shared.backbone.weights import (
     inspect_checkpoint,
     load_backbone,
     load_pretrained,
+    load_strict,
     read_checkpoint,
     save_backbone,
 )
@@ -339,6 +340,30 @@ def test_strict_errors_name_keys_and_shapes(tmp_path: Path) -> None:
     report = load_pretrained(no_cls, tmp_path / "mae.pth", allow_unexpected=["cls_token"])
     assert report.unexpected == ["cls_token"]
     assert report.adapted == [("pos_embed", "removed 1 prefix slot(s)")]
+
+
+def test_load_strict_checks_keys_and_shapes_within_a_target() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    target = {k: v for k, v in model.state_dict().items() if k.startswith("1.")}
+    sd = {"1.weight": torch.full((1, 2), 2.0, dtype=torch.float64), "1.bias": torch.ones(1)}
+    before = model[0].weight.detach().clone()
+    missing, unexpected = load_strict(model, sd, what="test checkpoint", target=target)
+    assert (missing, unexpected) == ([], [])
+    assert model[1].weight.dtype == torch.float32 and torch.equal(model[1].weight, torch.full((1, 2), 2.0))
+    assert torch.equal(model[0].weight, before)  # outside the target: untouched
+    with pytest.raises(WeightsError, match=r"test checkpoint does not match the model: missing 1 key\(s\): 1\.bias"):
+        load_strict(model, {"1.weight": sd["1.weight"]}, what="test checkpoint", target=target)
+    assert load_strict(model, {"1.weight": sd["1.weight"]}, what="x", target=target, expected_missing=["*.bias"]) == (
+        ["1.bias"],
+        [],
+    )
+    with pytest.raises(WeightsError, match=r"unexpected 1 key\(s\): extra"):
+        load_strict(model, {**sd, "extra": torch.ones(1)}, what="x", target=target)
+    assert load_strict(model, {**sd, "extra": torch.ones(1)}, what="x", target=target, allow_unexpected=["ex*"])[1] == [
+        "extra"
+    ]
+    with pytest.raises(WeightsError, match=r"shape mismatch for 1\.bias: checkpoint \(2,\) vs model \(1,\)"):
+        load_strict(model, {**sd, "1.bias": torch.ones(2)}, what="x", target=target)
 
 
 class _Evil:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import math
@@ -321,6 +322,25 @@ def test_move_to_device_nested() -> None:
 def test_config_validation(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**kwargs)
+
+
+def test_train_config_from_section_copies_shared_fields_and_applies_overrides() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Optim:
+        steps: int = 40
+        lr: float = 3e-4
+        betas: tuple[float, float] = (0.8, 0.9)
+        eval_every: int = 10
+        preview_every: int = 7  # not a TrainConfig field: left to the app
+
+    tc = TrainConfig.from_section(Optim(), eval_every=0, best_metric="val/dice")
+    assert (tc.steps, tc.lr, tc.betas) == (40, 3e-4, (0.8, 0.9))
+    assert (tc.eval_every, tc.best_metric) == (0, "val/dice")  # overrides win
+    assert tc.batch_size == TrainConfig(steps=1).batch_size  # fields the section lacks keep the loop's defaults
+    with pytest.raises(ConfigError, match="train.lr"):
+        TrainConfig.from_section(Optim(lr=-1.0))
+    with pytest.raises(TypeError):
+        TrainConfig.from_section(Optim(), preview_every=3)
 
 
 def test_precision_and_device_resolution() -> None:
