@@ -130,3 +130,27 @@ def test_monai_unetr_weights_start_the_whole_network(small: Path, tmp_path: Path
     assert res.exit_code == 0, res.output
     dec = json.loads((run / "model.json").read_text())["decoder"]
     assert dec["taps"] == [3, 6, 9, 11] and dec["feature_size"] == 4  # MONAI's layout, kept
+
+
+def test_train_under_torchrun_two_processes(synthetic: Path, tmp_path: Path) -> None:
+    """``torchrun --nproc_per_node=2 -m medvit ct-seg train``: gloo, 2 steps, one checkpoint written by rank 0."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "medvit"]
+    cmd += ["ct-seg", "train", str(synthetic), "--out", str(run), "--preset", "tiny", "--fold", "all", "--quiet"]
+    cmd += ["--steps", "2", "--set", "data.spacing=[3,3,3]", "--set", "optim.log_every=1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["step"] == 2 and ckpt["world_size"] == 2
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[:2] == [1, 2]  # rank 0 alone writes the metrics
+    assert (run / "model.safetensors").is_file()
