@@ -25,11 +25,28 @@ logger = logging.getLogger(__name__)
 _MARKER = ".medvit-demo"
 
 # Sizes chosen so that the whole demo runs in a few minutes on 2 CPU cores (see README, BENCHMARKS.md).
-# The CT steps keep the synthetic scans at their native spacing (0.8 x 0.8 x 2.5 mm) so the volumes stay small.
-CT_CASES, CT_TEST_CASES, CT_SHAPE = 8, 2, (64, 64, 32)
+# CT: every synthetic case shows all five organs (so every class is trained on and scored in every held-out case);
+# the scans stay at their native spacing (0.8 x 0.8 x 2.5 mm), 48 x 48 x 32 voxels. Once ct-seg has cropped the air
+# away the body is 40-42 x 28-34 x 32 voxels, so a 48 x 32 x 32 training crop holds every organ wherever it lands
+# (tests/test_demo.py checks this): every step trains every class, and costs two thirds of a 48^3 one.
+CT_CASES, CT_TEST_CASES, CT_SHAPE, CT_ORGANS = 8, 4, (48, 48, 32), (5, 5)
 PRETRAIN_STEPS = 100
-SEG_STEPS = 200
-FIQA_STEPS = 300
+SEG_STEPS = 160
+# ct-seg options over the tiny preset. The small organs (gallbladder about 75 voxels, spleen) are picked up one
+# after the other and late; a high constant learning rate gets all five within the step budget for every optimizer
+# seed we tried (0-4; with the preset's 3e-3 cosine, or with fewer steps, one of them often stays at Dice 0). The
+# intensity augmentation (shift by 0.1 of the window, about 40 HU) is off: the organs differ by 40 HU.
+SEG_OPTIONS: dict[str, Any] = {
+    "data.fold": "all",
+    "data.spacing": "native",
+    "data.crop_size": (48, 32, 32),
+    "data.intensity_prob": 0.0,
+    "optim.steps": SEG_STEPS,
+    "optim.lr": 2e-2,
+    "optim.schedule": "constant",
+    "optim.ckpt_every": SEG_STEPS,
+}
+FIQA_STEPS = 150
 
 
 def _prepare(out: Path) -> None:
@@ -47,6 +64,7 @@ def _print(console: Any, text: str) -> None:
 
 def run_demo(out: str | Path, *, quiet: bool = False) -> dict[str, Any]:
     """Run the demo into ``out`` and return its headline numbers and paths."""
+    t0 = time.perf_counter()
     from rich.console import Console
     from rich.table import Table
 
@@ -60,14 +78,13 @@ def run_demo(out: str | Path, *, quiet: bool = False) -> dict[str, Any]:
     console = Console()
     out = Path(out).resolve()
     _prepare(out)
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {"setup": time.perf_counter() - t0}  # mostly importing torch and MONAI
 
     # 1. data
     _print(console, "[bold]1/4[/bold] synthetic CT (nnU-Net raw layout)")
     t = time.perf_counter()
     ct = out / "data" / "ct"
-    synth_ct(ct, n=CT_CASES, n_test=CT_TEST_CASES, shape=CT_SHAPE, seed=0)
+    synth_ct(ct, n=CT_CASES, n_test=CT_TEST_CASES, shape=CT_SHAPE, n_organs=CT_ORGANS, seed=0)
     timings["data"] = time.perf_counter() - t
 
     # 2. pretraining
@@ -100,7 +117,7 @@ def run_demo(out: str | Path, *, quiet: bool = False) -> dict[str, Any]:
         out=seg_run,
         preset="tiny",
         quiet=quiet,
-        **{"model.weights": encoder, "data.fold": "all", "data.spacing": "native", "optim.steps": SEG_STEPS},
+        **{"model.weights": encoder, **SEG_OPTIONS},
     )
     pred = out / "predictions" / "ct-seg"
     ct_seg.predict(seg_run, ct / "imagesTs", pred, quiet=quiet)
@@ -129,7 +146,10 @@ def run_demo(out: str | Path, *, quiet: bool = False) -> dict[str, Any]:
     console.print(f"pretraining loss plot:  {pre_run / 'plots' / 'loss.png'}")
     console.print(f"encoder export:         {encoder}")
     console.print(f"segmentation overlays:  {pred / 'overlays'}")
-    console.print(f"FIQA Spearman(quality, -degradation strength): [bold]{fiqa['spearman']:.3f}[/bold]")
+    console.print(
+        f"FIQA Spearman(quality, -degradation strength): [bold]{fiqa['spearman']:.3f}[/bold] "
+        "(not reliable at this CPU budget: a tiny recognizer trained for seconds; see README, issue 6)"
+    )
     console.print(f"FIQA contact sheet:     {fiqa['contact_sheet']}")
     total = time.perf_counter() - t0
     console.print("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {total:.0f}s")
