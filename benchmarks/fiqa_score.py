@@ -134,7 +134,8 @@ def main() -> None:
         end_to_end = args.n / total
         gflops = flops / 1e9
         print(f"# fiqa score benchmark ({platform.node()}, {platform.processor() or platform.machine()})")
-        print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}, backbone {args.backbone}")
+        print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}")
+        print(f"backbone {args.backbone}")
         print(f"n={args.n} batch={args.batch_size} workers={args.workers}")
         print()
         print("| measure | value |")
