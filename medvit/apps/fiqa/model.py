@@ -478,26 +478,15 @@ def load_state_into(
     Raises:
         WeightsError: undeclared missing/unexpected keys or a shape mismatch (naming the key and both shapes).
     """
-    import fnmatch
+    from medvit.shared.backbone.weights import load_strict
 
-    target = model.state_dict()
-    missing = sorted(k for k in target if k not in sd)
-    unexpected = sorted(k for k in sd if k not in target)
-    bad_m = [k for k in missing if not any(fnmatch.fnmatchcase(k, p) for p in expected_missing)]
-    bad_u = [k for k in unexpected if not any(fnmatch.fnmatchcase(k, p) for p in allow_unexpected)]
-    if bad_m or bad_u:
-        parts = []
-        if bad_m:
-            parts.append(f"missing {len(bad_m)} key(s): {', '.join(bad_m[:6])}")
-        if bad_u:
-            parts.append(f"unexpected {len(bad_u)} key(s): {', '.join(bad_u[:6])}")
-        raise WeightsError(f"{source} does not match the FIQA model: " + "; ".join(parts))
-    for k, v in sd.items():
-        if k in target and tuple(v.shape) != tuple(target[k].shape):
-            raise WeightsError(
-                f"{source}: shape mismatch for {k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
-            )
-    model.load_state_dict({k: v.to(target[k].dtype) for k, v in sd.items() if k in target}, strict=False)
+    missing, unexpected = load_strict(
+        model,
+        sd,
+        what=f"{source} (FIQA model)",
+        expected_missing=expected_missing,
+        allow_unexpected=allow_unexpected,
+    )
     return {"missing": missing, "unexpected": unexpected}
 
 
