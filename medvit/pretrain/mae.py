@@ -27,6 +27,7 @@ References:
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -227,7 +228,7 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 
 # ============================================================================= what MAE-family models share
-class MaskedAutoencoderBase(nn.Module):
+class MaskedAutoencoderBase(nn.Module, metaclass=abc.ABCMeta):
     """The parts every masked autoencoder here shares; the decoder is the subclass's own.
 
     Holds the encoder and its patch geometry, the learned ``mask_token`` and the fixed sin-cos
@@ -322,6 +323,7 @@ class MaskedAutoencoderBase(nn.Module):
             pred = denormalize_patches(pred.float(), self.patchify(imgs).float(), unbiased=self.unbiased_norm)
         return self.unpatchify(pred, self.grid_of(imgs))
 
+    @abc.abstractmethod
     def forward_masked(
         self, imgs: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -335,7 +337,6 @@ class MaskedAutoencoderBase(nn.Module):
         Returns:
             ``pred [B, L, V]`` in the original token order and ``mask [B, L]`` (1 = removed).
         """
-        raise NotImplementedError
 
     def forward(
         self,

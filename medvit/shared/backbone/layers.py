@@ -6,6 +6,7 @@ Parameter names follow timm (``patch_embed.proj``, ``attn.qkv``, ``attn.proj``, 
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable, Sequence
 
@@ -94,7 +95,7 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), grid
 
 
-class MultiHeadAttention(nn.Module):
+class MultiHeadAttention(nn.Module, metaclass=abc.ABCMeta):
     """What self- and cross-attention share: the head split, ``F.scaled_dot_product_attention`` and the output
     projection ``proj``.
 
@@ -122,8 +123,9 @@ class MultiHeadAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    @abc.abstractmethod
     def _init_inputs(self, dim: int, qkv_bias: bool) -> None:
-        raise NotImplementedError
+        """Create the input projections (``qkv`` for self-attention, ``q`` + ``kv`` for cross-attention)."""
 
     def _split_heads(self, x: torch.Tensor, parts: int) -> torch.Tensor:
         """``[B, N, parts * D] -> [parts, B, H, N, hd]``."""
