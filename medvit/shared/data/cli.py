@@ -57,6 +57,9 @@ def synth(
     per_identity: int | None = typer.Option(None, "--per-identity", min=1, help="faces: images per identity (6)."),
     size: int | None = typer.Option(None, "--size", min=32, help="faces: image side in pixels (112)."),
     held_out: bool = typer.Option(False, "--held-out", help="faces: a disjoint set of identities (heldout_XXX)."),
+    looks: int | None = typer.Option(
+        None, "--looks", min=1, help="faces: coarse looks the identities share (one per 8 identities)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous synth output in OUT."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -72,7 +75,7 @@ def synth(
     kwargs: dict[str, Any]
     if kind is SynthKind.ct:
         _reject(kind, **{"--identities": identities, "--per-identity": per_identity, "--size": size})
-        _reject(kind, **{"--held-out": held_out})
+        _reject(kind, **{"--held-out": held_out, "--looks": looks})
         generate = synth_mod.synth_ct
         kwargs = {
             "n": n if n is not None else 8,
@@ -91,6 +94,7 @@ def synth(
             "images_per_identity": per_identity or 6,
             "size": size or 112,
             "held_out": held_out,
+            "looks": looks,
         }
     else:  # pragma: no cover - typer restricts KIND to the enum
         raise ConfigError(f"unknown synth kind {kind.value!r}")

@@ -477,6 +477,18 @@ _EYE_COLOURS = np.array([[70, 45, 25], [100, 70, 40], [60, 110, 160], [80, 120, 
 
 
 @dataclass(frozen=True)
+class _FaceLook:
+    """Coarse appearance shared by several identities: skin tone, face shape, hair, moustache."""
+
+    skin: np.ndarray  # RGB float [3]
+    face_axes: tuple[float, float]
+    face_cy: float
+    hair: np.ndarray  # RGB float [3]
+    hair_style: int  # 0 bald, 1 short, 2 fringe, 3 long, 4 curly
+    moustache: bool
+
+
+@dataclass(frozen=True)
 class _FaceIdentity:
     """Attributes that stay fixed across all images of one identity."""
 
@@ -490,10 +502,31 @@ class _FaceIdentity:
     brow_thickness: int
     lips: np.ndarray
     moustache: bool
+    marks: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # [N, 4]: x, y, radius (112 px), darkness
 
 
-def _face_identity(rng: np.random.Generator) -> _FaceIdentity:
+def _face_look(rng: np.random.Generator) -> _FaceLook:
     skin = _SKIN_TONES[rng.integers(len(_SKIN_TONES))] * rng.uniform(0.92, 1.05) + rng.normal(0, 6, 3)
+    return _FaceLook(
+        skin=np.clip(skin, 30, 255),
+        face_axes=(float(rng.uniform(33.0, 41.0)), float(rng.uniform(45.0, 53.0))),
+        face_cy=float(rng.uniform(61.0, 65.0)),
+        hair=np.clip(_HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] + rng.normal(0, 8, 3), 0, 255),
+        hair_style=int(rng.integers(5)),
+        moustache=bool(rng.random() < 0.25),
+    )
+
+
+def _face_identity(rng: np.random.Generator, look: _FaceLook | None = None) -> _FaceIdentity:
+    """One identity: a coarse ``look`` (drawn from ``rng`` when None) plus fine, identity-specific detail.
+
+    The fine detail (landmark geometry, iris colour, brow weight, lip tint and a pattern of small skin marks) is
+    what tells apart identities that share a look; blur, noise, JPEG, occlusion and low light destroy it, so a
+    recognizer's certainty falls with degradation strength as it does on real faces (whose coarse attributes are
+    shared by many people).
+    """
+    if look is None:
+        look = _face_look(rng)
     lm = ARCFACE_TEMPLATE_112.copy()
     eye_dist, eye_y = rng.uniform(-3.0, 3.0), rng.uniform(-1.5, 1.5)
     lm[0] += (-eye_dist / 2, eye_y)
@@ -502,17 +535,31 @@ def _face_identity(rng: np.random.Generator) -> _FaceIdentity:
     mouth_w, mouth_y = rng.uniform(-4.0, 4.0), rng.uniform(-1.5, 1.5)
     lm[3] += (-mouth_w / 2, mouth_y)
     lm[4] += (mouth_w / 2, mouth_y)
+    # skin marks (moles, freckles) at fixed places on the face: uniform in the inner 80 % of the face ellipse
+    ax, ay = look.face_axes
+    n_marks = int(rng.integers(10, 17))
+    r, phi = 0.8 * np.sqrt(rng.random(n_marks)), rng.uniform(0, 2 * np.pi, n_marks)
+    marks = np.stack(
+        [
+            56.0 + ax * r * np.cos(phi),
+            look.face_cy + ay * r * np.sin(phi),
+            rng.uniform(0.7, 1.4, n_marks),
+            rng.uniform(0.35, 0.65, n_marks),
+        ],
+        axis=1,
+    )
     return _FaceIdentity(
-        skin=np.clip(skin, 30, 255),
-        face_axes=(float(rng.uniform(33.0, 41.0)), float(rng.uniform(45.0, 53.0))),
-        face_cy=float(rng.uniform(61.0, 65.0)),
+        skin=look.skin,
+        face_axes=look.face_axes,
+        face_cy=look.face_cy,
         landmarks=lm,
-        hair=np.clip(_HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] + rng.normal(0, 8, 3), 0, 255),
-        hair_style=int(rng.integers(5)),
+        hair=look.hair,
+        hair_style=look.hair_style,
         eye=_EYE_COLOURS[rng.integers(len(_EYE_COLOURS))],
         brow_thickness=int(rng.integers(1, 4)),
-        lips=np.clip(skin * np.array([0.85, 0.55, 0.55]) + rng.normal(0, 5, 3), 0, 255),
-        moustache=bool(rng.random() < 0.25),
+        lips=np.clip(look.skin * np.array([0.85, 0.55, 0.55]) + rng.normal(0, 5, 3), 0, 255),
+        moustache=look.moustache,
+        marks=marks,
     )
 
 
@@ -569,6 +616,8 @@ def _draw_face(ident: _FaceIdentity, rng: np.random.Generator, size: int) -> np.
         for side in (-1, 1):
             cv2.ellipse(canvas, _p((cx + side * ax * 0.9, ear_y - 10)), (_s(4), _s(9)), 0, 0, 360, _c(hair), -1, aa)
 
+    for x, y, radius, dark in ident.marks:  # skin marks: the fine identity detail degradations destroy
+        cv2.circle(canvas, _p((x, y)), _s(radius), _c(skin * dark), -1, aa)
     # eyes, brows (identity-specific colours and thickness; gaze varies per image)
     gaze = rng.uniform(-0.7, 0.7, size=2)
     for eye in (le, re):
@@ -653,8 +702,15 @@ def _degrade(img: np.ndarray, kind: str, s: float, rng: np.random.Generator) -> 
         out[y0 : int(min(h, y0 + ph)), x0 : int(min(w, x0 + pw))] = rng.integers(0, 90, size=3, dtype=np.uint8)
         return out
     if kind == "low_light":
-        x = (img.astype(np.float32) / 255.0) ** (1.0 + 2.0 * s) * (1.0 - 0.7 * s) * 255.0
-        x += rng.normal(0.0, 6.0 * s, size=img.shape).astype(np.float32)  # sensor noise rises in the dark
+        # A photon-limited exposure: the full scale of the clean image collects 4000 photons at s = 0 and 20 at
+        # s = 1; shot (Poisson) and read noise (2 e-), then back to the display gamma, left dark (no gain). A
+        # darker image with the same noise would be a near-invertible contrast change for a network with
+        # LayerNorm; it is the falling signal-to-noise ratio that destroys detail in real low light.
+        full_scale = 4000.0 * (20.0 / 4000.0) ** s
+        linear = (img.astype(np.float32) / 255.0) ** 2.2
+        photons = rng.poisson(linear * full_scale).astype(np.float32)
+        photons += rng.normal(0.0, 2.0, size=img.shape).astype(np.float32)
+        x = np.clip(photons / 4000.0, 0.0, 1.0) ** (1 / 2.2) * 255.0
         return np.clip(x, 0, 255).round().astype(np.uint8)
     raise ConfigError(f"unknown degradation {kind!r}; expected one of {', '.join(DEGRADATIONS)}")
 
@@ -705,14 +761,18 @@ def synth_faces(
     held_out: bool = False,
     degradations: Sequence[str] = DEGRADATIONS,
     n_pairs: int | None = None,
+    looks: int | None = None,
     progress: ProgressFn | None = None,
 ) -> SynthSummary:
     """Write aligned synthetic face crops in identity folders, with graded degradations and pair lists.
 
-    Each identity has fixed attributes (skin tone, face size, landmark jitter around the ArcFace template: eye
-    distance, mouth width; hair colour and style, eye colour, brow thickness, lip colour, moustache); each image
-    varies background, lighting, gaze and smile, then gets one degradation from ``degradations`` of strength
-    ``s``. Per identity the strengths are ``linspace(0, 1, M)`` in a random order, so every identity has one
+    Identities share coarse *looks* (skin tone, face shape, hair colour and style, moustache; ``looks`` of them,
+    identity ``k`` has look ``k % looks``) and differ in fine detail: landmark jitter around the ArcFace template
+    (eye distance, mouth width), iris colour, brow weight, lip tint and a fixed pattern of 10-16 small skin marks.
+    As on real faces, where coarse attributes are shared by many people, telling identities apart takes the fine
+    detail that blur, noise, JPEG, occlusion and low light (a photon-limited exposure) destroy, so a
+    recognizer's certainty falls with degradation strength. Each image varies background, lighting, gaze and
+    smile, then gets one degradation from ``degradations`` of strength ``s``. Per identity the strengths are ``linspace(0, 1, M)`` in a random order, so every identity has one
     clean image (``degradation = none``, ``strength = 0``) and the degradation kinds cycle from a random start.
 
     Written files (``P`` = ``person`` or ``heldout``; image numbers are 1-based as in LFW)::
@@ -737,6 +797,7 @@ def synth_faces(
         degradations: Subset of :data:`DEGRADATIONS` to use.
         n_pairs: Genuine pairs to write (the same number of impostor pairs); ``None`` = every within-identity
             pair, capped by the number of distinct impostor pairs.
+        looks: Number of coarse looks the identities share (``None``: one per 8 identities, rounded up).
         progress: Optional ``progress(done, total)`` callback.
 
     Returns:
@@ -755,9 +816,13 @@ def synth_faces(
     unknown = [d for d in degradations if d not in DEGRADATIONS]
     if unknown or not degradations:
         raise ConfigError(f"synth faces: unknown degradations {unknown}; choose from {', '.join(DEGRADATIONS)}")
+    n_looks = max(1, math.ceil(identities / 8)) if looks is None else int(looks)
+    if not 1 <= n_looks <= identities:
+        raise ConfigError(f"synth faces: looks must be in [1, identities={identities}], got {looks}")
     root = Path(out)
     start = time.perf_counter()
     stream = 1 if held_out else 0
+    face_looks = [_face_look(_rng(seed, 3, stream, j)) for j in range(n_looks)]
     prefix = "heldout" if held_out else "person"
     names = [f"{prefix}_{k:03d}" for k in range(identities)]
     scale = size / 112.0
@@ -768,7 +833,7 @@ def synth_faces(
     done = 0
     for k, name in enumerate(names):
         id_rng = _rng(seed, 1, stream, k)
-        ident = _face_identity(id_rng)
+        ident = _face_identity(id_rng, face_looks[k % n_looks])
         strengths = id_rng.permutation(np.linspace(0.0, 1.0, images_per_identity)) if images_per_identity > 1 else [0.0]
         kind_offset = int(id_rng.integers(len(degradations)))
         landmarks = ident.landmarks * scale
@@ -811,6 +876,7 @@ def synth_faces(
         "size": size,
         "held_out": bool(held_out),
         "degradations": list(degradations),
+        "looks": n_looks,
     }
     counts = {
         "identities": identities,

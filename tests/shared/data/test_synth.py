@@ -23,6 +23,7 @@ from medvit.shared.data.synth import (
     _degrade,
     _draw_face,
     _face_identity,
+    _face_look,
     _rng,
     synth_ct,
     synth_faces,
@@ -280,6 +281,50 @@ def test_faces_identity_attributes_are_consistent() -> None:
     assert within < 0.5 * between, (within, between)
 
 
+def _face_mse(a: np.ndarray, b: np.ndarray) -> float:
+    face = (slice(40, 100), slice(30, 82))
+    return float(np.mean((a[face].astype(float) - b[face].astype(float)) ** 2))
+
+
+@pytest.mark.parametrize("kind", ["blur", "noise", "low_light"])
+def test_identities_sharing_a_look_differ_in_detail_that_degradations_erase(kind: str) -> None:
+    """Same look, different identities: the clean renders differ beyond the per-image variation, and at full
+    strength the identity margin (between - within, relative to within) falls below half its clean value."""
+    look = _face_look(_rng(0, 5))
+    idents = [_face_identity(_rng(0, 6, k), look) for k in range(3)]
+    assert len({id(i.skin) for i in idents}) == 1 and idents[0].hair_style == idents[2].hair_style
+    renders = [[_draw_face(ident, _rng(0, 6, k, m), 112) for m in range(2)] for k, ident in enumerate(idents)]
+
+    def margin(s: float) -> float:
+        deg = [[_degrade(r, kind, s, _rng(0, 7, k, m)) for m, r in enumerate(rr)] for k, rr in enumerate(renders)]
+        within = np.mean([_face_mse(d[0], d[1]) for d in deg])
+        between = np.mean([_face_mse(deg[i][0], deg[j][1]) for i in range(3) for j in range(3) if i != j])
+        return float((between - within) / within)
+
+    clean = margin(0.0)
+    assert clean > 1.0, clean
+    assert margin(1.0) < 0.5 * clean, (kind, clean, margin(1.0))
+
+
+def test_identities_have_skin_marks_and_share_looks(tmp_path: Path) -> None:
+    ident = _face_identity(_rng(0, 3))
+    assert 10 <= len(ident.marks) <= 16 and ident.marks.shape[1] == 4
+    summary = synth_faces(tmp_path / "f", identities=6, images_per_identity=1, seed=1, looks=2)
+    assert summary.params["looks"] == 2
+    assert synth_faces(tmp_path / "g", identities=17, images_per_identity=1, seed=1).params["looks"] == 3
+    with pytest.raises(ConfigError, match="looks"):
+        synth_faces(tmp_path / "h", identities=3, images_per_identity=1, looks=4)
+
+
+def test_low_light_lowers_the_signal_to_noise_ratio() -> None:
+    """A photon-limited exposure: darker and noisier relative to the signal as strength grows."""
+    flat = np.full((64, 64, 3), 180, np.uint8)
+    out = [_degrade(flat, "low_light", s, _rng(0, 9)).astype(float) for s in (0.25, 0.5, 1.0)]
+    snr = [o.mean() / o.std() for o in out]
+    assert out[0].mean() > out[1].mean() > out[2].mean()
+    assert snr[0] > snr[1] > snr[2], snr
+
+
 @pytest.mark.parametrize("kind", DEGRADATIONS)
 def test_degradation_strength_is_graded(kind: str) -> None:
     clean = _draw_face(_face_identity(_rng(0, 7)), _rng(0, 7, 1), 112)
@@ -338,6 +383,7 @@ def test_cli_synth_ct_then_refuses_non_empty_out(tmp_path: Path) -> None:
         ["ct", "--shape", "48,48"],
         ["faces", "--shape", "48,48,32"],
         ["faces", "--n", "3", "--identities", "4"],
+        ["ct", "--looks", "2"],
         ["mri"],
     ],
 )
