@@ -772,8 +772,9 @@ def synth_faces(
     As on real faces, where coarse attributes are shared by many people, telling identities apart takes the fine
     detail that blur, noise, JPEG, occlusion and low light (a photon-limited exposure) destroy, so a
     recognizer's certainty falls with degradation strength. Each image varies background, lighting, gaze and
-    smile, then gets one degradation from ``degradations`` of strength ``s``. Per identity the strengths are ``linspace(0, 1, M)`` in a random order, so every identity has one
-    clean image (``degradation = none``, ``strength = 0``) and the degradation kinds cycle from a random start.
+    smile, then gets one degradation from ``degradations`` of strength ``s``. Per identity the strengths are
+    ``linspace(0, 1, M)`` in a random order, so every identity has one clean image (``degradation = none``,
+    ``strength = 0``) and the degradation kinds cycle from a random start.
 
     Written files (``P`` = ``person`` or ``heldout``; image numbers are 1-based as in LFW)::
 
