@@ -3,7 +3,8 @@
 Budget of the loop (stated, as the issue asks): the tiny preset (64-wide, 2-block face ViT) trained for
 ``STEPS`` steps of 32 faces on ``IDS`` synthetic identities x ``PER`` images with graded degradations, then
 scoring 80 held-out faces; about a minute on 2 shared CPU cores. The issue's ranking target (held-out
-Spearman >= 0.5 between quality and degradation strength) is not met at this budget and is not asserted here.
+Spearman >= 0.5 between quality and degradation strength) is not met at this budget (measured 0.17, -0.04, 0.29
+for optimizer seeds 0-2) and is not asserted here.
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ def test_score_then_evaluate_writes_edc_and_resumes(loop: dict[str, Path]) -> No
     assert (out / "quality_hist.png").stat().st_size > 0 and (out / "contact_sheet.png").stat().st_size > 0
     strength = {os.path.abspath(held / r["path"]): float(r["strength"]) for r in _read(held / "degradations.csv")}
     assert set(strength) == {r["path"] for r in rows}  # every held-out face scored, paths absolute
-    # The ranking target of issue 6 (Spearman(quality, -strength) >= 0.5) is NOT asserted: with this CPU budget
-    # it ranges from -0.39 to 0.55 across seeds (see the issue note); it is reported, not tested.
+    # The ranking target of issue 6 (Spearman(quality, -strength) >= 0.5) is NOT asserted: with CPU budgets of
+    # 100-1200 steps it ranged from -0.10 to 0.58 across seeds and sizes (see the issue note and README).
     rho = spearmanr([float(r["quality"]) for r in rows], [-strength[r["path"]] for r in rows]).statistic
     assert np.isfinite(rho) and len({r["quality"] for r in rows}) > 1  # qualities are not constant
 

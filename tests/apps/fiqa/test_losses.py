@@ -112,7 +112,10 @@ def _worker(rank: int, world: int, port: int, emb: torch.Tensor, labels: torch.T
         mo = head(local, labels[rank * b : (rank + 1) * b])
         mo.ce.backward()
         # DDP would average the embedding-side gradient over ranks: undo the x world here to compare.
-        out.put((rank, mo.ce.item(), mo.cr, local.grad / world, head.weight.grad, head.class_start))
+        # numpy arrays travel by value: torch tensors would go through shared memory that vanishes when this
+        # process exits before the parent has read them (a FileNotFoundError in the parent, seen as a flake)
+        grads = (mo.cr, local.grad / world, head.weight.grad)
+        out.put((rank, mo.ce.item(), *(g.detach().numpy().copy() for g in grads), head.class_start))
     finally:
         dist.destroy_process_group()
 
@@ -141,7 +144,8 @@ def test_sharded_centres_match_one_process() -> None:
         p.join(timeout=60)
         assert p.exitcode == 0
     grads_w = torch.zeros_like(w)
-    for rank, ce, cr, g_emb, g_w, start in results:
+    for rank, ce, cr_np, g_emb_np, g_w_np, start in results:
+        cr, g_emb, g_w = (torch.from_numpy(a) for a in (cr_np, g_emb_np, g_w_np))
         assert ce == pytest.approx(ref.ce.item(), rel=1e-5)
         torch.testing.assert_close(cr, ref.cr[rank * 4 : (rank + 1) * 4])
         torch.testing.assert_close(g_emb, e.grad[rank * 4 : (rank + 1) * 4], atol=1e-6, rtol=1e-4)
