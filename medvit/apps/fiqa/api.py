@@ -285,16 +285,19 @@ def train(
     Returns:
         A :class:`TrainResult`.
     """
+    import torch
+
     from medvit.apps.fiqa.config import load_fiqa_config
     from medvit.apps.fiqa.data import build_augment, open_training_set, read_pairs
     from medvit.apps.fiqa.losses import ClassCentres, FIQATask
     from medvit.apps.fiqa.model import build_fiqa_model
     from medvit.shared.config import to_dict
     from medvit.shared.engine import distributed as D
-    from medvit.shared.engine.fit import TrainConfig, fit
+    from medvit.shared.engine.fit import TrainConfig, fit, seed_everything
 
     cfg = load_fiqa_config(preset, config_file, list(overrides), **options)
     o = cfg.optim
+    seed_everything(o.seed)  # initial weights follow optim.seed (they came from an unseeded RNG before)
     ds = open_training_set(
         data,
         build_augment(cfg.data.augment, cfg.data.augment_p),
@@ -320,6 +323,9 @@ def train(
             "--resume of a multi-rank run with sharded class centres (loss.centres) is not supported: the "
             "checkpoint holds rank 0's shard only; train with --set loss.centres=replicated to be resumable"
         )
+    # Sharded centres: a different stream per rank, else every shard would start as a copy of rank 0's rows.
+    # Replicated centres are broadcast from rank 0 by DDP, so the per-rank seed does not matter for them.
+    torch.manual_seed(o.seed + 1 + rank)
     centres = ClassCentres(
         model.embedding_dim,
         ds.num_classes,

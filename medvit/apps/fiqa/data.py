@@ -325,7 +325,16 @@ def build_augment(kind: str = "full", p: float = 0.6) -> Callable[[np.ndarray], 
     else:
         raise ValueError(f"augment must be full, flip or none, got {kind!r}")
 
+    seeded_in: list[int] = []  # pid of the process whose numpy state seeded ``pipe``
+
     def apply(img: np.ndarray) -> np.ndarray:
+        # albumentations draws from its own generators, seeded from OS entropy unless told, so two runs with one
+        # ``optim.seed`` used to differ. Seed them from numpy's global RNG on the first call in each process:
+        # the engine seeds that per (seed, rank, step) in the main process, DataLoader per worker and epoch.
+        # (Per image would follow the engine's per-step reseeding exactly, but costs as much as the transforms.)
+        if not seeded_in or seeded_in[0] != os.getpid():
+            pipe.set_random_seed(int(np.random.randint(0, 2**31 - 1)))
+            seeded_in[:] = [os.getpid()]
         return pipe(image=img)["image"]
 
     return apply

@@ -191,3 +191,23 @@ def test_evaluate_needs_genuine_and_impostor_pairs(loop: dict[str, Path], tmp_pa
     res = invoke("evaluate", tmp_path / "same.bin", "--weights", loop["run"], "--out", tmp_path / "ev")
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "same.bin" in res.output and "4 genuine and 0 impostor" in res.output
+
+
+def test_same_seed_same_training(tmp_path: Path) -> None:
+    """optim.seed fixes the run: initial weights, centres, data order, masking and augmentation."""
+    from medvit.apps.fiqa import api
+    from medvit.shared.data.synth import synth_faces
+    from medvit.shared.engine.checkpoint import load_checkpoint
+
+    synth_faces(tmp_path / "faces", identities=4, images_per_identity=4, seed=0)
+    opts = {"optim.steps": 4, "optim.log_every": 2, "optim.batch_size": 8, "data.augment": "full"}
+
+    def run(name: str, seed: int) -> tuple[list[float], dict[str, torch.Tensor]]:
+        api.train(tmp_path / "faces", tmp_path / name, preset="tiny", quiet=True, **{**opts, "optim.seed": seed})
+        losses = [json.loads(x)["loss"] for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return losses, load_checkpoint(tmp_path / name / "last.pt")["model"]
+
+    (loss_a, sd_a), (loss_b, sd_b), (loss_c, _) = run("a", 0), run("b", 0), run("c", 1)
+    assert loss_a == loss_b
+    assert sd_a.keys() == sd_b.keys() and all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+    assert loss_a != loss_c

@@ -155,6 +155,20 @@ def test_augment_keeps_shape_and_type(kind: str) -> None:
     assert build_augment("none") is None
 
 
+@pytest.mark.parametrize("kind", ["full", "flip"])
+def test_augment_follows_numpys_seed(kind: str) -> None:
+    """Same global numpy seed, same augmented images (albumentations is not left on OS entropy)."""
+
+    def run(seed: int) -> list[np.ndarray]:
+        np.random.seed(seed)
+        aug = build_augment(kind, p=1.0)
+        return [aug(_face(i % 3)) for i in range(12)]
+
+    a, b, c = run(0), run(0), run(1)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
 def test_lfw_and_crfiqa_pair_lists(tmp_path: Path) -> None:
     (tmp_path / "pairs.txt").write_text("1\t2\nann\t1\t2\nbo\t1\t3\nann\t1\tbo\t2\nann\t2\tbo\t3\n")
     ps = read_pairs(tmp_path / "pairs.txt")
