@@ -154,7 +154,8 @@ def main() -> None:
     )
     results = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        run = work / f"run_{tag}_{args.steps}_s{seed}"
+        extra = "".join(f"_{k}-{v}" for k, v in sorted(overrides.items()))  # runs of other settings stay apart
+        run = work / f"run_{args.preset}_{tag}_{args.steps}_s{seed}{extra}"
         shutil.rmtree(run, ignore_errors=True)
         t = time.perf_counter()
         api.train(

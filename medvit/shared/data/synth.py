@@ -490,19 +490,14 @@ class _FaceLook:
 
 @dataclass(frozen=True)
 class _FaceIdentity:
-    """Attributes that stay fixed across all images of one identity."""
+    """One identity: a shared coarse look plus fine detail that stays fixed across all its images."""
 
-    skin: np.ndarray  # RGB float [3]
-    face_axes: tuple[float, float]
-    face_cy: float
+    look: _FaceLook
     landmarks: np.ndarray  # [5, 2] in 112 px coordinates
-    hair: np.ndarray  # RGB float [3]
-    hair_style: int  # 0 bald, 1 short, 2 fringe, 3 long, 4 curly
     eye: np.ndarray  # RGB float [3]
     brow_thickness: int
     lips: np.ndarray
-    moustache: bool
-    marks: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # [N, 4]: x, y, radius (112 px), darkness
+    marks: np.ndarray  # [N, 4]: x, y, radius (112 px), darkness (fraction of the skin colour)
 
 
 def _face_look(rng: np.random.Generator) -> _FaceLook:
@@ -549,16 +544,11 @@ def _face_identity(rng: np.random.Generator, look: _FaceLook | None = None) -> _
         axis=1,
     )
     return _FaceIdentity(
-        skin=look.skin,
-        face_axes=look.face_axes,
-        face_cy=look.face_cy,
+        look=look,
         landmarks=lm,
-        hair=look.hair,
-        hair_style=look.hair_style,
         eye=_EYE_COLOURS[rng.integers(len(_EYE_COLOURS))],
         brow_thickness=int(rng.integers(1, 4)),
         lips=np.clip(look.skin * np.array([0.85, 0.55, 0.55]) + rng.normal(0, 5, 3), 0, 255),
-        moustache=look.moustache,
         marks=marks,
     )
 
@@ -588,13 +578,14 @@ def _draw_face(ident: _FaceIdentity, rng: np.random.Generator, size: int) -> np.
     t = np.linspace(0.0, 1.0, big, dtype=np.float64)[:, None, None]
     canvas = np.empty((big, big, 3), np.uint8)
     canvas[:] = (bg0 * (1 - t) + bg1 * t).astype(np.uint8)  # [big, 1, 3] broadcast along x
-    skin = ident.skin * rng.uniform(0.95, 1.05)
-    ax, ay = ident.face_axes
-    cx, cy = 56.0, ident.face_cy
+    look = ident.look
+    skin = look.skin * rng.uniform(0.95, 1.05)
+    ax, ay = look.face_axes
+    cx, cy = 56.0, look.face_cy
     le, re, nose, ml, mr = ident.landmarks
-    hair = ident.hair
+    hair = look.hair
 
-    if ident.hair_style == 3:  # long hair falls behind the face
+    if look.hair_style == 3:  # long hair falls behind the face
         cv2.ellipse(canvas, _p((cx, cy + 8)), (_s(ax + 9), _s(ay + 14)), 0, 0, 360, _c(hair), -1, aa)
     # neck and ears
     cv2.rectangle(canvas, _p((cx - ax * 0.45, cy + ay * 0.6)), _p((cx + ax * 0.45, 112)), _c(skin * 0.85), -1, aa)
@@ -604,15 +595,15 @@ def _draw_face(ident: _FaceIdentity, rng: np.random.Generator, size: int) -> np.
     cv2.ellipse(canvas, _p((cx, cy)), (_s(ax), _s(ay)), 0, 0, 360, _c(skin), -1, aa)
     # hair on top
     hairline = cy - ay * 0.55
-    if ident.hair_style in (1, 2, 3):
+    if look.hair_style in (1, 2, 3):
         cv2.ellipse(canvas, _p((cx, hairline)), (_s(ax + 2), _s(ay * 0.52)), 0, 180, 360, _c(hair), -1, aa)
-    if ident.hair_style == 2:  # fringe
+    if look.hair_style == 2:  # fringe
         cv2.ellipse(canvas, _p((cx - 6, hairline)), (_s(ax * 0.8), _s(6)), 8, 0, 180, _c(hair), -1, aa)
-    if ident.hair_style == 4:  # curls
+    if look.hair_style == 4:  # curls
         for ang in np.linspace(np.pi * 1.05, np.pi * 1.95, 9):
             centre = (cx + (ax + 1) * np.cos(ang), hairline + ay * 0.5 * np.sin(ang))
             cv2.circle(canvas, _p(centre), _s(7), _c(hair), -1, aa)
-    if ident.hair_style == 0:  # bald: a rim of hair above the ears
+    if look.hair_style == 0:  # bald: a rim of hair above the ears
         for side in (-1, 1):
             cv2.ellipse(canvas, _p((cx + side * ax * 0.9, ear_y - 10)), (_s(4), _s(9)), 0, 0, 360, _c(hair), -1, aa)
 
@@ -660,7 +651,7 @@ def _draw_face(ident: _FaceIdentity, rng: np.random.Generator, size: int) -> np.
         _s(0.7),
         aa,
     )
-    if ident.moustache:
+    if look.moustache:
         moustache_c = ((nose[0] + mouth_c[0]) / 2, (nose[1] + mouth_c[1]) / 2 + 1)
         cv2.ellipse(canvas, _p(moustache_c), (_s(half_w * 0.9), _s(2.0)), tilt, 0, 360, _c(hair), -1, aa)
 
