@@ -297,7 +297,7 @@ def train(
 
     cfg = load_fiqa_config(preset, config_file, list(overrides), **options)
     o = cfg.optim
-    seed_everything(o.seed)  # initial weights follow optim.seed (they came from an unseeded RNG before)
+    seed_everything(o.seed)  # initial weights follow optim.seed: the engine seeds only from fit() on
     ds = open_training_set(
         data,
         build_augment(cfg.data.augment, cfg.data.augment_p),
