@@ -26,7 +26,6 @@ import argparse
 import csv
 import json
 import logging
-import os
 import platform
 import shutil
 import tempfile
@@ -41,6 +40,7 @@ from scipy.stats import spearmanr
 
 
 def _rows(folder: Path) -> list[dict[str, str]]:
+    """Rows of ``folder/degradations.csv``."""
     with open(folder / "degradations.csv", newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
@@ -89,21 +89,6 @@ def diagnostics(run: Path, train: Path, held: Path, lam: float = 100.0) -> dict[
         "cr_rho": float(spearmanr(cr, -s_tr).statistic),
         "probe_rho": float(spearmanr(pred, -s_ho).statistic),
     }
-
-
-def ranking(scores_csv: Path, held: Path) -> dict[str, float]:
-    """Pooled and per-kind Spearman(quality, -strength) of a ``scores.csv`` over the held-out folder."""
-    deg = {os.path.abspath(held / r["path"]): r for r in _rows(held)}
-    with open(scores_csv, newline="", encoding="utf-8") as fh:
-        ok = [r for r in csv.DictReader(fh) if r["status"] == "ok"]
-    q = np.array([float(r["quality"]) for r in ok])
-    s = np.array([float(deg[r["path"]]["strength"]) for r in ok])
-    kind = np.array([deg[r["path"]]["degradation"] for r in ok])
-    out = {"rho": float(spearmanr(q, -s).statistic)}
-    for k in sorted(set(kind) - {"none"}):
-        m = (kind == k) | (kind == "none")  # each kind against the clean images
-        out[f"rho_{k}"] = float(spearmanr(q[m], -s[m]).statistic)
-    return out
 
 
 def main() -> None:
@@ -166,7 +151,7 @@ def main() -> None:
         row = {
             "seed": seed,
             "train_s": round(t_train, 1),
-            **ranking(res.scores_csv, held),
+            **api.degradation_ranking(res.scores_csv, held),
             **diagnostics(run, train, held),
         }
         results.append(row)

@@ -37,6 +37,7 @@ __all__ = [
     "ScoreResult",
     "TrainResult",
     "convert",
+    "degradation_ranking",
     "evaluate",
     "extract_bin",
     "load_scoring_model",
@@ -802,14 +803,40 @@ def extract_bin(bin_path: str | os.PathLike[str], out: str | os.PathLike[str], *
 
 
 # ============================================================================= demo
+def degradation_ranking(scores_csv: str | os.PathLike[str], folder: str | os.PathLike[str]) -> dict[str, float]:
+    """How well qualities rank the degradations of a :func:`~medvit.shared.data.synth.synth_faces` folder.
+
+    Args:
+        scores_csv: ``scores.csv`` of :func:`score` over ``folder`` (absolute paths, as score writes them).
+        folder: The scored folder; its ``degradations.csv`` gives each face's kind and strength.
+
+    Returns:
+        ``{"rho": Spearman(quality, -strength) over every ok row, "rho_<kind>": the same over the faces of one
+        degradation kind together with the clean faces}``.
+    """
+    from scipy.stats import spearmanr
+
+    root = Path(folder)
+    with open(root / "degradations.csv", newline="", encoding="utf-8") as fh:
+        deg = {os.path.abspath(root / r["path"]): (r["degradation"], float(r["strength"])) for r in csv.DictReader(fh)}
+    with open(scores_csv, newline="", encoding="utf-8") as fh:
+        ok = [r for r in csv.DictReader(fh) if r["status"] == "ok"]
+    q = np.array([float(r["quality"]) for r in ok])
+    kind = np.array([deg[r["path"]][0] for r in ok])
+    strength = np.array([deg[r["path"]][1] for r in ok])
+    out = {"rho": float(spearmanr(q, -strength).statistic)}
+    for k in sorted(set(kind) - {"none"}):
+        m = (kind == k) | (kind == "none")
+        out[f"rho_{k}"] = float(spearmanr(q[m], -strength[m]).statistic)
+    return out
+
+
 def run_demo(out: str | os.PathLike[str], *, quiet: bool = False, steps: int = 300) -> dict[str, Any]:
     """Train the tiny preset on synthetic identities with graded degradations, score a held-out folder.
 
     Returns:
         ``{"spearman": rho(quality, -degradation strength), "contact_sheet": path, "scores": path, "run": path}``.
     """
-    from scipy.stats import spearmanr
-
     from medvit.shared.data.synth import synth_faces
 
     root = Path(out) / "fiqa"
@@ -819,11 +846,5 @@ def run_demo(out: str | os.PathLike[str], *, quiet: bool = False, steps: int = 3
     resume = (run / "last.pt").is_file()
     train(root / "train", run, preset="tiny", resume=resume, quiet=quiet, **{"optim.steps": steps})
     res = score(root / "heldout", root / "scores", weights=run, aligned=True, workers=1, quiet=quiet, overwrite=True)
-    strength = {}
-    with open(root / "heldout" / "degradations.csv", newline="", encoding="utf-8") as fh:
-        for r in csv.DictReader(fh):
-            strength[os.path.abspath(root / "heldout" / r["path"])] = float(r["strength"])
-    with open(res.scores_csv, newline="", encoding="utf-8") as fh:
-        pairs = [(float(r["quality"]), strength[r["path"]]) for r in csv.DictReader(fh) if r["status"] == "ok"]
-    rho = float(spearmanr([p[0] for p in pairs], [-p[1] for p in pairs]).statistic)
+    rho = degradation_ranking(res.scores_csv, root / "heldout")["rho"]
     return {"spearman": rho, "contact_sheet": res.contact_sheet, "scores": res.scores_csv, "run": run}

@@ -101,3 +101,24 @@ def test_bad_inputs() -> None:
         edc(np.ones(3), np.ones(3, bool), np.ones(3))
     with pytest.raises(ValueError, match="equal 1-D shapes"):
         edc(np.ones(3), np.array([True, False]), np.ones(3))
+
+
+def test_degradation_ranking_against_hand_computed_spearman(tmp_path) -> None:
+    """Pooled rho with ties (Pearson of mid-ranks) = 5 / sqrt(90); per kind (with the clean face): 1.0 and 0.5."""
+    from medvit.apps.fiqa.api import degradation_ranking
+
+    rows = [("a", "none", 0.0, 1.0), ("b", "blur", 0.5, 0.8), ("c", "blur", 1.0, 0.5)]
+    rows += [("d", "noise", 0.5, 0.9), ("e", "noise", 1.0, 0.95)]
+    (tmp_path / "degradations.csv").write_text(
+        "path,identity,degradation,strength\n" + "".join(f"{n}.jpg,p,{k},{s}\n" for n, k, s, _ in rows)
+    )
+    scores = tmp_path / "scores.csv"
+    scores.write_text(
+        "path,status,quality\n"
+        + "".join(f"{tmp_path / (n + '.jpg')},ok,{q}\n" for n, _, _, q in rows)
+        + f"{tmp_path / 'f.jpg'},no_face,\n"  # rows that are not ok are left out
+    )
+    out = degradation_ranking(scores, tmp_path)
+    assert out["rho"] == pytest.approx(5 / math.sqrt(90))
+    assert out["rho_blur"] == pytest.approx(1.0) and out["rho_noise"] == pytest.approx(0.5)
+    assert set(out) == {"rho", "rho_blur", "rho_noise"}
