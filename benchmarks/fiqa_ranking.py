@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 
@@ -63,21 +62,20 @@ def _features(model: Any, folder: Path, rows: list[dict[str, str]]) -> tuple[np.
 def diagnostics(run: Path, train: Path, held: Path, lam: float = 100.0) -> dict[str, float]:
     """``cr_rho`` and ``probe_rho`` of the module docstring."""
     from medvit.apps.fiqa.api import _model_from_training_checkpoint
+    from medvit.apps.fiqa.losses import ClassCentres
     from medvit.shared.engine.checkpoint import load_checkpoint
 
     model, _ = _model_from_training_checkpoint(run / "last.pt")
     model.eval()
-    centres = load_checkpoint(run / "last.pt")["model"]["centres.weight"].float()
+    weight = load_checkpoint(run / "last.pt")["model"]["centres.weight"].float()
+    centres = ClassCentres(weight.shape[1], weight.shape[0], rank=0, world=1)
+    centres.weight.data.copy_(weight)
     tr_rows, ho_rows = _rows(train), _rows(held)
     names = sorted({r["identity"] for r in tr_rows})
     labels = torch.tensor([names.index(r["identity"]) for r in tr_rows])
     x_tr, emb = _features(model, train, tr_rows)
-    cos = F.normalize(emb) @ F.normalize(centres).T
-    rows = torch.arange(len(labels))
-    ccs = cos[rows, labels]
-    others = cos.clone()
-    others[rows, labels] = -2.0
-    cr = (ccs / (others.max(1).values + 1.0)).numpy()
+    with torch.no_grad():
+        cr = centres(emb, labels).cr.numpy()  # the training objective's own certainty ratio
     s_tr = np.array([float(r["strength"]) for r in tr_rows])
     x_ho, _ = _features(model, held, ho_rows)
     s_ho = np.array([float(r["strength"]) for r in ho_rows])
@@ -112,13 +110,6 @@ def main() -> None:
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fiqa_ranking_"))
     degradations = tuple(args.degradations.split(","))
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
     tag = f"{args.identities}x{args.per_identity}_{'-'.join(degradations)}"
     train, held = work / f"train_{tag}", work / f"held_{args.held_identities}x{args.held_per_identity}_{tag}"
     t0 = time.perf_counter()
@@ -133,18 +124,23 @@ def main() -> None:
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
     print(
-        f"# preset {args.preset} {overrides or ''} steps {args.steps}; train {args.identities} identities x "
+        f"# preset {args.preset} {' '.join(args.set)} steps {args.steps}; train {args.identities} identities x "
         f"{args.per_identity}; held-out {args.held_identities} x {args.held_per_identity}; {','.join(degradations)}; "
         f"data {t_data:.0f} s"
     )
     results = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        extra = "".join(f"_{k}-{v}" for k, v in sorted(overrides.items()))  # runs of other settings stay apart
+        extra = "".join(f"_{o.replace('=', '-')}" for o in sorted(args.set))  # runs of other settings stay apart
         run = work / f"run_{args.preset}_{tag}_{args.steps}_s{seed}{extra}"
         shutil.rmtree(run, ignore_errors=True)
         t = time.perf_counter()
         api.train(
-            train, run, preset=args.preset, quiet=True, **{"optim.steps": args.steps, "optim.seed": seed, **overrides}
+            train,
+            run,
+            preset=args.preset,
+            quiet=True,
+            overrides=args.set,
+            **{"optim.steps": args.steps, "optim.seed": seed},
         )
         t_train = time.perf_counter() - t
         res = api.score(held, run / "scores", weights=run, aligned=True, workers=1, quiet=True, overwrite=True)
