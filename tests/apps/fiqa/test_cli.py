@@ -1,11 +1,13 @@
 """The CLI loop: train tiny -> score -> evaluate on synthetic faces; bad inputs; weights import; .bin export.
 
-Budget of the loop (stated, as the issue asks): the tiny preset (64-wide, 2-block face ViT) trained for
-``STEPS`` steps of 32 faces on ``IDS`` synthetic identities x ``PER`` images with graded degradations, then
-scoring 80 held-out faces; about a minute on 2 shared CPU cores. The issue's ranking target (held-out
-Spearman >= 0.5 between quality and degradation strength) is not asserted: it is not met at this budget, and at
-the budget where all three seeds met it (40 identities x 150 faces, 800 steps: 0.560 / 0.545 / 0.504), 1000 steps
-gave 0.378 for seed 0 -- not robust enough to gate CI on (BENCHMARKS.md, benchmarks/fiqa_ranking.py).
+Budget of the loop (stated, as the issue asks): the tiny preset (64-wide, 2-block face ViT) with the CR-FIQA head
+(``--set model.head=crfiqa``: quality regressed from the embedding) trained for ``STEPS`` steps of 32 faces on
+``IDS`` synthetic identities x ``PER`` images with graded blur, occlusion and low light, then scoring ``HELD_IDS`` x
+``HELD_PER`` faces of unseen identities; about 4 minutes on 2 CPU cores. At this budget the held-out
+Spearman(quality, -degradation strength) was 0.624 / 0.568 / 0.604 / 0.571 / 0.563 for optimizer seeds 0-4 (one thread;
+BENCHMARKS.md, ``benchmarks/fiqa_ranking.py``), so the issue's target (>= 0.5) is asserted. The paper's quality
+token is not used here: in a 2-block, 64-wide encoder it learns the ranking less reliably (0.48-0.58 after 800
+steps on the same data), which is a statement about the tiny CPU model, not about ViT-FIQA at its real size.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from medvit.apps.fiqa.cli import app as fiqa_app
 
 from .conftest import face_photo, official_state_dict
 
-STEPS, IDS, PER = 100, 40, 12
-DEGRADATIONS = ("occlusion", "low_light")
+STEPS, IDS, PER = 1200, 40, 150
+HELD_IDS, HELD_PER = 40, 20  # 800 faces: the Spearman of 80 faces has a standard error near 0.1
+DEGRADATIONS = ("blur", "occlusion", "low_light")
 runner = CliRunner()
 
 
@@ -58,10 +61,13 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("fiqa_loop")
     synth_faces(root / "train", identities=IDS, images_per_identity=PER, seed=0, degradations=DEGRADATIONS)
-    synth_faces(root / "held", identities=10, images_per_identity=8, seed=0, held_out=True, degradations=DEGRADATIONS)
+    held = root / "held"
+    synth_faces(
+        held, identities=HELD_IDS, images_per_identity=HELD_PER, seed=0, held_out=True, degradations=DEGRADATIONS
+    )
     res = invoke(
         "train", root / "train", "--out", root / "run", "--preset", "tiny", "--steps", STEPS,
-        "--val", root / "held" / "pairs.txt", "--quiet",
+        "--set", "model.head=crfiqa", "--val", held / "pairs.txt", "--quiet",
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     return {"root": root, "run": root / "run", "held": root / "held"}
@@ -77,7 +83,7 @@ def test_train_writes_a_run_directory(loop: dict[str, Path]) -> None:
     assert any("val/pairs_acc" in r for r in records)  # verification accuracy on the held-out pairs
     assert records[-1]["loss"] < records[0]["loss"]
     side = json.loads((run / "model.json").read_text())
-    assert side["identities"] == IDS and side["head"] == "token"
+    assert side["identities"] == IDS and side["head"] == "crfiqa"
 
 
 def test_score_then_evaluate_writes_edc_and_resumes(loop: dict[str, Path]) -> None:
@@ -86,14 +92,14 @@ def test_score_then_evaluate_writes_edc_and_resumes(loop: dict[str, Path]) -> No
     res = invoke("score", held, "--weights", loop["run"], "--out", out, "--aligned", "--workers", 1, "--quiet")
     assert res.exit_code == 0, res.output
     rows = _read(out / "scores.csv")
-    assert len(rows) == 80 and all(r["status"] == "ok" and r["face"] == "0" for r in rows)
+    assert len(rows) == HELD_IDS * HELD_PER and all(r["status"] == "ok" and r["face"] == "0" for r in rows)
     assert (out / "quality_hist.png").stat().st_size > 0 and (out / "contact_sheet.png").stat().st_size > 0
     strength = {os.path.abspath(held / r["path"]): float(r["strength"]) for r in _read(held / "degradations.csv")}
     assert set(strength) == {r["path"] for r in rows}  # every held-out face scored, paths absolute
-    # The ranking target of issue 6 (Spearman(quality, -strength) >= 0.5) is NOT asserted: with CPU budgets of
-    # 100-1200 steps it ranged from -0.10 to 0.62 across seeds and sizes (see the issue note and README).
-    rho = degradation_ranking(out / "scores.csv", held)["rho"]
-    assert np.isfinite(rho) and len({r["quality"] for r in rows}) > 1  # qualities are not constant
+    # Issue 6's target: quality ranks the degradations of unseen identities (pooled over kinds and per kind).
+    ranking = degradation_ranking(out / "scores.csv", held)
+    assert ranking["rho"] >= 0.5, ranking
+    assert all(ranking[f"rho_{k}"] >= 0.3 for k in DEGRADATIONS), ranking
 
     ev = root / "edc"
     res = invoke("evaluate", held / "pairs.txt", "--quality", out / "scores.csv", "--weights", loop["run"], "--out", ev)
@@ -108,7 +114,7 @@ def test_score_then_evaluate_writes_edc_and_resumes(loop: dict[str, Path]) -> No
 
     # Rerun: every image is skipped (resume), and scores.csv is complete again.
     res = invoke("score", held, "--weights", loop["run"], "--out", out, "--aligned", "--quiet")
-    assert res.exit_code == 0 and len(_read(out / "scores.csv")) == 80
+    assert res.exit_code == 0 and len(_read(out / "scores.csv")) == HELD_IDS * HELD_PER
     assert {r["status"] for r in _read(out / "manifest.csv")} == {"skipped"}
 
 
