@@ -18,6 +18,7 @@ class Format(str, Enum):
     hi_end_mae = "hi-end-mae"
     monai = "monai"
     medvit = "medvit"
+    vit_fiqa = "vit-fiqa"
 
 
 @app.command("list")
@@ -79,7 +80,9 @@ def inspect(
 
 @app.command()
 def convert(
-    file: Path = typer.Argument(..., help="Foreign checkpoint (timm, MAE, Hi-End-MAE, MONAI ViT/UNETR)."),
+    file: Path = typer.Argument(
+        ..., help="Foreign checkpoint (timm, MAE, Hi-End-MAE, MONAI ViT/UNETR, ViT-FIQA / arcface_torch face ViT)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors (a .json sidecar is written beside it)."),
     fmt: Format = typer.Option(Format.auto, "--format", help="Source format; auto detects it from the keys."),
     set_: list[str] = typer.Option(
@@ -87,7 +90,11 @@ def convert(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
 ) -> None:
-    """Convert a foreign checkpoint into medvit's safetensors + sidecar format (backbone only)."""
+    """Convert a foreign checkpoint into medvit's safetensors + sidecar format.
+
+    Backbone checkpoints become a backbone file; a ViT-FIQA checkpoint becomes a whole FIQA model (quality token
+    and heads kept) that `medvit fiqa score --weights` takes.
+    """
     from medvit.shared.errors import ConfigError, WeightsError
 
     if out.suffix != ".safetensors":
@@ -102,9 +109,27 @@ def convert(
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
         overrides[key.strip()] = yaml.safe_load(value)
-    from medvit.shared.backbone.weights import convert_checkpoint
+    from medvit.shared.backbone.weights import WholeModelCheckpointError, convert_checkpoint
 
-    report, kwargs = convert_checkpoint(file, out, source_format=fmt.value, arch_overrides=overrides)
+    try:
+        report, kwargs = convert_checkpoint(file, out, source_format=fmt.value, arch_overrides=overrides)
+    except WholeModelCheckpointError as err:
+        # The app owns the heads, so its importer writes the file (the backbone layer does not import apps).
+        if err.source_format != "vit-fiqa":
+            raise
+        if overrides:
+            raise ConfigError(
+                f"{file}: --set does not apply to a ViT-FIQA checkpoint (its weights give the shapes)"
+            ) from None
+        from medvit.apps.fiqa.api import convert as convert_fiqa
+
+        side = convert_fiqa(file, out, overwrite=overwrite)
+        kw = side["backbone_kwargs"]
+        typer.echo(
+            f"wrote {out} (ViT-FIQA, head {side['head']}, width {kw['embed_dim']}, depth {kw['depth']}); "
+            f"score with `medvit fiqa score DIR --weights {out}`"
+        )
+        return
     typer.echo(f"wrote {out} ({report.summary()})")
     if report.dropped:
         typer.echo(f"dropped {len(report.dropped)} non-backbone key(s), e.g. {', '.join(report.dropped[:3])}")

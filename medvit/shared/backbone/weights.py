@@ -11,6 +11,10 @@ small rename tables:
   ``mlp.linear1/2``; perceptron patch weights are reordered from ``(p1 p2 p3 c)`` to Conv order
   ``(c p1 p2 p3)``; MONAI>=1.4's unused ``cross_attn`` / ``norm_cross_attn`` keys are dropped.
 * ``medvit``     our own safetensors files (architecture in the sidecar).
+* ``vit-fiqa``   ViT-FIQA / insightface arcface_torch face ViTs (``qs_token``, ``feature.*``, ``head_qs.*``):
+  a whole face model, not a bare backbone. Recognised here so that :func:`convert_checkpoint` can refuse it
+  with :class:`WholeModelCheckpointError`; ``medvit weights convert`` then hands the file to the FIQA importer
+  (``medvit.apps.fiqa``), which keeps the quality token and heads.
 
 Position embeddings are copied as tensors, never regenerated: sin-cos channel layouts differ between
 codebases. Every load returns a :class:`LoadReport`; keys that are missing and were not declared
@@ -46,9 +50,23 @@ from medvit.shared.errors import WeightsError
 logger = logging.getLogger(__name__)
 
 FORMATS = ("timm", "mae", "hi-end-mae", "monai", "medvit")
+# Formats that hold a whole task model; an app imports them (the backbone layer does not know the heads).
+WHOLE_MODEL_FORMATS = ("vit-fiqa",)
 SIDECAR_FORMAT_VERSION = 1
 # Heads per width for the standard sizes; a state dict cannot tell the head count.
 _KNOWN_HEADS = {192: 3, 384: 6, 512: 8, 768: 12, 1024: 16, 1280: 16, 1536: 16}
+
+
+class WholeModelCheckpointError(WeightsError):
+    """The file is a whole task model (backbone + heads) that an app's importer owns, not a backbone.
+
+    Attributes:
+        source_format: one of ``WHOLE_MODEL_FORMATS``.
+    """
+
+    def __init__(self, message: str, source_format: str) -> None:
+        super().__init__(message)
+        self.source_format = source_format
 
 
 @dataclass
@@ -150,7 +168,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     else:
         obj = safe_torch_load(path)
     if isinstance(obj, Mapping):
-        for wrapper in ("state_dict", "model", "module", "model_state"):
+        # ``state_dict_backbone``: arcface_torch's training checkpoints (checkpoint_gpu_<rank>.pt).
+        for wrapper in ("state_dict", "state_dict_backbone", "model", "module", "model_state"):
             if wrapper in obj and isinstance(obj[wrapper], Mapping):
                 info["wrapper"] = wrapper
                 obj = obj[wrapper]
@@ -186,6 +205,8 @@ def detect_format(sd: Mapping[str, torch.Tensor], info: Mapping[str, Any] | None
     if side.get("format") == "medvit":
         return "medvit"
     keys = set(sd)
+    if "patch_embed.proj.weight" in keys and ("feature.0.weight" in keys or "qs_token" in keys):
+        return "vit-fiqa"
     if "encoder_pos_embed" in keys or any(k.startswith("encoder.blocks.") for k in keys):
         return "hi-end-mae"
     if any(k.startswith(("patch_embedding.", "vit.patch_embedding.")) for k in keys):
@@ -288,6 +309,14 @@ _CONVERTERS = {
 }
 
 
+def _whole_model_error(where: str, source_format: str) -> WholeModelCheckpointError:
+    return WholeModelCheckpointError(
+        f"{where} is a ViT-FIQA / arcface_torch face model (quality token and heads), not a bare backbone: import "
+        "it with `medvit weights convert FILE --out F.safetensors` (or `medvit fiqa convert`), which keeps the heads",
+        source_format,
+    )
+
+
 def convert_state_dict(
     sd: Mapping[str, torch.Tensor], source_format: str, target: Mapping[str, Any] | None = None
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -301,6 +330,8 @@ def convert_state_dict(
     Returns:
         (converted state dict, keys dropped on purpose).
     """
+    if source_format in WHOLE_MODEL_FORMATS:
+        raise _whole_model_error("the state dict", source_format)
     if source_format not in _CONVERTERS:
         raise WeightsError(f"unknown format {source_format!r}; choose one of {', '.join(FORMATS)}")
     return _CONVERTERS[source_format](sd, target or {})
@@ -650,6 +681,8 @@ def convert_checkpoint(
     """
     sd, info = read_checkpoint(src)
     fmt = detect_format(sd, info) if source_format == "auto" else source_format
+    if fmt in WHOLE_MODEL_FORMATS:
+        raise _whole_model_error(str(src), fmt)
     if fmt == "medvit" and info.get("sidecar"):
         kwargs = dict(info["sidecar"]["kwargs"])
     else:
@@ -699,6 +732,8 @@ def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
     if fmt == "medvit" and info.get("sidecar"):
         result["architecture"] = info["sidecar"].get("kwargs")
         result["sidecar"] = {k: v for k, v in info["sidecar"].items() if k != "kwargs"}
+    elif fmt in WHOLE_MODEL_FORMATS:
+        result["architecture"] = "a whole face model (ViT-FIQA layout): `medvit weights convert` imports it, heads kept"
     else:
         try:
             converted, dropped = convert_state_dict(sd, fmt, _safe_monai_hints(sd))

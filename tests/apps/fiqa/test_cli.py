@@ -167,6 +167,33 @@ def test_convert_official_checkpoint_then_score(tmp_path: Path) -> None:
     np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
+def test_weights_convert_hands_a_vit_fiqa_checkpoint_to_the_fiqa_importer(tmp_path: Path) -> None:
+    """`medvit weights convert` recognises the ViT-FIQA layout (arcface_torch wrapper, DataParallel prefixes)."""
+    from medvit.apps.fiqa.model import load_fiqa
+    from medvit.shared.backbone.weights import WholeModelCheckpointError, convert_checkpoint
+
+    sd = official_state_dict("token")  # keys carry DataParallel's module. prefix
+    torch.save({"state_dict_backbone": sd, "epoch": 3}, tmp_path / "checkpoint_gpu_0.pt")
+    src, out = tmp_path / "checkpoint_gpu_0.pt", tmp_path / "w.safetensors"
+
+    res = runner.invoke(_root(), ["weights", "inspect", str(src), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["format"] == "vit-fiqa"
+    res = runner.invoke(_root(), ["weights", "convert", str(src), "--out", str(out), "--set", "num_heads=4"])
+    assert res.exit_code != 0 and "--set does not apply" in res.output and not out.exists()
+    res = runner.invoke(_root(), ["weights", "convert", str(src), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "head token" in res.output and "fiqa score" in res.output
+    model, side = load_fiqa(out)
+    assert side["head"] == "token"
+    torch.testing.assert_close(model.backbone.quality_token, sd["module.qs_token"])
+    torch.testing.assert_close(model.state_dict()["feature.0.weight"], sd["module.feature.0.weight"])
+    # The library's backbone converter refuses the whole model instead of dropping its heads silently.
+    with pytest.raises(WholeModelCheckpointError, match="medvit weights convert"):
+        convert_checkpoint(src, tmp_path / "backbone.safetensors")
+    assert not (tmp_path / "backbone.safetensors").exists()
+
+
 def test_bin_extract_and_evaluate(loop: dict[str, Path], tmp_path: Path) -> None:
     from medvit.apps.fiqa.bin_reader import write_bin
     from medvit.apps.fiqa.data import read_pairs
