@@ -25,12 +25,13 @@ the input image.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -249,21 +250,44 @@ class MTCNNDetector:
         return out
 
 
+def import_dlib(what: str) -> Any:
+    """``dlib``, or a ConfigError naming ``what`` needs it and how to install it."""
+    try:
+        import dlib
+    except ImportError as err:
+        raise ConfigError(f"{what} needs dlib ({err}): `pip install medvit[face]`") from None
+    return dlib
+
+
+def dlib_model_file(name: str) -> Path:
+    """A model file of the ``face_recognition_models`` package (``shape_predictor_5_face_landmarks.dat``...).
+
+    Located without importing the package: its ``__init__`` imports ``pkg_resources``, which setuptools >= 81
+    no longer ships.
+
+    Raises:
+        ConfigError: the package or the file is not installed.
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    for root in roots:
+        path = Path(root) / "models" / name
+        if path.is_file():
+            return path
+    raise ConfigError(
+        f"{name} not found: the dlib models come from `pip install medvit[face]` (face-recognition-models)"
+    )
+
+
 class DlibDetector:
     """dlib HOG detector + the 5-point shape predictor of ``face_recognition_models``."""
 
     name = "dlib"
 
     def __init__(self) -> None:
-        try:
-            import dlib
-            import face_recognition_models
-        except ImportError as err:
-            raise ConfigError(
-                f"the dlib detector needs dlib and face_recognition_models ({err}): `pip install medvit[face]`"
-            ) from None
+        dlib = import_dlib("the dlib detector")
         self.detector = dlib.get_frontal_face_detector()
-        self.predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_five_point_model_location())
+        self.predictor = dlib.shape_predictor(str(dlib_model_file("shape_predictor_5_face_landmarks.dat")))
         self._dlib = dlib
 
     def detect(self, img: np.ndarray) -> list[tuple[np.ndarray, float, np.ndarray]]:

@@ -653,7 +653,8 @@ def evaluate(
         out: output folder: ``edc.csv``, ``edc_summary.csv``, ``edc.png``, ``pairs_scored.csv``, ``summary.json``.
         quality: ``scores.csv`` of ``fiqa score`` (per-image quality); None: computed with ``weights``.
         weights: FIQA model (needed for ``embeddings="fiqa"`` or when ``quality`` is None).
-        embeddings: ``fiqa``, a recognition ``.onnx`` (insightface), or a folder of ``<stem>.npy``.
+        embeddings: ``fiqa``, ``dlib`` (dlib's ResNet recognizer, ``medvit[face]``), a recognition ``.onnx``
+            (insightface), or a folder of ``<stem>.npy``.
         images: image root for the pair list.
         batch_size: faces per forward pass.
         device: ``auto``, ``cpu``, ``cuda``.
@@ -665,6 +666,7 @@ def evaluate(
 
     from medvit.apps.fiqa.data import read_pairs
     from medvit.apps.fiqa.evaluate import (
+        dlib_embedder,
         embed_crops,
         npy_embeddings,
         onnx_embedder,
@@ -693,9 +695,11 @@ def evaluate(
     if need_model:
         model, _ = load_scoring_model(weights)
         model = model.to(dev).eval()
-    emb_src = Path(embeddings) if embeddings != "fiqa" else None
+    emb_src = Path(embeddings) if embeddings not in ("fiqa", "dlib") else None
+    # Load the recognizer before decoding every pair image, so a missing extra fails fast.
+    dlib_forward = dlib_embedder() if embeddings == "dlib" else None
     crops: list[np.ndarray] | None = None
-    if need_model or (emb_src is not None and emb_src.suffix == ".onnx"):
+    if need_model or dlib_forward is not None or (emb_src is not None and emb_src.suffix == ".onnx"):
         crops = _crops_of(pairs)
 
     def fiqa_forward(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -719,7 +723,11 @@ def evaluate(
         q_img = np.concatenate(
             [fiqa_forward(np.stack(crops[i : i + batch_size]))[1] for i in range(0, len(crops), batch_size)]
         )
-    if emb_src is None:
+    if dlib_forward is not None:
+        assert crops is not None
+        emb = embed_crops(crops, dlib_forward, batch_size)
+        emb_name = "dlib"
+    elif emb_src is None:
         assert crops is not None
         emb = embed_crops(crops, lambda b: fiqa_forward(b)[0], batch_size)
         emb_name = "fiqa"
@@ -731,7 +739,9 @@ def evaluate(
         emb = npy_embeddings(emb_src, pairs.refs)
         emb_name = emb_src.name
     else:
-        raise ConfigError(f"--embeddings must be 'fiqa', an .onnx file or a folder of .npy files, got {embeddings!r}")
+        raise ConfigError(
+            f"--embeddings must be 'fiqa', 'dlib', an .onnx file or a folder of .npy files, got {embeddings!r}"
+        )
     sim = np.sum(emb[pairs.a] * emb[pairs.b], axis=1)
     pq = pair_quality(q_img[pairs.a], q_img[pairs.b])
     result = edc(sim, pairs.issame, pq)

@@ -117,7 +117,10 @@ def evaluate(
     out: Path = typer.Option(..., "--out", help="Folder for edc.csv, edc_summary.csv, edc.png, pairs_scored.csv."),
     quality: Path | None = typer.Option(None, "--quality", help="scores.csv of `fiqa score` (else: --weights)."),
     embeddings: str = typer.Option(
-        "fiqa", "--embeddings", help="fiqa (our embedding head) | recognition .onnx (insightface) | folder of .npy."
+        "fiqa",
+        "--embeddings",
+        help="fiqa (our embedding head) | dlib (dlib ResNet, medvit[face]) | recognition .onnx (insightface) | "
+        "folder of .npy.",
     ),
     weights: Path | None = typer.Option(None, "--weights", help="FIQA model (for --embeddings fiqa / no --quality)."),
     images: Path | None = typer.Option(None, "--images", help="Image root of the pair list."),

@@ -152,6 +152,50 @@ def onnx_embedder(path: str | os.PathLike[str]) -> Callable[[np.ndarray], np.nda
     return forward
 
 
+def _template_face_box(size: int = 112) -> tuple[int, int, int, int]:
+    """dlib HOG's box for a face aligned to the ArcFace template, as (left, top, right, bottom).
+
+    Every crop is aligned to the same template, so the box dlib's 5-point predictor expects can be derived once:
+    on frontal photos the HOG box is ~2.09 inter-eye distances wide, centred on the eyes, its top 0.29 box widths
+    above them ((19, 30, 93, 104) at 112 px; the detector itself finds (22, 31, 97, 105) on an aligned crop).
+    """
+    from medvit.apps.fiqa.align import ARCFACE_TEMPLATE
+
+    tmpl = ARCFACE_TEMPLATE * (size / 112.0)
+    eyes = tmpl[:2]
+    width = 2.09 * float(np.linalg.norm(eyes[1] - eyes[0]))
+    cx, ey = eyes.mean(0)
+    left, top = cx - width / 2, ey - 0.29 * width
+    return round(left), round(top), round(left + width), round(top + width)
+
+
+def dlib_embedder() -> Callable[[np.ndarray], np.ndarray]:
+    """dlib's ResNet face recognizer (128-d, ``face_recognition_models``) as ``crops (RGB) -> embeddings``.
+
+    dlib aligns its own 150 px chip from its 5-point landmarks, so the predictor runs on each ArcFace crop in the
+    template's face box (:func:`_template_face_box`) and ``compute_face_descriptor`` takes it from there. The chip
+    (padding 0.25) reaches slightly beyond a 112 px ArcFace crop; that border is black, as in the crop.
+
+    Raises:
+        ConfigError: dlib or its model files are not installed (``pip install medvit[face]``).
+    """
+    from medvit.apps.fiqa.align import dlib_model_file, import_dlib
+
+    dlib = import_dlib("--embeddings dlib")
+    predictor = dlib.shape_predictor(str(dlib_model_file("shape_predictor_5_face_landmarks.dat")))
+    recognizer = dlib.face_recognition_model_v1(str(dlib_model_file("dlib_face_recognition_resnet_model_v1.dat")))
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        out = []
+        for crop in batch:
+            img = np.ascontiguousarray(crop)
+            rect = dlib.rectangle(*_template_face_box(img.shape[0]))
+            out.append(np.asarray(recognizer.compute_face_descriptor(img, predictor(img, rect)), dtype=np.float64))
+        return np.stack(out)
+
+    return forward
+
+
 def npy_embeddings(folder: str | os.PathLike[str], refs: Sequence[str]) -> np.ndarray:
     """Embeddings ``<folder>/<stem>.npy`` for each ref (bin refs use their index as stem), L2-normalised."""
     root = Path(folder)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import cv2
@@ -67,9 +68,16 @@ def test_scrfd_detection_and_alignment(fake_models: Path, synth_face: np.ndarray
     assert aligner.detect_align(np.zeros((640, 640, 3), np.uint8)) == []  # dark image: no face
 
 
-def test_missing_detector_gives_a_clear_error(tmp_path: Path) -> None:
+def test_missing_detector_gives_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without an SCRFD ONNX, auto falls back to the offline detectors (dlib is installed by `make install`)...
+    assert create_detector("auto", models=tmp_path).name in ("mtcnn", "dlib")
+    # ... and with none of them importable it names what to install.
+    monkeypatch.setitem(sys.modules, "dlib", None)
+    monkeypatch.setitem(sys.modules, "facenet_pytorch", None)
     with pytest.raises(ConfigError, match=r"pip install medvit\[face\]"):
         create_detector("auto", models=tmp_path)
+    with pytest.raises(ConfigError, match=r"the dlib detector needs dlib"):
+        create_detector("dlib", models=tmp_path)
     with pytest.raises(ConfigError, match="no SCRFD detector ONNX"):
         create_detector("scrfd", models=tmp_path)
     with pytest.raises(ConfigError, match="unknown detector"):
