@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,12 +290,17 @@ class DlibDetector:
         self.detector = dlib.get_frontal_face_detector()
         self.predictor = dlib.shape_predictor(str(dlib_model_file("shape_predictor_5_face_landmarks.dat")))
         self._dlib = dlib
+        # dlib's detector and predictor are not safe to call from several loader threads at once (segfaults
+        # seen with 2 workers); detection is serialised, decoding and the forward pass still overlap with it.
+        self._lock = threading.Lock()
 
     def detect(self, img: np.ndarray) -> list[tuple[np.ndarray, float, np.ndarray]]:
-        rects, scores, _ = self.detector.run(np.ascontiguousarray(img), 1, 0.0)
+        img = np.ascontiguousarray(img)
+        with self._lock:
+            rects, scores, _ = self.detector.run(img, 1, 0.0)
+            shapes = [self.predictor(img, rect) for rect in rects]
         out = []
-        for rect, score in zip(rects, scores, strict=True):
-            shape = self.predictor(img, rect)
+        for rect, score, shape in zip(rects, scores, shapes, strict=True):
             pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(5)], dtype=np.float64)
             # dlib 5-point: 0-1 image-right eye corners, 2-3 image-left eye corners, 4 base of the nose.
             eyes_nose = np.stack([pts[2:4].mean(0), pts[0:2].mean(0), pts[4]])

@@ -100,3 +100,31 @@ def test_evaluate_with_dlib_embeddings(crop: np.ndarray, tmp_path: Path) -> None
     other = [v for (a, b), v in sim.items() if Path(b).stem.startswith("s")]
     assert len(same) == 4 and len(other) == 4 and min(same) > max(other), sim
     assert (out / "edc.csv").is_file() and (out / "edc.png").is_file()
+
+
+def test_score_photos_with_the_dlib_detector(tmp_path: Path) -> None:
+    import torch
+
+    from medvit import cli
+
+    from .conftest import official_state_dict
+
+    torch.save(official_state_dict("token"), tmp_path / "model.pt")  # any weights: this checks detection
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "astronaut.png"), cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(photos / "wall.png"), np.full((300, 300, 3), 128, np.uint8))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        cli.app,
+        ["fiqa", "score", str(photos), "--weights", str(tmp_path / "model.pt"), "--out", str(out),
+         "--detector", "dlib", "--quiet"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with open(out / "scores.csv", newline="") as fh:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
+    assert rows["wall.png"]["status"] == "no_face"
+    face = rows["astronaut.png"]
+    assert face["status"] == "ok" and np.isfinite(float(face["quality"]))
+    box = np.array([float(face[k]) for k in ("x1", "y1", "x2", "y2")])
+    np.testing.assert_allclose(box, [175, 76, 265, 166], atol=2)  # dlib HOG's box on this photo
