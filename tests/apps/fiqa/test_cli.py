@@ -98,6 +98,7 @@ def test_score_then_evaluate_writes_edc_and_resumes(loop: dict[str, Path]) -> No
     assert set(strength) == {r["path"] for r in rows}  # every held-out face scored, paths absolute
     # Issue 6's target: quality ranks the degradations of unseen identities (pooled over kinds and per kind).
     ranking = degradation_ranking(out / "scores.csv", held)
+    print(f"held-out ranking: {ranking}")  # shown with -s; the number behind the assertion
     assert ranking["rho"] >= 0.5, ranking
     assert all(ranking[f"rho_{k}"] >= 0.3 for k in DEGRADATIONS), ranking
 
