@@ -328,43 +328,15 @@ def load_fiqa(path: str | os.PathLike[str]) -> tuple[ViTFIQA, dict[str, Any]]:
 
 
 # ============================================================================= foreign checkpoints
-_WRAPPERS = ("state_dict_backbone", "state_dict", "model", "module", "model_state", "backbone")
-
-
 def read_foreign_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a torch pickle or safetensors file into a flat state dict (``module.`` prefixes removed).
 
-    Understands the wrappers of arcface_torch training checkpoints (``state_dict_backbone``) and the usual
-    ``state_dict`` / ``model``; pickles are read with ``torch.load(weights_only=True)`` only.
+    :func:`medvit.shared.backbone.weights.read_checkpoint` does the reading: it understands arcface_torch's
+    ``state_dict_backbone`` wrapper and the usual ones, and reads pickles with ``torch.load(weights_only=True)``.
     """
-    from medvit.shared.backbone.weights import safe_torch_load, strip_prefixes
+    from medvit.shared.backbone.weights import read_checkpoint
 
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weight file not found")
-    if path.stat().st_size == 0:
-        raise WeightsError(f"{path}: empty file")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            obj: Any = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise WeightsError(f"{path}: corrupt safetensors file ({err})") from None
-    else:
-        obj = safe_torch_load(path)
-    while isinstance(obj, Mapping):
-        inner = next((w for w in _WRAPPERS if isinstance(obj.get(w), Mapping)), None)
-        if inner is None:
-            break
-        obj = obj[inner]
-    if not isinstance(obj, Mapping):
-        raise WeightsError(f"{path}: no state dict found (top level is {type(obj).__name__})")
-    sd = {strip_prefixes(str(k), ("module.", "_orig_mod.")): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not sd:
-        raise WeightsError(f"{path}: the checkpoint holds no tensors")
-    return sd
+    return read_checkpoint(path)[0]
 
 
 _BACKBONE_PREFIXES = ("patch_embed.", "blocks.", "norm.")

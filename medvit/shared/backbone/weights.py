@@ -140,6 +140,10 @@ def read_sidecar(path: str | Path) -> dict[str, Any] | None:
         raise WeightsError(f"{side}: corrupt sidecar JSON ({err})") from None
 
 
+# Dicts that hold the state dict; ``state_dict_backbone``: arcface_torch's checkpoint_gpu_<rank>.pt.
+_WRAPPERS = ("state_dict", "state_dict_backbone", "model", "module", "model_state", "backbone")
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read any supported weight file into a flat state dict.
 
@@ -167,13 +171,13 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         info["sidecar"] = read_sidecar(path)
     else:
         obj = safe_torch_load(path)
-    if isinstance(obj, Mapping):
-        # ``state_dict_backbone``: arcface_torch's training checkpoints (checkpoint_gpu_<rank>.pt).
-        for wrapper in ("state_dict", "state_dict_backbone", "model", "module", "model_state"):
-            if wrapper in obj and isinstance(obj[wrapper], Mapping):
-                info["wrapper"] = wrapper
-                obj = obj[wrapper]
-                break
+    # Wrappers may nest ({'model': {'backbone': ...}}); ``info['wrapper']`` is the outermost one.
+    while isinstance(obj, Mapping):
+        wrapper = next((w for w in _WRAPPERS if isinstance(obj.get(w), Mapping)), None)
+        if wrapper is None:
+            break
+        info["wrapper"] = info["wrapper"] or wrapper
+        obj = obj[wrapper]
     if not isinstance(obj, Mapping) or not obj:
         raise WeightsError(f"{path}: no state dict found (top level is {type(obj).__name__})")
     sd = {}
