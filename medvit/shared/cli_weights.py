@@ -123,7 +123,7 @@ def convert(
             ) from None
         from medvit.apps.fiqa.api import convert as convert_fiqa
 
-        side = convert_fiqa(file, out, overwrite=overwrite)
+        side = convert_fiqa(file, out, overwrite=overwrite, state_dict=err.state_dict)
         kw = side["backbone_kwargs"]
         typer.echo(
             f"wrote {out} (ViT-FIQA, head {side['head']}, width {kw['embed_dim']}, depth {kw['depth']}); "

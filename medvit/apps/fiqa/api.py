@@ -24,11 +24,14 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medvit.shared.errors import ConfigError, DataError, TrainingError, WeightsError
+
+if TYPE_CHECKING:  # torch is imported inside the functions: `medvit --help` stays fast
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +152,20 @@ def load_scoring_model(weights: str | os.PathLike[str] | None) -> tuple[Any, dic
     return model, {"source": str(p), "converted": True}
 
 
-def convert(src: str | os.PathLike[str], out: str | os.PathLike[str], *, overwrite: bool = False) -> dict[str, Any]:
+def convert(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
     """Import an official ViT-FIQA checkpoint (``backbones/vit_qs.py`` keys, ``module.`` prefixes) into our format.
+
+    Args:
+        src: the checkpoint file.
+        out: output ``.safetensors`` (a ``.json`` sidecar is written beside it).
+        overwrite: replace an existing output.
+        state_dict: ``src`` already read (``module.`` prefixes removed), e.g. by ``medvit weights convert``.
 
     Returns:
         The written sidecar.
@@ -162,7 +177,7 @@ def convert(src: str | os.PathLike[str], out: str | os.PathLike[str], *, overwri
         raise WeightsError(f"{out}: the output must end in .safetensors")
     if out.exists() and not overwrite:
         raise WeightsError(f"{out} exists; pass --overwrite to replace it")
-    model = model_from_official(read_foreign_state_dict(src))
+    model = model_from_official(state_dict if state_dict is not None else read_foreign_state_dict(src))
     save_fiqa(model, out, metadata={"source": "vit-fiqa", "converted_from": Path(src).name})
     return json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
 

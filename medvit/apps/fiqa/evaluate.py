@@ -185,12 +185,16 @@ def dlib_embedder() -> Callable[[np.ndarray], np.ndarray]:
     predictor = dlib.shape_predictor(str(dlib_model_file("shape_predictor_5_face_landmarks.dat")))
     recognizer = dlib.face_recognition_model_v1(str(dlib_model_file("dlib_face_recognition_resnet_model_v1.dat")))
 
+    rects: dict[int, Any] = {}  # crop size -> the template's face box (one size in practice)
+
     def forward(batch: np.ndarray) -> np.ndarray:
         out = []
         for crop in batch:
             img = np.ascontiguousarray(crop)
-            rect = dlib.rectangle(*_template_face_box(img.shape[0]))
-            out.append(np.asarray(recognizer.compute_face_descriptor(img, predictor(img, rect)), dtype=np.float64))
+            size = img.shape[0]
+            if size not in rects:
+                rects[size] = dlib.rectangle(*_template_face_box(size))
+            out.append(np.asarray(recognizer.compute_face_descriptor(img, predictor(img, rects[size])), np.float64))
         return np.stack(out)
 
     return forward

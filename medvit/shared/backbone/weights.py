@@ -62,11 +62,14 @@ class WholeModelCheckpointError(WeightsError):
 
     Attributes:
         source_format: one of ``WHOLE_MODEL_FORMATS``.
+        state_dict: the state dict already read from the file (None when the caller passed one in), so whoever
+            hands the file to the app's importer does not read it a second time.
     """
 
-    def __init__(self, message: str, source_format: str) -> None:
+    def __init__(self, message: str, source_format: str, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__(message)
         self.source_format = source_format
+        self.state_dict = state_dict
 
 
 @dataclass
@@ -313,11 +316,14 @@ _CONVERTERS = {
 }
 
 
-def _whole_model_error(where: str, source_format: str) -> WholeModelCheckpointError:
+def _whole_model_error(
+    where: str, source_format: str, state_dict: dict[str, torch.Tensor] | None = None
+) -> WholeModelCheckpointError:
     return WholeModelCheckpointError(
         f"{where} is a ViT-FIQA / arcface_torch face model (quality token and heads), not a bare backbone: import "
         "it with `medvit weights convert FILE --out F.safetensors` (or `medvit fiqa convert`), which keeps the heads",
         source_format,
+        state_dict,
     )
 
 
@@ -686,7 +692,7 @@ def convert_checkpoint(
     sd, info = read_checkpoint(src)
     fmt = detect_format(sd, info) if source_format == "auto" else source_format
     if fmt in WHOLE_MODEL_FORMATS:
-        raise _whole_model_error(str(src), fmt)
+        raise _whole_model_error(str(src), fmt, sd)
     if fmt == "medvit" and info.get("sidecar"):
         kwargs = dict(info["sidecar"]["kwargs"])
     else:
