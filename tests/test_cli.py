@@ -50,15 +50,16 @@ def test_version() -> None:
     assert result.exit_code == 0 and __version__ in result.output
 
 
-def test_import_is_light_and_fast() -> None:
-    code = (
-        "import sys, time; t = time.perf_counter(); import medvit.cli; dt = time.perf_counter() - t; "
-        "print(dt, 'torch' in sys.modules, 'monai' in sys.modules)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out[1] == "False", "importing medvit.cli must not import torch"
-    assert out[2] == "False"
-    assert float(out[0]) < 1.0
+def test_import_is_light() -> None:
+    # `medvit --help` stays fast because the CLI imports no heavy library at import time. Checked by the set of
+    # imported modules, not by seconds (a loaded machine would fail a timing).
+    heavy = [
+        "torch", "monai", "timm", "cv2", "albumentations", "numpy", "scipy", "skimage", "nibabel", "pydicom",
+        "onnxruntime", "insightface", "matplotlib", "safetensors",
+    ]  # fmt: skip
+    code = f"import sys, medvit.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", f"importing medvit.cli imports {out}"
 
 
 def test_unknown_option_is_an_error() -> None:

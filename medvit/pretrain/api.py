@@ -168,21 +168,6 @@ def _write_manifest(path: Path, rows: Sequence[VolumeStatus]) -> None:
     os.replace(tmp, path)
 
 
-class _SeededTransform:
-    """Random MONAI transform reseeded from torch's global RNG on every call.
-
-    The engine checkpoints and restores the torch RNG (and seeds DataLoader workers per epoch), so crops and
-    augmentations are reproducible after ``--resume`` and differ between ranks and workers.
-    """
-
-    def __init__(self, transform: Any) -> None:
-        self.transform = transform
-
-    def __call__(self, data: Any) -> Any:
-        self.transform.set_random_state(seed=int(torch.randint(0, 2**31 - 1, ()).item()))
-        return self.transform(data)
-
-
 def collate_crops(batch: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, torch.Tensor]:
     """Flatten ``batch_size`` lists of crops into ``{"image": [batch_size * crops, 1, X, Y, Z]}`` (plain tensors)."""
     crops = [c["image"] for item in batch for c in (item if isinstance(item, list) else [item])]
@@ -352,9 +337,7 @@ def run_pretrain(
                 ),
             ]
         )
-        dataset = CachedVolumeDataset(
-            [{"image": str(s.path)} for s in usable], preprocess, cache, _SeededTransform(random_tf)
-        )
+        dataset = CachedVolumeDataset([{"image": str(s.path)} for s in usable], preprocess, cache, random_tf)
 
         # ---- model
         torch.manual_seed(t.seed)  # identical initial weights on every rank (DDP also broadcasts them)

@@ -25,11 +25,13 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
 import enum
 import functools
+import math
 import os
 import tempfile
 import types
@@ -180,15 +182,18 @@ def _coerce(tp: Any, value: Any, path: str, base: Any = None) -> Any:
             return value
         raise _mismatch(path, tp, value)
     if tp is float:
+        number: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             # YAML 1.1 (PyYAML) reads `1e-3` as a string: it wants a dot in the mantissa (`1.0e-3`).
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise _mismatch(path, tp, value)
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is None:
+            raise _mismatch(path, tp, value)
+        if not math.isfinite(number):  # `.inf` / `.nan` in YAML: no setting of the project means infinity
+            raise _KeyConfigError(path, f"{path}: must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from medvit.pretrain.hi_end_mae import CrossAttention, HiEndMAE, hiend_taps, load_official_hi_end_mae
 from medvit.pretrain.mae import MAE, patchify
@@ -361,8 +361,13 @@ def test_tiny_preset_overfits_one_batch(method: str) -> None:
     model = build_model(preset)
     assert isinstance(model, HiEndMAE if method == "hi-end-mae" else MAE)
     x = _ct_like_crops(4, preset.crop_size[0])
+    # The preset is "tiny" by its arithmetic, not by a wall-clock time (which a loaded machine would fail): one
+    # forward+backward on the batch stays under 2 GFLOP, i.e. seconds for the 50 steps on 2 CPU cores.
+    with FlopCounterMode(display=False) as flops:
+        model(x, generator=torch.Generator().manual_seed(0))["loss"].backward()
+    assert flops.get_total_flops() < 2e9
+    model.zero_grad(set_to_none=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0)
-    t0 = time.perf_counter()
     losses = []
     for _ in range(50):
         out = model(x, generator=torch.Generator().manual_seed(0))  # one batch: same crops, same mask
@@ -372,4 +377,3 @@ def test_tiny_preset_overfits_one_batch(method: str) -> None:
         losses.append(out["loss"].item())
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] <= 0.5 * losses[0], losses[::10]
-    assert time.perf_counter() - t0 < 30

@@ -241,6 +241,15 @@ def test_set_1e_minus_3_for_a_float_field() -> None:
         load_config(TrainCfg, overrides=["steps=1e3"])
 
 
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", ".NaN", "inf", "nan", "1e999"])
+def test_non_finite_float_is_a_config_error(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"optim\.lr: must be a finite number") as exc:
+        load_config(TrainCfg, overrides=[f"optim.lr={value}"])
+    assert "--set" in str(exc.value)  # which layer set it
+    with pytest.raises(ConfigError, match=r"spacing\[1\]: must be a finite number|spacing.*finite"):
+        load_config(TrainCfg, overrides=[f"spacing=[1.0, {value}, 1.0]"])
+
+
 @pytest.mark.parametrize(
     ("item", "match"),
     [

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from medvit.shared.data.augment import reseed
 from medvit.shared.data.io import NIFTI_SUFFIXES, ReadError
 from medvit.shared.errors import ConfigError, DataError
 
@@ -447,8 +448,8 @@ class SegCropDataset:
     """Map-style dataset of crops: cached preprocessing per case, fresh crops and augmentation per access.
 
     Each item is a list of ``num_samples`` dicts ``{"image": [1, *crop], "label": [1, *crop]}``; batch with
-    :func:`collate_crops`. In DataLoader workers the random transforms are reseeded from the worker's seed
-    (which the engine draws per epoch from the run seed), as ``monai.data.utils.worker_init_fn`` would.
+    :func:`collate_crops`. The training loop reseeds the random transforms per sample (:meth:`reseed`), so crops
+    and augmentation replay exactly after a resume, with any number of DataLoader workers.
 
     Args:
         cases: the cases.
@@ -471,7 +472,6 @@ class SegCropDataset:
         self.preprocess = preprocess
         self.random_transform = random_transform
         self.cache = cache
-        self._seeded_for: int | None = None
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -488,16 +488,14 @@ class SegCropDataset:
             return compute(None)
         return self.cache.get_or_compute([case.image, case.label], compute)
 
-    def __getitem__(self, index: int) -> Any:
-        import torch
+    def reseed(self, seed: int) -> None:
+        """Reseed the random transforms for the next item (called by the training loop per sample)."""
+        reseed(self.random_transform, seed)
 
+    def __getitem__(self, index: int) -> Any:
         data = self.preprocessed(index)
         if self.random_transform is None:
             return data
-        info = torch.utils.data.get_worker_info()
-        if info is not None and info.seed != self._seeded_for:
-            self.random_transform.set_random_state(seed=info.seed % 2**32)
-            self._seeded_for = info.seed
         return self.random_transform(data)
 
 

@@ -586,7 +586,7 @@ def score(
     model = model.to(dev).eval()
     aligner = None if aligned else FaceAligner.create(detector, models)
     items = resolve_inputs(inp, IMAGE_EXTS)
-    D.init_distributed(str(dev))
+    D.init_distributed(str(dev), required=False)  # RANK/WORLD_SIZE alone shard the inputs (a Slurm array)
     job = _ScoreJob(model, aligner=aligner, all_faces=all_faces, batch_size=batch_size, device=dev)
     summary = run_batch(
         job,  # type: ignore[arg-type] - duck-typed BatchJob
@@ -601,7 +601,7 @@ def score(
     scores_csv = out_dir / "scores.csv"
     hist = sheet = None
     rows: list[dict[str, Any]] = []
-    if D.rank() == 0:
+    if summary.final:  # the one process holding the folder's whole manifest
         rows = _score_rows(summary.manifest_path)
         write_csv_atomic(scores_csv, rows, SCORE_COLUMNS)
         q = np.array([float(r["quality"]) for r in rows if r["status"] == "ok"])
@@ -615,7 +615,7 @@ def score(
     images = len({r["path"] for r in rows})
     line = (
         f"{images} images: {n_faces} faces scored, {n_noface} without a face, {n_err} errors — see {scores_csv}"
-        if D.rank() == 0
+        if summary.final
         else summary.line
     )
     return ScoreResult(scores_csv, hist, sheet, images, n_faces, n_noface, n_err, summary.exit_code, line)

@@ -39,6 +39,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from medvit.shared.data.augment import SeededAlbumentations, reseed
 from medvit.shared.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -273,7 +274,7 @@ class RecordIOReader:
 
 
 # ============================================================================= augmentation
-def build_augment(kind: str = "full", p: float = 0.6) -> Callable[[np.ndarray], np.ndarray] | None:
+def build_augment(kind: str = "full", p: float = 0.6) -> SeededAlbumentations | None:
     """Training augmentation on RGB uint8 ``[112, 112, 3]``.
 
     Args:
@@ -283,7 +284,7 @@ def build_augment(kind: str = "full", p: float = 0.6) -> Callable[[np.ndarray], 
         p: probability of the heavy branch (reference: 0.6).
 
     Returns:
-        A callable image -> image, or None for ``none``.
+        A callable image -> image, reseeded per sample by the training loop, or None for ``none``.
     """
     if kind == "none":
         return None
@@ -325,19 +326,8 @@ def build_augment(kind: str = "full", p: float = 0.6) -> Callable[[np.ndarray], 
     else:
         raise ValueError(f"augment must be full, flip or none, got {kind!r}")
 
-    seeded_in: list[int] = []  # pid of the process whose numpy state seeded ``pipe``
-
-    def apply(img: np.ndarray) -> np.ndarray:
-        # albumentations draws from its own generators, seeded from OS entropy unless told, so two runs with one
-        # ``optim.seed`` used to differ. Seed them from numpy's global RNG on the first call in each process:
-        # the engine seeds that per (seed, rank, step) in the main process, DataLoader per worker and epoch.
-        # (Per image would follow the engine's per-step reseeding exactly, but costs as much as the transforms.)
-        if not seeded_in or seeded_in[0] != os.getpid():
-            pipe.set_random_seed(int(np.random.randint(0, 2**31 - 1)))
-            seeded_in[:] = [os.getpid()]
-        return pipe(image=img)["image"]
-
-    return apply
+    # The training loop reseeds the pipeline per sample (``_FaceDataset.reseed``): replayable after a resume.
+    return SeededAlbumentations(pipe)
 
 
 # ============================================================================= datasets
@@ -357,6 +347,10 @@ class _FaceDataset:
             al = FaceAligner.create(models=self.models)
             self._aligner_obj, self._aligner_pid = al, os.getpid()
         return al
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the augmentation for the next item (called by the training loop per sample)."""
+        reseed(self.augment, seed)
 
     def _finish(self, img: np.ndarray, name: str, label: int) -> dict[str, Any]:
         import torch

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medvit.shared.data.augment import reseed
 from medvit.shared.data.io import ReadError
 
 logger = logging.getLogger(__name__)
@@ -274,7 +275,8 @@ class CachedVolumeDataset(Dataset):
     Items are MONAI-style dicts (``{"image": path, "label": path, "case_id": ...}``) or bare paths (taken as
     ``{image_key: path}``). For CT: ``preprocess=ct_preprocess(..., load=True)`` and
     ``random_transform=Compose([ct_random_crops(...), ct_augment(...)])``. When the random transform returns a list
-    of crops, batch with ``monai.data.list_data_collate``; seed workers with ``monai.data.utils.worker_init_fn``.
+    of crops, batch with ``monai.data.list_data_collate``. The training loop reseeds the random transform per sample
+    (:meth:`reseed`), so augmentation replays exactly after a resume, with any number of workers.
 
     Args:
         items: The data list.
@@ -303,6 +305,10 @@ class CachedVolumeDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the random transform for the next item (called by the training loop per sample)."""
+        reseed(self.random_transform, seed)
 
     def _sources(self, item: Mapping[str, Any]) -> list[PathLike]:
         if self.source_keys is not None:

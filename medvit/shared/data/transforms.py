@@ -18,9 +18,9 @@ meta-tensor's ``space``; ``CropForegroundd(allow_smaller=True, start_coord_key=N
 (``None`` keeps coordinate arrays out of the output dict, and so out of the cache); ``EnsureTyped``;
 ``RandCropByPosNegLabeld`` with ``image_key``/``image_threshold``; ``Compose.set_random_state``.
 
-Random transforms keep their own ``numpy.random.RandomState``; in a ``DataLoader`` with workers, reseed them per
-worker with ``monai.data.utils.worker_init_fn`` (``monai.data.DataLoader`` does this), or every worker draws the same
-crops.
+Random transforms keep their own ``numpy.random.RandomState``; the training loop reseeds them per sample through
+the dataset's ``reseed`` (:func:`medvit.shared.data.augment.reseed`), so crops replay exactly after a resume and
+DataLoader workers never draw the same crops.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ how to process it); :func:`run_batch` does everything a user of a batch command 
 - a manifest CSV (input, outputs, status, message, seconds, plus the columns ``process`` returns) that is a
   valid file at every instant (atomic snapshots) and loses no finished row to a kill (an append-only journal
   between snapshots, merged by the next run; skipped items keep their earlier extra columns);
+- one writer per output folder (:class:`~medvit.shared.engine.lock.FolderLock`): a second job into a folder
+  in use stops with an error naming the owner, and a later job over other inputs adds its rows to the
+  manifest (earlier rows are kept, never replaced);
 - loading of the next inputs in a thread pool overlaps the current item's compute;
 - under ``torchrun`` the input list is sharded by rank, each rank writes ``manifest.rank{r}.csv`` and rank 0
   merges them into the manifest after a barrier. With ``RANK``/``WORLD_SIZE`` set but no process group, the
@@ -43,6 +46,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from medvit.shared.engine import distributed
+from medvit.shared.engine.lock import FolderLock
 from medvit.shared.errors import DataError, MedvitError
 
 logger = logging.getLogger(__name__)
@@ -293,6 +297,10 @@ class BatchSummary:
     error: int
     manifest_path: Path
     seconds: float
+    final: bool = True
+    """Whether ``manifest_path`` is the folder's whole manifest and this process reports on it (one process;
+    rank 0 after a merge; the rank that merged without a process group). Folder-level outputs built from the
+    manifest (``fiqa score``'s ``scores.csv``) are written where this is true, by exactly one process."""
 
     @property
     def exit_code(self) -> int:
@@ -487,6 +495,11 @@ def merge_manifest_parts(out_dir: str | os.PathLike[str], world_size: int, manif
     if missing:
         raise DataError(f"cannot merge manifests in {main.parent}: missing {', '.join(missing)}")
     rows: dict[str, dict[str, str]] = {}
+    if main.is_file():  # rows of earlier runs over other inputs stay; this run's parts replace the rest
+        try:
+            rows.update((r["input"], r) for r in _read_csv(main))
+        except (OSError, csv.Error, UnicodeDecodeError) as exc:
+            logger.warning("ignoring unreadable manifest %s: %s", main, exc)
     for part in parts:
         try:
             rows.update((r["input"], r) for r in _read_csv(part))
@@ -830,6 +843,128 @@ def _plan_outputs(
     return plan
 
 
+def _counts(rows: Iterable[Mapping[str, str]], keys: set[str]) -> tuple[int, int, int]:
+    """``(ok, skipped, error)`` over the rows of this run's inputs (a manifest also keeps earlier runs' rows)."""
+    statuses = [r["status"] for r in rows if r["input"] in keys]
+    return statuses.count("ok"), statuses.count("skipped"), statuses.count("error")
+
+
+def _plan_todo(
+    mine: list[Path],
+    plan: dict[Path, list[Path] | BaseException],
+    previous: dict[str, dict[str, str]],
+    runner: _Runner,
+    overwrite: bool,
+) -> list[Path]:
+    """Record planning errors and skipped items; return the items left to process."""
+    todo: list[Path] = []
+    for item in mine:
+        outs = plan[item]
+        if isinstance(outs, BaseException):
+            runner.fail(item, outs, [], 0.0)
+            continue
+        prev = previous.get(str(item))
+        done = all(p.exists() for p in outs) if outs else prev is not None and prev["status"] in ("ok", "skipped")
+        if done and not overwrite:
+            extras = {k: v for k, v in (prev or {}).items() if k not in BASE_COLUMNS}
+            runner.manifest.record(runner.row(item, "skipped", "", 0.0, extras))
+        else:
+            todo.append(item)
+    return todo
+
+
+def _merge_ranks(
+    out: Path, main_manifest: Path, my_manifest: Path, rank: int, world: int, keys: set[str]
+) -> tuple[tuple[int, int, int], Path] | None:
+    """Merge the rank manifests when this rank is the one to do it; None when it is not (or not yet)."""
+    if _process_group_initialized():
+        distributed.barrier()
+        result: tuple[int, int, int] | str
+        if rank == 0:
+            try:
+                merged = merge_manifest_parts(out, world, main_manifest.name)
+                result = _counts(_read_csv(merged), keys)
+            except MedvitError as exc:
+                result = str(exc)
+        else:
+            result = ""
+        result = distributed.broadcast_object(result, src=0)
+        if isinstance(result, str):
+            raise DataError(result)
+        return result, main_manifest
+    if _try_merge_without_group(main_manifest, world):
+        return _counts(_read_csv(main_manifest), keys), main_manifest
+    return None
+
+
+def _run_in_folder(
+    job: BatchJob,
+    items: list[Path],
+    out: Path,
+    rank: int,
+    world: int,
+    *,
+    overwrite: bool,
+    workers: int,
+    batch_size: int,
+    quiet: bool,
+    manifest_name: str,
+) -> tuple[tuple[int, int, int], Path, bool]:
+    """The part of :func:`run_batch` that runs while this process owns ``out``: counts, manifest, final."""
+    main_manifest = out / manifest_name
+    parts = {_part_path(main_manifest, r) for r in range(world)} if world > 1 else set()
+    reserved = {os.path.realpath(p) for p in {main_manifest, *parts}}
+    plan = _plan_outputs(job, items, out, reserved)
+    mine = items[rank::world]
+    my_manifest = main_manifest if world == 1 else _part_path(main_manifest, rank)
+
+    finals = [p for i in mine if isinstance(plan[i], list) for p in plan[i]]  # type: ignore[union-attr]
+    stale = _remove_stale_temps([*finals, my_manifest, *([main_manifest] if rank == 0 else [])])
+    if stale:
+        logger.info("removed %d temp file(s) left by an interrupted run in %s", stale, out)
+
+    previous = _previous_rows(main_manifest)
+    mine_keys = [str(i) for i in mine]
+    # A single process owns the whole manifest: rows of earlier runs over other inputs stay in it (first, in
+    # their order), so a second run into the same folder adds to the results instead of replacing them. Rank
+    # parts hold only the rank's items; the merge keeps the earlier rows.
+    kept = [k for k in previous if k not in set(mine_keys)] if world == 1 else []
+    manifest = _Manifest(my_manifest, [*kept, *mine_keys])
+    manifest.rows = {k: previous[k] for k in manifest.order if k in previous}
+    manifest.start()
+
+    runner = _Runner(job, plan, out, manifest, _Progress(0, job.description, enabled=False))
+    todo = _plan_todo(mine, plan, previous, runner, overwrite)
+    n_skipped = len(mine) - len(todo)
+    label = job.description + (f" ({n_skipped} skipped)" if n_skipped else "")
+    runner.progress = _Progress(len(todo), label, enabled=not quiet and rank == 0)
+
+    finished = False
+    try:
+        runner.run(todo, workers, batch_size)
+        finished = True
+    finally:
+        runner.progress.close()
+        manifest.close(finished=finished)
+
+    keys = {str(i) for i in items}
+    counts = _counts((manifest.rows[k] for k in mine_keys), keys)
+    if world == 1:
+        # Leftovers of an earlier distributed run were read into `previous`; the manifest now supersedes them.
+        base, ext = split_ext(manifest_name)
+        for p in out.glob(f"{_glob_escape(base)}.rank*{_glob_escape(ext)}"):
+            p.unlink(missing_ok=True)
+        for p in out.glob(f".{_glob_escape(base)}.rank*{_glob_escape(ext)}.journal"):
+            p.unlink(missing_ok=True)
+        return counts, my_manifest, True
+    merged = _merge_ranks(out, main_manifest, my_manifest, rank, world, keys)
+    if merged is not None:
+        return merged[0], merged[1], rank == 0 or not _process_group_initialized()
+    if not my_manifest.exists() and main_manifest.exists():
+        return counts, main_manifest, False  # merged by another rank meanwhile
+    return counts, my_manifest, False
+
+
 def run_batch(
     job: BatchJob,
     inputs: Sequence[str | os.PathLike[str]],
@@ -858,8 +993,8 @@ def run_batch(
         The summary; CLIs end with ``raise typer.Exit(summary.exit_code)``.
 
     Raises:
-        DataError: ``out_dir`` is a file, no input is left, an output lies outside ``out_dir`` or two inputs
-            map to the same output.
+        DataError: ``out_dir`` is a file, another run holds it, no input is left, an output lies outside
+            ``out_dir`` or two inputs map to the same output.
     """
     t_start = time.perf_counter()
     _check_job(job)
@@ -889,83 +1024,20 @@ def run_batch(
         raise DataError(f"no inputs to process for output folder {out}")
 
     rank, world = _rank_world()
-    main_manifest = out / manifest_name
-    parts = {_part_path(main_manifest, r) for r in range(world)} if world > 1 else set()
-    reserved = {os.path.realpath(p) for p in {main_manifest, *parts}}
-    plan = _plan_outputs(job, items, out, reserved)
-    mine = items[rank::world]
-    my_manifest = main_manifest if world == 1 else _part_path(main_manifest, rank)
-
-    finals = [p for i in mine if isinstance(plan[i], list) for p in plan[i]]  # type: ignore[union-attr]
-    stale = _remove_stale_temps([*finals, my_manifest, *([main_manifest] if rank == 0 else [])])
-    if stale:
-        logger.info("removed %d temp file(s) left by an interrupted run in %s", stale, out)
-
-    previous = _previous_rows(main_manifest)
-    manifest = _Manifest(my_manifest, [str(i) for i in mine])
-    manifest.rows = {str(i): previous[str(i)] for i in mine if str(i) in previous}
-    manifest.start()
-
-    runner = _Runner(job, plan, out, manifest, _Progress(0, job.description, enabled=False))
-    todo: list[Path] = []
-    for item in mine:
-        outs = plan[item]
-        if isinstance(outs, BaseException):
-            runner.fail(item, outs, [], 0.0)
-            continue
-        prev = previous.get(str(item))
-        done = all(p.exists() for p in outs) if outs else prev is not None and prev["status"] in ("ok", "skipped")
-        if done and not overwrite:
-            extras = {k: v for k, v in (prev or {}).items() if k not in BASE_COLUMNS}
-            manifest.record(runner.row(item, "skipped", "", 0.0, extras))
-        else:
-            todo.append(item)
-    n_skipped = len(mine) - len(todo)
-    label = job.description + (f" ({n_skipped} skipped)" if n_skipped else "")
-    runner.progress = _Progress(len(todo), label, enabled=not quiet and rank == 0)
-
-    finished = False
-    try:
-        runner.run(todo, workers, batch_size)
-        finished = True
-    finally:
-        runner.progress.close()
-        manifest.close(finished=finished)
-
-    statuses = [manifest.rows[str(i)]["status"] for i in mine]
-    counts = (statuses.count("ok"), statuses.count("skipped"), statuses.count("error"))
-    manifest_path = my_manifest
-    if world == 1:
-        # Leftovers of an earlier distributed run were read into `previous`; the manifest now supersedes them.
-        base, ext = split_ext(manifest_name)
-        for p in out.glob(f"{_glob_escape(base)}.rank*{_glob_escape(ext)}"):
-            p.unlink(missing_ok=True)
-        for p in out.glob(f".{_glob_escape(base)}.rank*{_glob_escape(ext)}.journal"):
-            p.unlink(missing_ok=True)
-    elif _process_group_initialized():
-        distributed.barrier()
-        result: tuple[int, int, int] | str
-        if rank == 0:
-            try:
-                merged = merge_manifest_parts(out, world, manifest_name)
-                statuses = [r["status"] for r in _read_csv(merged)]
-                result = (statuses.count("ok"), statuses.count("skipped"), statuses.count("error"))
-            except MedvitError as exc:
-                result = str(exc)
-        else:
-            result = ""
-        result = distributed.broadcast_object(result, src=0)
-        if isinstance(result, str):
-            raise DataError(result)
-        counts, manifest_path = result, main_manifest
-    elif _try_merge_without_group(main_manifest, world):
-        statuses = [r["status"] for r in _read_csv(main_manifest)]
-        counts = (statuses.count("ok"), statuses.count("skipped"), statuses.count("error"))
-        manifest_path = main_manifest
-    elif not my_manifest.exists() and main_manifest.exists():
-        manifest_path = main_manifest  # merged by another rank meanwhile
-
-    summary = BatchSummary(*counts, manifest_path=manifest_path, seconds=time.perf_counter() - t_start)
+    with FolderLock(out, job.description, rank=rank, world=world):
+        counts, manifest_path, final = _run_in_folder(
+            job,
+            items,
+            out,
+            rank,
+            world,
+            overwrite=overwrite,
+            workers=workers,
+            batch_size=batch_size,
+            quiet=quiet,
+            manifest_name=manifest_name,
+        )
+    summary = BatchSummary(*counts, manifest_path=manifest_path, seconds=time.perf_counter() - t_start, final=final)
     if rank == 0 or not _process_group_initialized():
         logger.info("%s", summary.line)
     return summary

@@ -48,6 +48,7 @@ from medvit.shared.engine.checkpoint import (
     step_checkpoints,
     update_last,
 )
+from medvit.shared.engine.lock import FolderLock
 from medvit.shared.engine.optim import build_param_groups, lr_at
 from medvit.shared.engine.progress import TrainProgress
 from medvit.shared.engine.rundir import RunDir
@@ -60,11 +61,13 @@ __all__ = [
     "FitResult",
     "FitState",
     "ResumableDistributedSampler",
+    "SeededSamples",
     "TrainConfig",
     "fit",
     "move_to_device",
     "resolve_device",
     "resolve_precision",
+    "sample_seed",
     "seed_everything",
 ]
 
@@ -152,9 +155,17 @@ class TrainConfig:
         for key in ("batch_size", "grad_accum", "log_every"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be >= 1")
+        for key in ("lr", "min_lr", "weight_decay", "eps", "warmup_fraction", "layer_decay", "grad_clip"):
+            value = getattr(self, key)
+            if value is not None and not math.isfinite(value):
+                raise bad(key, "must be a finite number")
+        if not all(math.isfinite(b) for b in self.betas):
+            raise bad("betas", "must be finite numbers")
         for key in ("workers", "warmup_steps", "ckpt_every", "keep_last", "eval_every", "lr", "min_lr", "weight_decay"):
             if getattr(self, key) < 0:
                 raise bad(key, "must be >= 0")
+        if self.eps <= 0:
+            raise bad("eps", "must be > 0")
         if self.warmup_fraction is not None:
             if not 0.0 <= self.warmup_fraction < 1.0:
                 raise bad("warmup_fraction", "must be in [0, 1)")
@@ -257,12 +268,21 @@ class FitResult:
     best_step: int | None = None
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The random seed of training sample ``index`` in ``epoch`` of a run seeded ``seed`` (64 bits).
+
+    Drawn through numpy's ``SeedSequence``, so that neighbouring ``(seed, epoch, index)`` give unrelated streams.
+    """
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0])
+
+
 class ResumableDistributedSampler(DistributedSampler):
     """``DistributedSampler`` whose next iteration can start part-way through the epoch.
 
     The order depends only on ``(seed, epoch)``, so skipping the first ``n`` indices of epoch ``e``
     reproduces exactly the rest of the interrupted epoch without loading the skipped samples. With
-    ``num_replicas=1, rank=0`` it is the single-process sampler too (one code path).
+    ``num_replicas=1, rank=0`` it is the single-process sampler too (one code path). It yields
+    ``(index, sample_seed(seed, epoch, index))`` pairs for :class:`SeededSamples`.
     """
 
     def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int, shuffle: bool, seed: int) -> None:
@@ -273,13 +293,52 @@ class ResumableDistributedSampler(DistributedSampler):
         """Make the next ``__iter__`` start after its first ``n_indices`` indices."""
         self._skip = n_indices
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
         indices = list(super().__iter__())
         skip, self._skip = self._skip, 0
-        return iter(indices[skip:])
+        return iter([(i, sample_seed(self.seed, self.epoch, i)) for i in indices[skip:]])
 
     def __len__(self) -> int:
         return self.num_samples - self._skip
+
+
+class SeededSamples(Dataset):
+    """The training set as the loop reads it: every sample fetched under its own random seed.
+
+    Random augmentation draws from python's, numpy's and torch's global generators and from generators that
+    transforms keep for themselves (MONAI's ``Randomizable.R``, albumentations' ``random_generator``). A
+    checkpoint can hold the first kind but not the second, and in ``DataLoader`` workers neither survives an
+    epoch. So the augmentation of sample ``i`` in epoch ``e`` is made a function of ``(seed, e, i)`` alone:
+    the three global generators are seeded with :func:`sample_seed` around the fetch (and restored after it,
+    so the model's own randomness in the main process does not depend on the data), and a dataset that keeps
+    generators of its own reseeds them in ``reseed(seed: int)``, which is called before each fetch. A run
+    resumed mid-epoch then sees the very samples an uninterrupted run saw, with any number of workers.
+
+    Args:
+        dataset: A map-style dataset; optional ``reseed(seed: int) -> None``.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self._reseed = getattr(dataset, "reseed", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        try:
+            random.seed(seed)
+            np.random.seed([seed & 0xFFFFFFFF, seed >> 32])
+            torch.default_generator.manual_seed(seed)  # CPU only: CUDA generators belong to the model
+            if self._reseed is not None:
+                self._reseed(seed)
+            return self.dataset[index]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
 
 
 def seed_everything(seed: int) -> None:
@@ -443,12 +502,22 @@ class _Trainer:
         self.scaler: torch.amp.GradScaler | None = None
         self.loader: DataLoader | None = None
         self.lockstep_error = False  # an error every rank raised together (safe to barrier in teardown)
+        self.folder_lock: FolderLock | None = None
 
     # ------------------------------------------------------------------ setup
     def _check_run_dir(self) -> Path | None:
         """Rank 0 decides resume/overwrite; every rank gets the same answer (or the same error)."""
         answer: tuple[str | None, str | None] = (None, None)
         if self.main:
+            # One writer per run directory: a second training (or a --resume started twice) into it stops here
+            # instead of interleaving checkpoints and metrics with the first.
+            self.folder_lock = FolderLock(self.rundir.path, "train")
+            try:
+                self.folder_lock.acquire()
+            except DataError as exc:
+                self.folder_lock = None
+                answer = (None, str(exc))
+        if self.main and answer[1] is None:
             ckpt = self.rundir.last_ckpt if self.rundir.last_ckpt.is_file() else None
             if ckpt is None and step_checkpoints(self.rundir.path):
                 ckpt = step_checkpoints(self.rundir.path)[-1][1]  # killed between a step file and last.pt
@@ -482,7 +551,7 @@ class _Trainer:
         if self.collate_fn is not None:
             kwargs["collate_fn"] = self.collate_fn
         self.loader = DataLoader(
-            self.train_set,
+            SeededSamples(self.train_set),
             batch_size=cfg.batch_size,
             sampler=self.sampler,
             num_workers=cfg.workers,
@@ -779,13 +848,10 @@ class _Trainer:
         mean_loss = float(self._reduce_mean(step_loss / cfg.grad_accum).item())
         if not math.isfinite(mean_loss):
             self.lockstep_error = True
-            last = "none"
-            if self.last_ckpt_step is not None:
-                last = f"{self.rundir.last_ckpt} (step {self.last_ckpt_step})"
             raise TrainingError(
                 f"non-finite loss ({mean_loss}) at step {self.step + 1} (epoch {epoch}); stopped without "
-                f"updating the weights. Last good checkpoint: {last}. Lower train.lr, set train.grad_clip "
-                "or check the inputs for NaN/Inf"
+                f"updating the weights. Last good checkpoint: {self._last_good()}. Lower train.lr, set "
+                "train.grad_clip or check the inputs for NaN/Inf"
             )
         lr = lr_at(self.step, cfg)
         for group in opt.param_groups:
@@ -797,7 +863,23 @@ class _Trainer:
         scaler.step(opt)  # skips the update when fp16 gradients overflowed
         scaler.update()
         opt.zero_grad(set_to_none=True)
+        # A finite loss can still come with an update that leaves NaN/Inf weights (an extreme lr, an overflow in
+        # the optimizer state): stop before they reach a checkpoint. One norm over all weights, one host sync.
+        with torch.no_grad():
+            weights_norm = torch.nn.utils.get_total_norm([p.detach() for p in self.params])
+        if not math.isfinite(float(weights_norm)):
+            self.lockstep_error = True  # the weights are the same on every rank: all ranks stop here together
+            raise TrainingError(
+                f"non-finite weights after the update of step {self.step + 1} (epoch {epoch}, lr {lr:g}); stopped "
+                f"before saving them. Last good checkpoint: {self._last_good()}. Lower train.lr or set "
+                "train.grad_clip"
+            )
         return mean_loss, lr, grad_norm
+
+    def _last_good(self) -> str:
+        if self.last_ckpt_step is None:
+            return "none"
+        return f"{self.rundir.last_ckpt} (step {self.last_ckpt_step})"
 
     def _loop(self) -> None:
         cfg = self.cfg
@@ -916,6 +998,9 @@ class _Trainer:
         self.loader = None
         self.state = None
         gc.collect()
+        if self.folder_lock is not None:
+            self.folder_lock.release()
+            self.folder_lock = None
 
 
 def fit(

@@ -168,6 +168,38 @@ def test_convert_official_checkpoint_then_score(tmp_path: Path) -> None:
     np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
+def test_scores_of_later_runs_and_shards_add_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs with other inputs into one --out keep both; RANK/WORLD_SIZE alone (a Slurm array) shard a run."""
+    torch.save(official_state_dict("token"), tmp_path / "model.pt")
+    for folder, n in (("a", 3), ("b", 4)):
+        (tmp_path / folder).mkdir()
+        for i in range(n):
+            img = np.random.default_rng(10 * n + i).integers(0, 255, (112, 112, 3))
+            cv2.imwrite(str(tmp_path / folder / f"{i}.png"), img)
+    common = ["--weights", tmp_path / "model.pt", "--aligned", "--quiet"]
+    out = tmp_path / "out"
+    assert invoke("score", tmp_path / "a", "--out", out, *common).exit_code == 0
+    assert invoke("score", tmp_path / "b", "--out", out, *common).exit_code == 0
+    rows = _read(out / "scores.csv")
+    assert sorted(Path(r["path"]).parent.name + Path(r["path"]).name for r in rows) == [
+        *[f"a{i}.png" for i in range(3)],
+        *[f"b{i}.png" for i in range(4)],
+    ]
+    assert len(_read(out / "manifest.csv")) == 7
+
+    # Array tasks 0 and 1 of 2 (no torchrun, no MASTER_ADDR): each scores its half; the last one merges.
+    sharded = tmp_path / "sharded"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        res = invoke("score", tmp_path / "b", "--out", sharded, *common)
+        assert res.exit_code == 0, res.output
+    assert not list(sharded.glob("manifest.rank*"))
+    by_path = {r["path"]: r["quality"] for r in _read(sharded / "scores.csv")}
+    assert by_path == {r["path"]: r["quality"] for r in rows if "/b/" in r["path"]}
+
+
 def test_weights_convert_hands_a_vit_fiqa_checkpoint_to_the_fiqa_importer(tmp_path: Path) -> None:
     """`medvit weights convert` recognises the ViT-FIQA layout (arcface_torch wrapper, DataParallel prefixes)."""
     from medvit.apps.fiqa.model import load_fiqa

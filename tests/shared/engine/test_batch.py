@@ -9,8 +9,10 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -170,6 +172,103 @@ def test_kill_and_rerun(job_inputs: tuple[Path, list[Path]], tmp_path: Path) -> 
     assert len(list(out.rglob("*.out.txt"))) == len(inputs)
 
 
+def _lock_of(pid: int, host: str | None = None) -> str:
+    return json.dumps({"pid": pid, "host": host or socket.gethostname(), "since": time.time(), "command": "upper"})
+
+
+def test_second_writer_refused_while_first_runs(job_inputs: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    root, inputs = job_inputs
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+    proc = subprocess.Popen(
+        [sys.executable, str(_SCRIPT), str(root), str(out), "--sleep", "0.3"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / ".medvit.lock").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        other = make_inputs(tmp_path / "other", {"x.txt": "x"})
+        with pytest.raises(DataError, match=rf"in use by another run \(`upper` pid {proc.pid} on "):
+            run_batch(UpperJob(tmp_path / "other"), other, out, quiet=True)
+        assert proc.wait(timeout=120) == 0  # the first run is not disturbed
+    finally:
+        proc.kill()
+        proc.wait()
+    rows = read_manifest(out / "manifest.csv")
+    assert [r["input"] for r in rows] == [str(p) for p in inputs] and {r["status"] for r in rows} == {"ok"}
+    assert hidden_files(out) == []
+
+
+def test_live_lock_refused_stale_lock_removed(
+    job_inputs: tuple[Path, list[Path]], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, inputs = job_inputs
+    out = tmp_path / "out"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".medvit.lock").write_text(_lock_of(sleeper.pid))
+        with pytest.raises(DataError, match=f"pid {sleeper.pid}.*remove {re.escape(str(out / '.medvit.lock'))}"):
+            run_batch(UpperJob(root), inputs, out, quiet=True)
+        assert sorted(p.name for p in out.iterdir()) == [".medvit.lock"]  # nothing written, lock kept
+        # A lock of a distributed run's rank excludes a single-process run as well.
+        (out / ".medvit.lock").rename(out / ".medvit.lock.rank1")
+        with pytest.raises(DataError, match="in use by another run"):
+            run_batch(UpperJob(root), inputs, out, quiet=True)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # The same lock once its owner is gone is stale: removed with a warning, and the run goes ahead.
+    with caplog.at_level("WARNING"):
+        summary = run_batch(UpperJob(root), inputs, out, quiet=True)
+    assert summary.ok == len(inputs)
+    assert "removing a stale lock" in caplog.text
+    assert hidden_files(out) == []
+
+
+def test_lock_of_another_host_is_not_guessed_stale(job_inputs: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    root, inputs = job_inputs
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".medvit.lock").write_text(_lock_of(999999, host="node-17.cluster"))
+    with pytest.raises(DataError, match="pid 999999 on node-17.cluster"):
+        run_batch(UpperJob(root), inputs, out, quiet=True)
+
+
+def test_later_run_with_other_inputs_adds_to_manifest(tmp_path: Path) -> None:
+    first = make_inputs(tmp_path / "a", {f"a{i}.txt": f"a{i}" for i in range(3)})
+    second = make_inputs(tmp_path / "b", {f"b{i}.txt": f"b{i}" for i in range(2)})
+    out = tmp_path / "out"
+    run_batch(UpperJob(tmp_path / "a"), first, out, quiet=True)
+    summary = run_batch(UpperJob(tmp_path / "b"), second, out, quiet=True)
+    assert (summary.ok, summary.skipped, summary.error) == (2, 0, 0)  # counts of this run's inputs only
+    rows = read_manifest(out / "manifest.csv")
+    assert [r["input"] for r in rows] == [str(p) for p in [*first, *second]]
+    assert [r["chars"] for r in rows] == ["2"] * 5  # the first run's extra columns kept
+    again = run_batch(UpperJob(tmp_path / "a"), first, out, quiet=True)  # a rerun keeps everything too
+    assert again.skipped == 3 and len(read_manifest(out / "manifest.csv")) == 5
+
+
+def test_merge_keeps_rows_of_earlier_runs(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    header = "input,outputs,status,message,seconds\n"
+    (out / "manifest.csv").write_text(header + "/old/x.txt,,ok,,0.1\n/new/a.txt,,error,boom,0.1\n")
+    (out / "manifest.rank0.csv").write_text(header + "/new/a.txt,,ok,,0.2\n")
+    (out / "manifest.rank1.csv").write_text(header + "/new/b.txt,,ok,,0.2\n")
+    rows = read_manifest(merge_manifest_parts(out, 2))
+    assert [(r["input"], r["status"]) for r in rows] == [
+        ("/new/a.txt", "ok"),
+        ("/new/b.txt", "ok"),
+        ("/old/x.txt", "ok"),
+    ]
+
+
 def test_keyboard_interrupt_leaves_no_temps_and_resumes(job_inputs: tuple[Path, list[Path]], tmp_path: Path) -> None:
     root, inputs = job_inputs
     out = tmp_path / "out"
@@ -313,13 +412,27 @@ def test_job_without_process_rejected(tmp_path: Path) -> None:
 
 
 def test_prefetch_overlaps_load_and_process(tmp_path: Path) -> None:
-    inputs = make_inputs(tmp_path / "in", {f"f{i}.txt": str(i) for i in range(10)})
-    job = UpperJob(tmp_path / "in", load_sleep=0.05, process_sleep=0.05)
-    t0 = time.perf_counter()
-    summary = run_batch(job, inputs, tmp_path / "out", quiet=True, workers=2)
-    elapsed = time.perf_counter() - t0
-    assert summary.ok == 10
-    assert elapsed < 0.8, f"{elapsed:.2f} s: load and process did not overlap (serial would be 1.0 s)"
+    # Told by the order of events, not by seconds: processing item i waits until the load of item i+1 has
+    # started. Without prefetching, that load could only start after process(i) returned, so the wait would
+    # time out and the test fails; with prefetching every wait ends at once.
+    inputs = make_inputs(tmp_path / "in", {f"f{i}.txt": str(i) for i in range(6)})
+    started = {p: threading.Event() for p in inputs}
+    waits_timed_out: list[str] = []
+
+    class Overlap(UpperJob):
+        def load(self, item: Path) -> str:
+            started[item].set()
+            return super().load(item)
+
+        def process(self, item: Path, loaded: str, tmp_outputs: list[Path]) -> Mapping[str, Any]:
+            nxt = inputs.index(item) + 1
+            if nxt < len(inputs) and not started[inputs[nxt]].wait(timeout=5.0):
+                waits_timed_out.append(item.name)
+            return super().process(item, loaded, tmp_outputs)
+
+    summary = run_batch(Overlap(tmp_path / "in"), inputs, tmp_path / "out", quiet=True, workers=2)
+    assert summary.ok == 6
+    assert waits_timed_out == [], "the next input's load did not start while the current item was processed"
 
 
 def test_process_batch_with_one_failing_item(tmp_path: Path) -> None:
@@ -479,3 +592,22 @@ def test_output_relpath(tmp_path: Path) -> None:
     assert root == tmp_path / "in"
     assert [output_relpath(i, root, ".npy") for i in items] == [Path("a/x.npy"), Path("b/x.npy")]
     assert output_relpath(tmp_path / "other/y.png", root, "_mask.png") == Path("y_mask.png")
+
+
+def test_distributed_environment_without_rendezvous(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medvit.shared.engine import distributed
+    from medvit.shared.errors import ConfigError
+
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert distributed.init_distributed("cpu", required=False) is False  # a batch job: shard 1 of 4, no group
+    with pytest.raises(ConfigError, match="WORLD_SIZE=4 is set but MASTER_ADDR/MASTER_PORT are not"):
+        distributed.init_distributed("cpu")  # training needs the group
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ConfigError, match="RANK=4 / WORLD_SIZE=4"):
+        distributed.init_distributed("cpu", required=False)
+    monkeypatch.setenv("RANK", "one")
+    with pytest.raises(ConfigError, match="RANK='one' is not an integer"):
+        distributed.env_rank()

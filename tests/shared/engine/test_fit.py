@@ -7,6 +7,8 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +125,7 @@ def test_overfits_tiny_task_and_writes_run_dir(tmp_path: Path) -> None:
     assert not list(run.glob(".*tmp*"))
 
 
-@pytest.mark.parametrize(("grad_accum", "workers", "noise"), [(1, 0, 0.05), (2, 0, 0.05), (2, 2, 0.0)])
+@pytest.mark.parametrize(("grad_accum", "workers", "noise"), [(1, 0, 0.05), (2, 0, 0.05), (2, 2, 0.05)])
 def test_resume_equals_uninterrupted(tmp_path: Path, grad_accum: int, workers: int, noise: float) -> None:
     # 36 samples / batch 4 = 9 micro-batches per epoch: with grad_accum=2 steps straddle epoch boundaries and
     # the kill lands mid-epoch, so the data position (epoch, batch) must be restored exactly. Dropout and the
@@ -233,6 +235,26 @@ def test_non_finite_loss_names_step_and_keeps_last_good(tmp_path: Path) -> None:
     assert all(torch.isfinite(v).all() for v in task.state_dict().values())  # the bad step was not applied
 
 
+def test_non_finite_weights_after_an_update_stop_the_run(tmp_path: Path) -> None:
+    # lr 1e39 is a finite float64 but overflows the float32 update: step 1's loss is finite, its weights are not.
+    run = tmp_path / "run"
+    task = make_task()
+    with pytest.raises(
+        TrainingError, match=r"non-finite weights after the update of step 1 .*Last good checkpoint: none"
+    ):
+        fit(task, Regression(64), cfg_of(steps=4, lr=1e39, warmup_steps=0, ckpt_every=1), run, quiet=True)
+    assert not (run / "last.pt").exists()  # the bad weights never reach a checkpoint
+
+
+def test_second_training_into_a_run_dir_in_use_is_refused(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".medvit.lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "since": 0}))
+    with pytest.raises(TrainingError, match=f"in use by another run .*pid {os.getppid()}"):
+        fit(make_task(), Regression(64), cfg_of(steps=2), run, quiet=True)
+    assert sorted(p.name for p in run.iterdir()) == [".medvit.lock"]
+
+
 def test_run_dir_guards(tmp_path: Path) -> None:
     run = tmp_path / "run"
     with pytest.raises(TrainingError, match="no checkpoint to resume"):
@@ -317,6 +339,13 @@ def test_move_to_device_nested() -> None:
         ({"steps": 5, "warmup_steps": 2, "warmup_fraction": 0.1}, "not both"),
         ({"steps": 5, "layer_decay": 1.5}, "train.layer_decay"),
         ({"steps": 5, "best_mode": "up"}, "train.best_mode"),
+        ({"steps": 5, "lr": math.inf}, "train.lr: must be a finite number"),
+        ({"steps": 5, "lr": math.nan}, "train.lr: must be a finite number"),
+        ({"steps": 5, "lr": -1e-3}, "train.lr: must be >= 0"),
+        ({"steps": 5, "weight_decay": math.nan}, "train.weight_decay: must be a finite number"),
+        ({"steps": 5, "grad_clip": math.inf}, "train.grad_clip: must be a finite number"),
+        ({"steps": 5, "betas": (0.9, math.nan)}, "train.betas"),
+        ({"steps": 5, "eps": 0.0}, "train.eps: must be > 0"),
     ],
 )
 def test_config_validation(kwargs: dict[str, Any], match: str) -> None:
