@@ -14,11 +14,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,face]'
 	# insightface declares opencv-python, which would overwrite cv2/ from opencv-python-headless
-	# (albumentations' choice); take it without deps and add its pure-Python requirements.
+	# (albumentations' choice); take it without deps (its pure-Python requirements are in the face extra).
 	$(PY) -m pip install -q --no-deps 'insightface~=2.1'
-	$(PY) -m pip install -q onnx requests easydict prettytable tqdm scikit-learn
 	$(PY) -c "import cv2, torch, torchvision, timm, monai, albumentations, insightface.utils.face_align"
 	touch $(STAMP)
 

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from medvit import __version__
 from medvit.apps.ct_seg.cli import app as ct_seg_app
@@ -20,6 +20,18 @@ from medvit.pretrain.cli import pretrain_command
 from medvit.shared.cli_weights import app as weights_app
 from medvit.shared.data.cli import app as data_app
 from medvit.shared.errors import MedvitError
+
+_typer_display_type = TyperOption.display_type_rich
+
+
+def _display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+    # typer 0.29 labels on/off flags `<bool>` in --help although they take no value: show no type for them.
+    if self.is_flag and self.metavar is None:
+        return None
+    return _typer_display_type(self, ctx)
+
+
+TyperOption.display_type_rich = _display_type_rich  # type: ignore[method-assign]
 
 
 class _MedvitGroup(TyperGroup):
@@ -84,7 +96,7 @@ def demo(
     run_demo(out, quiet=quiet)
 
 
-# Sub-apps, mounted explicitly (no registry for apps: see DESIGN.md section 2).
+# Sub-apps, mounted explicitly (no registry for apps: see ARCHITECTURE.md).
 app.command("pretrain")(pretrain_command)
 app.add_typer(ct_seg_app, name="ct-seg", help="CT segmentation: UNETR decoder on the shared ViT.")
 app.add_typer(fiqa_app, name="fiqa", help="Face-image quality assessment (ViT-FIQA).")

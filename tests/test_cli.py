@@ -104,3 +104,10 @@ def test_user_error_is_one_line_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "broken.pth" in lines[0] and lines[0].startswith("error:")
+
+
+def test_help_shows_no_type_for_flags() -> None:
+    result = runner.invoke(app, ["fiqa", "score", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    assert "--aligned" in result.output and "<bool>" not in result.output
+    assert "<int range>" in result.output  # options that take a value keep their type

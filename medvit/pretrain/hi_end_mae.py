@@ -32,7 +32,7 @@ Deviations from the official code (FengheTan9/Hi-End-MAE at b0df9c6), on purpose
   every parameter. Here the engine decays only weights with >= 2 dims that are not tokens or position tables
   (biases, norms, ``cls_token``, ``mask_token`` are excluded), as MAE intends.
 * The number of taps, the decoder depth and the tap positions are arguments rather than literals
-  ``[3, 6, 9, 12]`` (style-anchors 9.11: hard-coded taps change meaning with depth).
+  ``[3, 6, 9, 12]`` (hard-coded taps would change meaning with depth).
 * CPU-capable: no ``.cuda()`` / ``.to(rank)`` inside the model; masks may come from a given generator.
 * Visible count ``floor(L (1 - r) + 1e-6)`` (see :mod:`medvit.pretrain.mae`).
 * Inputs whose grid differs from the configured one get a regenerated sin-cos decoder position embedding

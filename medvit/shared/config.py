@@ -3,9 +3,8 @@
 Precedence, lowest first: dataclass defaults < ``--config file.yaml`` < ``--set a.b=c`` (repeatable) <
 first-class CLI options. Unknown keys and type mismatches raise :class:`~medvit.shared.errors.ConfigError`
 naming the dotted key. YAML is read with ``yaml.safe_load`` semantics only; there is no eval/exec, no
-interpolation and no ``_target_`` instantiation (see DESIGN.md section 2 and style-anchors.md section 9.7;
-the strictness follows nanoGPT's ``configurator.py``, the file handling timm's ``args.yaml`` and DINOv2's
-``write_config``).
+interpolation and no ``_target_`` instantiation (ARCHITECTURE.md, "Configs"; the strictness follows nanoGPT's
+``configurator.py``, the file handling timm's ``args.yaml`` and DINOv2's ``write_config``).
 
 Example::
 

@@ -1,7 +1,8 @@
 """Batch-job runner behind every ``predict`` / ``score`` command.
 
 An app describes one item of work as a :class:`BatchJob` (which files an input produces, how to load it,
-how to process it); :func:`run_batch` does everything a user of a batch command is owed (DESIGN.md §3):
+how to process it); :func:`run_batch` does everything a user of a batch command is owed (ARCHITECTURE.md,
+"What every command owes its user"):
 
 - inputs from a file, a folder (recursive, by extension) or a list file (:func:`resolve_inputs`);
 - every output written to a temp file in its final folder and renamed only after the item succeeded, so

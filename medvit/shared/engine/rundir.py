@@ -1,4 +1,4 @@
-"""The run directory every training command owes its user (DESIGN.md §3).
+"""The run directory every training command owes its user (ARCHITECTURE.md, "What every command owes its user").
 
 Layout::
 
