@@ -1,0 +1,124 @@
+"""The layers of ARCHITECTURE.md, read from the import graph (AST, no imports executed); no exceptions list.
+
+- ``medvit.shared`` imports neither an app, nor ``medvit.pretrain``, nor an entry point;
+- ``medvit.pretrain`` imports no app; an app imports neither another app nor ``medvit.pretrain``;
+- CLI modules and config modules import no heavy library at import time (``medvit --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import medvit
+
+PACKAGE = Path(medvit.__file__).parent
+ENTRY_POINTS = {"medvit.cli", "medvit.demo", "medvit.__main__", "medvit.weights_cli"}
+HEAVY = ("torch", "torchvision", "monai", "timm", "cv2", "albumentations", "numpy", "scipy", "skimage", "nibabel")
+HEAVY += ("pydicom", "onnxruntime", "insightface", "matplotlib", "safetensors", "dlib")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _modules() -> list[tuple[str, Path]]:
+    return sorted((_module_name(p), p) for p in PACKAGE.rglob("*.py"))
+
+
+def _imports(path: Path, *, top_level_only: bool = False) -> Iterator[tuple[str, int]]:
+    """``(imported module, line)``; relative imports resolved; ``top_level_only`` skips function bodies and
+    ``if TYPE_CHECKING:`` blocks (what runs at import time)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = _module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else _module_name(path)
+
+    def visit(nodes: list[ast.stmt]) -> Iterator[tuple[str, int]]:
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    yield alias.name, node.lineno
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[: len(base) - node.level + 1]
+                    yield ".".join([*base, *([node.module] if node.module else [])]), node.lineno
+                elif node.module:
+                    yield node.module, node.lineno
+            elif top_level_only:
+                if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                    continue
+                if isinstance(node, (ast.If, ast.Try, ast.With)):
+                    for block in (
+                        getattr(node, "body", []),
+                        getattr(node, "orelse", []),
+                        getattr(node, "finalbody", []),
+                    ):
+                        yield from visit(block)
+                    for handler in getattr(node, "handlers", []):
+                        yield from visit(handler.body)
+            else:
+                yield from visit(list(ast.iter_child_nodes(node)))  # type: ignore[arg-type]
+
+    yield from visit(tree.body)
+
+
+def _layer(module: str) -> tuple[str, str]:
+    parts = module.split(".")
+    if module in ENTRY_POINTS or module == "medvit":
+        return "entry", module
+    if parts[1] == "apps":
+        return "app", parts[2] if len(parts) > 2 else ""
+    if parts[1] in ("shared", "pretrain"):
+        return parts[1], ""
+    return "other", module
+
+
+def _forbidden(importer: str, imported: str) -> bool:
+    (a, a_app), (b, b_app) = _layer(importer), _layer(imported)
+    if a == "shared":
+        return b in ("app", "pretrain", "entry")
+    if a == "pretrain":
+        return b in ("app", "entry")
+    if a == "app":
+        return (b == "app" and b_app != a_app and a_app != "") or b in ("pretrain", "entry")
+    return False
+
+
+def test_every_module_sits_in_a_known_layer() -> None:
+    assert [m for m, _ in _modules() if _layer(m)[0] == "other"] == []
+
+
+def test_no_upward_or_sideways_import() -> None:
+    bad = []
+    for module, path in _modules():
+        for imported, line in _imports(path):
+            if imported.startswith("medvit.") and _forbidden(module, imported):
+                bad.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {module} imports {imported}")
+    assert bad == [], "\n".join(bad)
+
+
+@pytest.mark.parametrize("module", [m for m, _ in _modules() if m.endswith(("cli", "config")) or m in ENTRY_POINTS])
+def test_cli_and_config_modules_import_nothing_heavy_at_import_time(module: str) -> None:
+    path = dict(_modules())[module]
+    heavy = [
+        f"{imported} (line {line})"
+        for imported, line in _imports(path, top_level_only=True)
+        if imported.split(".")[0] in HEAVY
+    ]
+    assert heavy == [], f"{module} imports at import time: {heavy}"
+
+
+def test_the_rules_catch_what_they_forbid() -> None:
+    assert _forbidden("medvit.shared.cli_weights", "medvit.apps.fiqa.api")
+    assert _forbidden("medvit.apps.fiqa.api", "medvit.apps.ct_seg.data")
+    assert _forbidden("medvit.apps.ct_seg.api", "medvit.pretrain.api")
+    assert _forbidden("medvit.pretrain.api", "medvit.apps.ct_seg.model")
+    assert not _forbidden("medvit.apps.fiqa.api", "medvit.apps.fiqa.model")
+    assert not _forbidden("medvit.cli", "medvit.apps.fiqa.cli")
+    assert not _forbidden("medvit.apps.fiqa.api", "medvit.shared.engine.fit")
