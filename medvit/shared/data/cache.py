@@ -25,8 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from torch.utils.data import Dataset
 
 from medvit.shared.data.augment import reseed
 from medvit.shared.data.io import ReadError
+from medvit.shared.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -78,14 +77,9 @@ def _source_list(source: Any) -> list[str]:
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with os.fdopen(fd, mode) as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # No fsync: an entry a power cut leaves empty is found unreadable and recomputed.
+    with atomic_path(path, fsync=False) as tmp, open(tmp, mode) as fh:
+        write(fh)
 
 
 def _to_json(value: Any) -> Any:

@@ -29,7 +29,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from medvit.shared.errors import ConfigError
+from medvit.shared.files import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -78,14 +78,7 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, data, fsync=False)  # seeded data: cheaper to regenerate than to fsync every face
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -49,40 +49,19 @@ from typing import Any, TextIO
 from medvit.shared.engine import distributed
 from medvit.shared.engine.lock import FolderLock
 from medvit.shared.errors import DataError, MedvitError
+from medvit.shared.files import TEMP_RE, log_to_file, split_ext, temp_path, write_csv_atomic
 
 logger = logging.getLogger(__name__)
 
 LIST_FILE_SUFFIXES: tuple[str, ...] = (".txt", ".lst")
 """A file input with one of these suffixes (and not one of the job's extensions) is a list of paths."""
 
-DOUBLE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".tar.gz", ".ome.tif", ".ome.tiff")
-"""Extensions made of two suffixes: stripped and kept whole by :func:`split_ext`."""
-
 BASE_COLUMNS: tuple[str, ...] = ("input", "outputs", "status", "message", "seconds")
 
-# Temp names keep the final extension so that writers choosing a format by suffix (nibabel, cv2.imwrite,
-# np.save, which appends ".npy" otherwise) work on them: out/case.nii.gz -> out/.case.tmp-<pid>.nii.gz.
-_TMP_RE = re.compile(r"^\.(?P<base>.+)\.tmp-\d+(?P<ext>(?:\..*)?)$")
 _MERGE_LOCK_STALE_S = 60.0
 
 
 # ----------------------------------------------------------------------------------------------- inputs
-
-
-def split_ext(name: str) -> tuple[str, str]:
-    """Split a file name into base and extension, keeping double suffixes such as ``.nii.gz`` whole.
-
-    Args:
-        name: A file name (no folder).
-
-    Returns:
-        ``(base, ext)`` with ``base + ext == name``; ``ext`` is ``""`` when there is none.
-    """
-    low = name.lower()
-    for double in DOUBLE_SUFFIXES:
-        if low.endswith(double) and len(name) > len(double):
-            return name[: -len(double)], name[-len(double) :]
-    return os.path.splitext(name)
 
 
 def _norm_exts(exts: Sequence[str] | str) -> tuple[str, ...]:
@@ -245,6 +224,9 @@ class BatchJob(abc.ABC):
     description: str = "batch"
     """Label of the progress bar."""
 
+    log_name: str = "predict.log"
+    """File in the output folder that keeps the run's log records (``predict.rank{r}.log`` per rank)."""
+
     @abc.abstractmethod
     def outputs_for(self, item: Path) -> list[Path]:
         """Every file ``item`` produces: relative paths (taken inside the output folder) or absolute ones
@@ -336,11 +318,6 @@ def _error_message(exc: BaseException) -> str:
     return _one_line(f"{type(exc).__name__}: {exc}")
 
 
-def _tmp_path(final: Path) -> Path:
-    base, ext = split_ext(final.name)
-    return final.with_name(f".{base}.tmp-{os.getpid()}{ext}")
-
-
 def _journal_path(csv_path: Path) -> Path:
     return csv_path.with_name(f".{csv_path.name}.journal")
 
@@ -362,15 +339,8 @@ def _columns(rows: Iterable[Mapping[str, str]]) -> list[str]:
 
 
 def _write_csv_atomic(path: Path, rows: list[Mapping[str, str]]) -> None:
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=_columns(rows), restval="", extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # No fsync: the journal (flushed per item) is what survives a power cut; snapshots are only its compaction.
+    write_csv_atomic(path, rows, _columns(rows), fsync=False)
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -634,7 +604,7 @@ def _remove(paths: Iterable[Path]) -> None:
 
 
 def _remove_stale_temps(targets: Iterable[Path]) -> int:
-    """Delete temps (``.NAME.tmp-<pid>EXT``) of the given final paths, left by a killed run."""
+    """Delete temps (:data:`medvit.shared.files.TEMP_RE`) of the given final paths, left by a killed run."""
     by_dir: dict[Path, set[str]] = {}
     for p in targets:
         by_dir.setdefault(p.parent, set()).add(p.name)
@@ -645,7 +615,7 @@ def _remove_stale_temps(targets: Iterable[Path]) -> int:
         except FileNotFoundError:
             continue
         for entry in entries:
-            m = _TMP_RE.match(entry.name)
+            m = TEMP_RE.match(entry.name)
             if m and m["base"] + m["ext"] in names:
                 _remove([Path(entry.path)])
                 removed += 1
@@ -730,7 +700,7 @@ class _Runner:
         for item, _, _ in group:
             finals = self.plan[item]
             assert isinstance(finals, list)
-            t = [_tmp_path(p) for p in finals]
+            t = [temp_path(p) for p in finals]
             for p in t:
                 if p.parent not in self._made_dirs:
                     p.parent.mkdir(parents=True, exist_ok=True)
@@ -1025,7 +995,9 @@ def run_batch(
         raise DataError(f"no inputs to process for output folder {out}")
 
     rank, world = _rank_world()
-    with FolderLock(out, job.description, rank=rank, world=world):
+    log_base, log_ext = split_ext(job.log_name)
+    log_path = out / (job.log_name if world == 1 else f"{log_base}.rank{rank}{log_ext}")
+    with FolderLock(out, job.description, rank=rank, world=world), log_to_file(log_path):
         counts, manifest_path, final = _run_in_folder(
             job,
             items,
@@ -1038,7 +1010,7 @@ def run_batch(
             quiet=quiet,
             manifest_name=manifest_name,
         )
-    summary = BatchSummary(*counts, manifest_path=manifest_path, seconds=time.perf_counter() - t_start, final=final)
-    if rank == 0 or not _process_group_initialized():
-        logger.info("%s", summary.line)
+        summary = BatchSummary(*counts, manifest_path=manifest_path, seconds=time.perf_counter() - t_start, final=final)
+        if rank == 0 or not _process_group_initialized():
+            logger.info("%s", summary.line)
     return summary

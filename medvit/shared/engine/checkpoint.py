@@ -16,7 +16,6 @@ References: the atomic-rename pattern is POSIX ``rename(2)``; MAE ``util/misc.py
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from medvit.shared.errors import TrainingError
+from medvit.shared.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -62,20 +62,6 @@ def step_checkpoints(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Make the rename itself durable; not supported on every platform/filesystem, where it is a no-op.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace`` onto ``path``.
 
@@ -89,17 +75,8 @@ def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
         ``path`` as a ``Path``.
     """
     path = Path(path)
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
     return path
 
 
@@ -114,21 +91,11 @@ def update_last(src: str | os.PathLike[str], last: str | os.PathLike[str]) -> Pa
         ``last`` as a ``Path``.
     """
     src, last = Path(src), Path(last)
-    tmp = _temp_path(last)
-    tmp.unlink(missing_ok=True)
-    try:
+    with atomic_path(last) as tmp:
         try:
             os.link(src, tmp)  # instant, no second copy on disk; src is never written in place
         except OSError:
-            with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                shutil.copyfileobj(fin, fout, length=16 << 20)
-                fout.flush()
-                os.fsync(fout.fileno())
-        os.replace(tmp, last)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(last.parent)
+            shutil.copyfile(src, tmp)
     return last
 
 

@@ -54,6 +54,7 @@ from medvit.shared.engine.progress import TrainProgress
 from medvit.shared.engine.rundir import RunDir
 from medvit.shared.engine.task import check_output
 from medvit.shared.errors import ConfigError, DataError, TrainingError
+from medvit.shared.files import log_to_file
 
 logger = logging.getLogger(__name__)
 
@@ -503,6 +504,7 @@ class _Trainer:
         self.loader: DataLoader | None = None
         self.lockstep_error = False  # an error every rank raised together (safe to barrier in teardown)
         self.folder_lock: FolderLock | None = None
+        self._log_file: contextlib.AbstractContextManager[None] | None = None
 
     # ------------------------------------------------------------------ setup
     def _check_run_dir(self) -> Path | None:
@@ -750,6 +752,9 @@ class _Trainer:
         cfg = self.cfg
         resume_path = self._check_run_dir()
         self.rundir.prepare()
+        if self.main:  # the run directory keeps what was logged (appended across resumes)
+            self._log_file = log_to_file(self.rundir.path / "train.log")
+            self._log_file.__enter__()
         if self.main:
             for stale in self.rundir.path.glob(".*.tmp*"):  # temp files of a write that was killed
                 stale.unlink(missing_ok=True)
@@ -998,6 +1003,9 @@ class _Trainer:
         self.loader = None
         self.state = None
         gc.collect()
+        if self._log_file is not None:
+            self._log_file.__exit__(None, None, None)
+            self._log_file = None
         if self.folder_lock is not None:
             self.folder_lock.release()
             self.folder_lock = None

@@ -25,26 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from medvit.shared.engine.checkpoint import step_checkpoints
+from medvit.shared.files import atomic_path, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["RunDir", "write_text_atomic"]
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to a temp file beside ``path``, fsync, and ``os.replace`` it onto ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _plain(obj: Any) -> Any:
@@ -189,7 +174,6 @@ class RunDir:
         fig.tight_layout()
         self.plots.mkdir(parents=True, exist_ok=True)
         out = self.plots / "loss.png"
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}.png")
-        fig.savefig(tmp)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp)
         return out

@@ -611,3 +611,11 @@ def test_distributed_environment_without_rendezvous(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("RANK", "one")
     with pytest.raises(ConfigError, match="RANK='one' is not an integer"):
         distributed.env_rank()
+
+
+def test_output_folder_keeps_the_log(job_inputs: tuple[Path, list[Path]], tmp_path: Path, caplog) -> None:
+    caplog.set_level("INFO")
+    root, inputs = job_inputs
+    out = tmp_path / "out"
+    run_batch(UpperJob(root), inputs, out, quiet=True)
+    assert f"{len(inputs)} ok, 0 skipped, 0 errors" in (out / "predict.log").read_text()

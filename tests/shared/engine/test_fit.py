@@ -395,3 +395,14 @@ def test_plain_log_lines_without_terminal(tmp_path: Path, caplog: pytest.LogCapt
     fit(make_task(), Regression(64), cfg_of(steps=6, log_every=3), tmp_path / "run", quiet=True)
     lines = [r.getMessage() for r in caplog.records if r.name == "medvit.shared.engine.progress"]
     assert len(lines) == 2 and lines[0].startswith("train step 3/6") and "samples/s" in lines[0]
+
+
+def test_run_directory_keeps_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    run = tmp_path / "run"
+    fit(make_task(), Regression(64), cfg_of(steps=4, ckpt_every=2), run, quiet=True)
+    first = (run / "train.log").read_text()
+    assert "training MLPTask: 4 steps" in first
+    fit(make_task(), Regression(64), cfg_of(steps=6, ckpt_every=2), run, quiet=True, resume=True)
+    text = (run / "train.log").read_text()
+    assert text.startswith(first) and "resuming from" in text  # appended across resumes
