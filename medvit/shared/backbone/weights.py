@@ -170,6 +170,8 @@ _STRING_OPS = frozenset(
 
 
 def _is_safe_global(name: str) -> bool:
+    if name.startswith("__builtin__."):  # protocol-2 pickles use Python 2's module name
+        name = "builtins." + name[len("__builtin__.") :]
     if name in _SAFE_GLOBALS:
         return True
     module, _, attr = name.rpartition(".")
