@@ -244,3 +244,16 @@ def test_aliases_cannot_expand_a_document() -> None:
     doc = yaml.safe_load(text)  # 10**9 values when walked naively
     assert nesting_problem(doc) == "holds more than 100,000 values"
     assert nesting_problem({"a": [[1]]}) is None
+
+
+def test_every_registered_backbone_and_preset_fits_the_schema() -> None:
+    from medvit.pretrain.presets import build_encoder, get_preset, list_presets
+    from medvit.shared.backbone.registry import backbone_kwargs, list_backbones
+
+    for name in list_backbones():
+        check_arch_kwargs(backbone_kwargs(name))
+    for item in list_presets():
+        preset = get_preset(*item.split(":"))
+        check_arch_kwargs({**backbone_kwargs(preset.backbone), **preset.backbone_overrides})
+        if preset.name == "tiny":
+            assert isinstance(build_encoder(preset), VisionTransformer)
