@@ -101,14 +101,9 @@ def convert(
         raise WeightsError(f"{out}: the output must end in .safetensors")
     if out.exists() and not overwrite:
         raise WeightsError(f"{out} exists; pass --overwrite to replace it")
-    import yaml
+    from medvit.shared.schema import parse_arch_overrides
 
-    overrides = {}
-    for item in set_:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key.strip()] = yaml.safe_load(value)
+    overrides = parse_arch_overrides(set_)
     from medvit.shared.backbone.weights import WholeModelCheckpointError, convert_checkpoint
 
     try:

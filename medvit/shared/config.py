@@ -43,6 +43,7 @@ import yaml
 
 from medvit import __version__
 from medvit.shared.errors import ConfigError
+from medvit.shared.schema import nesting_problem
 
 __all__ = [
     "ConfigError",
@@ -52,6 +53,7 @@ __all__ = [
     "parse_set",
     "preset_file",
     "preset_layer",
+    "read_yaml",
     "replace_path",
     "to_dict",
 ]
@@ -59,6 +61,9 @@ __all__ = [
 T = TypeVar("T")
 
 _MISSING = dataclasses.MISSING
+
+#: Deepest nesting a config file or ``--set`` value may have; real configs nest 3 levels.
+MAX_CONFIG_DEPTH = 32
 
 
 class _KeyConfigError(ConfigError):
@@ -415,8 +420,33 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
         except yaml.YAMLError as err:
             problem = str(err).splitlines()[0]
             raise ConfigError(f"--set {item!r}: value is not valid YAML ({problem}); quote it") from None
+        except RecursionError:
+            # PyYAML's composer recurses once per level: a few hundred nested brackets exhaust the stack.
+            problem = f"the YAML is nested deeper than {MAX_CONFIG_DEPTH} levels"
+            raise ConfigError(f"--set {_clip(item)}: {problem}") from None
+        _check_depth(value, f"--set {_clip(item)}", len(parts) - 1)
         _set_nested(out, parts, value)
     return out
+
+
+def _clip(item: str) -> str:
+    return repr(item if len(item) <= 60 else item[:57] + "...")
+
+
+def _check_depth(value: Any, where: str, above: int = 0) -> None:
+    """Refuse data nested deeper or larger than any config (merging and validation walk it recursively).
+
+    Args:
+        value: parsed YAML.
+        where: the file or ``--set`` item, for the message.
+        above: levels the value sits under (``a.b.c=...`` adds two).
+
+    Raises:
+        ConfigError: deeper than :data:`MAX_CONFIG_DEPTH`, or expanding (through aliases) to too many values.
+    """
+    problem = nesting_problem(value, max_depth=MAX_CONFIG_DEPTH, above=above)
+    if problem:
+        raise ConfigError(f"{where}: the YAML is {problem}")
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -460,11 +490,33 @@ def _read_yaml(config_file: str | Path) -> dict[str, Any]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    except RecursionError:
+        # PyYAML's composer recurses once per level: a few hundred nested brackets exhaust the stack.
+        raise ConfigError(f"{path}: the YAML is nested deeper than {MAX_CONFIG_DEPTH} levels") from None
     if data is None:  # an empty file or only comments: nothing to override
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of config keys, got {type(data).__name__}")
+    _check_depth(data, str(path))
     return data
+
+
+def read_yaml(config_file: str | Path) -> dict[str, Any]:
+    """A YAML config file as a mapping, read strictly (safe-load semantics, no duplicate keys, bounded nesting).
+
+    Every config file medvit reads (``--config``, presets, a run's stored ``config.yaml``) goes through here.
+
+    Args:
+        config_file: the file.
+
+    Returns:
+        Its top-level mapping (``{}`` for an empty file).
+
+    Raises:
+        ConfigError: missing or unreadable, invalid YAML, not a mapping, nested too deep or too large (naming the
+            file).
+    """
+    return _read_yaml(config_file)
 
 
 def _layer_has(layer: Mapping[str, Any], key: str) -> bool:

@@ -20,6 +20,7 @@ from medvit.shared.config import (
     parse_set,
     preset_file,
     preset_layer,
+    read_yaml,
     replace_path,
     to_dict,
 )
@@ -344,6 +345,38 @@ def test_bad_yaml_names_the_file(tmp_path: Path, text: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match) as exc:
         load_config(TrainCfg, cfg_file)
     assert str(exc.value).startswith(str(cfg_file))
+
+
+_LAUGHS = "a: &a [1,1,1,1,1,1,1,1,1,1]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("steps: " + "[" * 5000 + "]" * 5000 + "\n", "the YAML is nested deeper than 32 levels"),  # RecursionError
+        ("optim: " + "{a: " * 40 + "1" + "}" * 40 + "\n", "the YAML is nested deeper than 32 levels"),
+        (_LAUGHS, "holds more than 100,000 values"),  # aliases expanding to 10**9 values
+    ],
+    ids=["recursion", "deep-mapping", "billion-laughs"],
+)
+def test_deep_or_exploding_yaml_is_a_config_error(tmp_path: Path, text: str, match: str) -> None:
+    cfg_file = _write(tmp_path / "deep.yaml", text)
+    with pytest.raises(ConfigError, match=match) as exc:
+        load_config(TrainCfg, cfg_file)
+    assert str(exc.value).startswith(str(cfg_file)) and "\n" not in str(exc.value)
+    with pytest.raises(ConfigError, match=match):
+        read_yaml(cfg_file)
+
+
+@pytest.mark.parametrize(
+    "item",
+    ["steps=" + "[" * 3000 + "]" * 3000, "steps=" + "[" * 40 + "]" * 40, "a.b.c=" + "{x: " * 31 + "1" + "}" * 31],
+)
+def test_deep_set_values_are_config_errors(item: str) -> None:
+    with pytest.raises(ConfigError, match=r"--set '.*': the YAML is nested deeper than 32 levels"):
+        parse_set([item])
 
 
 def test_missing_file_and_empty_file(tmp_path: Path) -> None:

@@ -49,6 +49,18 @@ from medvit.apps.ct_seg.data import (
 from medvit.apps.ct_seg.model import UNETR, build_encoder_from_checkpoint
 from medvit.shared.data.io import NIFTI_SUFFIXES, ImageMeta
 from medvit.shared.errors import ConfigError, DataError, MedvitError, WeightsError
+from medvit.shared.schema import (
+    SidecarSchema,
+    int_in,
+    int_or_ints,
+    list_of,
+    mapping_of,
+    one_of,
+    optional,
+    read_json_sidecar,
+    real_in,
+    validate_sidecar,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +151,7 @@ def _from_ct_seg_weights(path: Path, side: Mapping[str, Any], num_classes: int) 
     """A whole network from an earlier ct-seg run (its output layer is dropped if the classes differ)."""
     from safetensors.torch import load_file
 
-    model = model_from_spec(side, num_classes=num_classes)
+    model = model_from_spec(side, num_classes=num_classes, source=str(path.with_suffix(".json")))
     sd = load_file(str(path))
     target = model.state_dict()
     keep = {k: v for k, v in sd.items() if k in target and tuple(v.shape) == tuple(target[k].shape)}
@@ -152,15 +164,106 @@ def _from_ct_seg_weights(path: Path, side: Mapping[str, Any], num_classes: int) 
     return model, {"spacing": side["preprocess"]["spacing"], "hu_window": side["preprocess"]["hu_window"]}
 
 
-def model_from_spec(spec: Mapping[str, Any], *, num_classes: int | None = None) -> UNETR:
-    """Rebuild the (randomly initialised) network described by a ``model.json``."""
-    from medvit.shared.backbone.vit import VisionTransformer
+def _spacing_check(value: Any) -> str | None:
+    if value == "native":
+        return None
+    ok = isinstance(value, list) and len(value) == 3
+    if ok and all(real_in(0.0, 1000.0, lo_open=True)(v) is None for v in value):
+        return None
+    return f"must be 'native' or 3 positive mm values, got {value!r}"[:120]
+
+
+def _infer_check(value: Any) -> str | None:
+    from medvit.apps.ct_seg.config import InferCfg
+    from medvit.shared.config import from_dict
+
+    if not isinstance(value, Mapping):
+        return f"must be an object, got {type(value).__name__}"
+    try:
+        from_dict(InferCfg, value)
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
+def _axcodes_check(value: Any) -> str | None:
+    if isinstance(value, str) and len(value) <= 8:
+        return None
+    return f"must be axis codes such as 'RAS', got {value!r}"[:120]
+
+
+def _labels_check(value: Any) -> str | None:
+    if (
+        isinstance(value, Mapping)
+        and len(value) <= 10_000
+        and all(isinstance(k, str) and k.isdigit() and isinstance(n, str) for k, n in value.items())
+    ):
+        return None
+    return "must map label values ('0', '1', ...) to names"
+
+
+def _norm_name_check(value: Any) -> str | None:
+    # MONAI norm spec: a name, or [name, {args}] (stored as a list).
+    if isinstance(value, str) and len(value) <= 32:
+        return None
+    if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], Mapping):
+        return None
+    return f"must be a norm name or [name, {{args}}], got {value!r}"[:120]
+
+
+def model_schema() -> SidecarSchema:
+    """What a ``model.json`` must hold: the encoder within the backbone bounds, the decoder, the preprocessing."""
+    decoder = mapping_of(
+        {
+            "num_classes": int_in(1, 10_000),
+            "taps": list_of(int_in(0, 511), max_len=64),
+            "feature_size": int_in(1, 512),
+            "upsample_factors": list_of(int_or_ints(1, 1024, (2, 3)), max_len=64),
+            "norm_name": _norm_name_check,
+            "res_block": one_of(True, False),
+        },
+        required=("num_classes",),
+    )
+    preprocess = mapping_of(
+        {
+            "spacing": _spacing_check,
+            "hu_window": list_of(real_in(-1e6, 1e6), max_len=2),
+            "orientation": optional(_axcodes_check),
+            "crop_foreground": one_of(True, False),
+        },
+        required=("spacing", "hu_window"),
+    )
+    return SidecarSchema(
+        format=MODEL_FORMAT,
+        max_version=MODEL_FORMAT_VERSION,
+        arch_key="encoder",
+        fields={"decoder": decoder, "preprocess": preprocess},
+        optional_fields={
+            "crop_size": list_of(int_in(1, 4096), max_len=3),
+            "labels": _labels_check,
+            "infer": _infer_check,
+        },
+    )
+
+
+def model_from_spec(spec: Mapping[str, Any], *, num_classes: int | None = None, source: str = "model.json") -> UNETR:
+    """Rebuild the (randomly initialised) network described by a ``model.json``.
+
+    Args:
+        spec: the parsed ``model.json``.
+        num_classes: output classes (default: the spec's).
+        source: the file, as errors name it.
+
+    Raises:
+        WeightsError: a spec against :func:`model_schema` (naming ``source`` and the problem), checked before any
+            layer is built.
+    """
+    from medvit.shared.backbone.weights import build_vit
 
     if spec.get("format") != MODEL_FORMAT:
-        raise WeightsError(f"not a ct-seg model description (format {spec.get('format')!r})")
-    if int(spec.get("format_version", 0)) > MODEL_FORMAT_VERSION:
-        raise WeightsError(f"model.json written by a newer medvit (format {spec['format_version']})")
-    enc = VisionTransformer(**spec["encoder"])
+        raise WeightsError(f"{source}: not a ct-seg model description (format {spec.get('format')!r})")
+    validate_sidecar(spec, source, model_schema())
+    enc = build_vit(spec["encoder"], source=source)
     dec = dict(spec["decoder"])
     n = int(num_classes if num_classes is not None else dec.pop("num_classes"))
     dec.pop("num_classes", None)
@@ -198,8 +301,8 @@ def load_run_model(run: str | Path, checkpoint: str = "auto") -> tuple[UNETR, di
     spec_path = run.with_suffix(".json") if run.suffix == ".safetensors" else run / "model.json"
     if not spec_path.is_file():
         raise WeightsError(f"{run}: no model.json (not a ct-seg run directory; train one with `medvit ct-seg train`)")
-    spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    model = model_from_spec(spec)
+    spec = read_json_sidecar(spec_path, model_schema())
+    model = model_from_spec(spec, source=str(spec_path))
     folder = spec_path.parent
     candidates: list[Path]
     if run.suffix == ".safetensors":
@@ -402,9 +505,7 @@ def train(
     Raises:
         MedvitError: bad data (naming the case), config or weights.
     """
-    import yaml
-
-    from medvit.shared.config import to_dict
+    from medvit.shared.config import read_yaml, to_dict
     from medvit.shared.data.cache import VolumeCache, transform_signature
     from medvit.shared.engine.fit import TrainConfig, fit
 
@@ -412,7 +513,7 @@ def train(
     stored = run / "config.yaml"
     base = None
     if resume and stored.is_file() and preset is None and config_file is None:
-        base = yaml.safe_load(stored.read_text(encoding="utf-8"))
+        base = read_yaml(stored) or None
     cfg = load_ct_seg_config(preset, config_file, overrides, base=base, **options)
     ds = load_dataset(data, images=images, labels=labels, dataset_json=dataset_json)
     label_set = ds.labels or _infer_labels(ds.cases)
@@ -444,8 +545,8 @@ def train(
     torch.manual_seed(cfg.optim.seed)
     spec_path = run / "model.json"
     if resume and spec_path.is_file():
-        spec = json.loads(spec_path.read_text(encoding="utf-8"))
-        model = model_from_spec(spec)
+        spec = read_json_sidecar(spec_path, model_schema())
+        model = model_from_spec(spec, source=str(spec_path))
         if model.num_classes != num_classes:
             raise DataError(f"{spec_path}: the run has {model.num_classes} classes, the dataset {num_classes}")
     else:

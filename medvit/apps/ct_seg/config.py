@@ -75,6 +75,12 @@ class ModelCfg:
     drop_path_rate: float = 0.1
 
     def __post_init__(self) -> None:
+        from medvit.shared.schema import SchemaError, check_arch_kwargs
+
+        try:  # keys and values here; their sum with the backbone's is checked when it is built
+            check_arch_kwargs(self.backbone_overrides, partial=True)
+        except SchemaError as err:
+            raise ValueError(f"model.backbone_overrides: {err}") from None
         if self.feature_size < 1:
             raise ValueError(f"model.feature_size must be >= 1, got {self.feature_size}")
         if not 0.0 <= self.drop_path_rate < 1.0:

@@ -50,6 +50,7 @@ from medvit.shared.backbone.registry import create_backbone
 from medvit.shared.backbone.vit import VisionTransformer
 from medvit.shared.backbone.weights import (
     LoadReport,
+    build_vit,
     convert_state_dict,
     detect_format,
     infer_architecture,
@@ -548,9 +549,9 @@ def build_encoder_from_checkpoint(
     kwargs["num_classes"] = 0  # a classifier of the checkpoint is not used by the segmentation network
     if num_heads is not None:
         kwargs["num_heads"] = int(num_heads)
-    kwargs.update(dict(overrides or {}))
     kwargs.setdefault("dynamic_img_size", True)
-    enc = VisionTransformer(**kwargs)
+    where = str(source) if isinstance(source, (str, Path)) else "the encoder checkpoint"
+    enc = build_vit(kwargs, source=where, overrides=overrides)
     expected, allowed = ("fc_norm.*",), ("head.*", "fc_norm.*")
     if pe is None:
         report = load_pretrained(enc, sd, source_format=fmt, expected_missing=expected, allow_unexpected=allowed)

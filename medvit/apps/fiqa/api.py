@@ -73,17 +73,15 @@ _PARTIAL_FC_AUTO_FLOATS = 2**28
 # ============================================================================= weights
 def _model_from_training_checkpoint(path: Path) -> tuple[Any, dict[str, Any]]:
     """Rebuild the model from an engine checkpoint (``last.pt`` / ``best.pt``) and its run's ``config.yaml``."""
-    import yaml
-
     from medvit.apps.fiqa.config import FiqaConfig
     from medvit.apps.fiqa.model import build_fiqa_model, load_state_into
-    from medvit.shared.config import from_dict
+    from medvit.shared.config import from_dict, read_yaml
     from medvit.shared.engine.checkpoint import load_checkpoint
 
     cfg_path = path.parent / "config.yaml"
     if not cfg_path.is_file():
         raise WeightsError(f"{path}: a training checkpoint needs its run's config.yaml beside it")
-    raw = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    raw = read_yaml(cfg_path)
     # config.yaml holds the resolved FiqaConfig plus run records (engine ``train`` section, ``data_path``).
     cfg = from_dict(FiqaConfig, {k: v for k, v in raw.items() if k not in ("train", "data_path")})
     try:
@@ -109,6 +107,7 @@ def load_scoring_model(weights: str | os.PathLike[str] | None) -> tuple[Any, dic
     """
     from medvit.apps.fiqa.model import FIQA_FORMAT, load_fiqa, model_from_official, read_foreign_state_dict
     from medvit.shared.paths import weights_dir
+    from medvit.shared.schema import read_json_sidecar
 
     if weights is None:
         default = weights_dir() / "vit_fiqa.safetensors"
@@ -127,10 +126,7 @@ def load_scoring_model(weights: str | os.PathLike[str] | None) -> tuple[Any, dic
         raise WeightsError(f"{p}: weight file not found: {NO_WEIGHTS_HINT}")
     side = p.with_suffix(".json")
     if p.suffix == ".safetensors" and side.is_file():
-        try:
-            fmt = json.loads(side.read_text(encoding="utf-8")).get("format")
-        except json.JSONDecodeError:
-            fmt = None
+        fmt = read_json_sidecar(side).get("format")  # a hostile sidecar is refused here, before anything is built
         if fmt == FIQA_FORMAT:
             return load_fiqa(p)
     if p.suffix == ".pt":

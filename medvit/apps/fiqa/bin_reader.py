@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,29 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise _Refused(f"refused to load global {module}.{name}")
 
 
+def _check_lengths(data: bytes, path: Path) -> None:
+    """Walk the opcodes once and refuse any length that the file cannot hold, before anything is allocated.
+
+    The C unpickler trusts a byte string's declared length (``BINBYTES8`` can claim 2**63 bytes) and a frame's
+    size, and allocates them up front: a 100-byte file can raise ``MemoryError``. :func:`pickletools.genops`
+    reads each argument from the buffer itself, so a length beyond the end of the file only fails its read.
+
+    Raises:
+        DataError: a declared length that runs past the end of the file (truncated or hostile).
+    """
+    stream = io.BytesIO(data)
+    try:
+        for op, arg, pos in pickletools.genops(stream):
+            if op.name == "FRAME" and isinstance(arg, int) and arg > len(data) - (pos or 0):
+                raise DataError(
+                    f"{path}: corrupt or truncated .bin (a frame at byte {pos} declares {arg:,} bytes; the file has "
+                    f"{len(data):,})"
+                )
+    except ValueError as err:
+        # genops: "expected N bytes in a bytes8, but only M remain", an unknown opcode, or no STOP at the end.
+        raise DataError(f"{path}: corrupt or truncated .bin ({str(err).splitlines()[0][:200]})") from None
+
+
 def read_bin(path: str | os.PathLike[str]) -> tuple[list[bytes], np.ndarray]:
     """Read an insightface verification ``.bin``.
 
@@ -61,13 +85,15 @@ def read_bin(path: str | os.PathLike[str]) -> tuple[list[bytes], np.ndarray]:
         ``(bins, issame)``: encoded images (``2 * N``) and ``[N]`` bool.
 
     Raises:
-        DataError: missing/corrupt file, a file that names any code (possibly malicious; nothing was run), or a
-            structure other than ``(list of bytes, list of bool)``.
+        DataError: missing/corrupt file, a length the file cannot hold (checked before decoding), a file that
+            names any code (possibly malicious; nothing was run), or a structure other than
+            ``(list of bytes, list of bool)``.
     """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: .bin file not found")
     data = p.read_bytes()
+    _check_lengths(data, p)
     try:
         obj = RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
     except _Refused as err:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import struct
 from collections import namedtuple
@@ -252,6 +253,14 @@ class RecordIOReader:
             if magic != RECORDIO_MAGIC:
                 raise DataError(f"{self.rec_path}: bad magic 0x{magic:08x} at byte {pos} (key {key}); corrupt file")
             cflag, length = lrec >> 29, lrec & _LEN_MASK
+            # Checked before reading: a corrupt length would otherwise make pread allocate up to 512 MiB.
+            if cflag > 3:
+                raise DataError(f"{self.rec_path}: bad part flag {cflag} at byte {pos} (key {key}); corrupt file")
+            if pos + 8 + length > self.size:
+                raise DataError(
+                    f"{self.rec_path}: record {key} at byte {pos} declares {length} bytes but the file ends at byte "
+                    f"{self.size}; truncated or corrupt file"
+                )
             out += self._read_at(pos + 8, length) if length else b""
             pos += 8 + ((length + 3) & ~3)
             if cflag in (0, 3):
@@ -457,28 +466,60 @@ class RecordIODataset(_FaceDataset):
         head, payload = unpack_record(self.reader.read_idx(keys[0]))
         self.header0: tuple[int, int] | None = None
         if keys[0] == 0 and head.flag > 0 and len(payload) == 0:
-            a, b = int(head.label[0]), int(head.label[1])
+            if head.flag < 2:
+                raise DataError(
+                    f"{rec}: header record 0 carries {head.flag} label(s); insightface's header carries 2 "
+                    "(first identity record, end of identity records)"
+                )
+            a = _whole_number(head.label[0], f"{rec}: header record 0, first identity record")
+            b = _whole_number(head.label[1], f"{rec}: header record 0, end of identity records")
+            if not 1 <= a <= b:
+                raise DataError(f"{rec}: header record 0 declares identity records {a}..{b - 1}; corrupt header")
             self.header0 = (a, b)
             self.keys = [k for k in keys if 1 <= k < a]
-            self.num_classes = b - a
+            self.num_classes = self._bounded_classes(b - a, f"{rec}: header record 0")
         else:
             self.keys = keys
             self.num_classes = self._classes_without_header(rec.parent)
         if not self.keys:
             raise DataError(f"{rec}: the RecordIO set holds no image records")
 
+    def _bounded_classes(self, n: int, where: str) -> int:
+        """A class count, checked before a classifier of that many rows is allocated: every class needs an image."""
+        if not 1 <= n <= max(len(self.keys), 1):
+            raise DataError(
+                f"{where} declares {n:,} identities but the set holds {len(self.keys):,} image records; "
+                "corrupt header or property file"
+            )
+        return n
+
     def _classes_without_header(self, folder: Path) -> int:
         prop = folder / "property"
         if prop.is_file():
             try:
-                return int(prop.read_text().split(",")[0])
-            except ValueError:
+                with open(prop, encoding="utf-8") as fh:
+                    text = fh.read(256)  # "num_classes,h,w": a few bytes; a huge file is not one
+                value = int(text.split(",")[0])
+            except (ValueError, OSError):
                 logger.warning("%s: unreadable 'property' file; counting labels instead", prop)
-        return 1 + max(self._label(k) for k in self.keys)
+            else:
+                return self._bounded_classes(value, str(prop))
+        # No declared count: the labels must run 0..K-1, so the largest one bounds K (and each is checked here).
+        largest = max(self._label(k) for k in self.keys)
+        return self._bounded_classes(largest + 1, f"{self.reader.rec_path}: the labels")
 
-    def _label(self, key: int) -> int:
+    def _label(self, key: int, num_classes: int | None = None) -> int:
         head, _ = unpack_record(self.reader.read_idx(key))
-        return int(head.label if head.flag == 0 else head.label[0])
+        return self._checked_label(head, key, num_classes)
+
+    def _checked_label(self, head: IRHeader, key: int, num_classes: int | None) -> int:
+        """The record's class, a whole number in ``[0, num_classes)`` (NaN, -3 or 500 of 100 are errors)."""
+        name = f"{self.reader.rec_path}[{key}]"
+        label = _whole_number(head.label if head.flag == 0 else head.label[0], f"{name}: label")
+        if label < 0 or (num_classes is not None and label >= num_classes):
+            bound = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
+            raise DataError(f"{name}: label {label} outside the set's classes {bound}")
+        return label
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -486,9 +527,17 @@ class RecordIODataset(_FaceDataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         key = self.keys[i]
         head, payload = unpack_record(self.reader.read_idx(key))
-        label = int(head.label if head.flag == 0 else head.label[0])
+        label = self._checked_label(head, key, self.num_classes)
         name = f"{self.reader.rec_path}[{key}]"
         return self._finish(decode_image(payload, name), name, label)
+
+
+def _whole_number(value: Any, what: str) -> int:
+    """A float32 label field as an int; NaN, infinities and fractions are corrupt data."""
+    v = float(value)
+    if not math.isfinite(v) or v != int(v):
+        raise DataError(f"{what} is {v!r}, not a whole number; corrupt record")
+    return int(v)
 
 
 def open_training_set(

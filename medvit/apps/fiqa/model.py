@@ -45,6 +45,7 @@ from torch import nn
 
 from medvit.shared.backbone.vit import VisionTransformer
 from medvit.shared.errors import WeightsError
+from medvit.shared.schema import SidecarSchema, read_json_sidecar, validate_sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -236,13 +237,27 @@ def build_fiqa_model(
     return ViTFIQA(create_backbone(backbone, **kw), head=head, mask_ratio=mask_ratio)
 
 
-def _from_description(desc: Mapping[str, Any]) -> ViTFIQA:
-    kwargs = dict(desc["backbone_kwargs"])
-    try:
-        vit = VisionTransformer(**kwargs)
-    except TypeError as err:
-        raise WeightsError(f"sidecar backbone_kwargs do not build a VisionTransformer: {err}") from None
+def _from_description(desc: Mapping[str, Any], source: str = "the FIQA model description") -> ViTFIQA:
+    """The model a sidecar (or a converted checkpoint) describes; the backbone is checked before it is built."""
+    from medvit.shared.backbone.weights import build_vit
+
+    vit = build_vit(desc["backbone_kwargs"], source=source)
     return ViTFIQA(vit, head=desc.get("head", "token"), mask_ratio=float(desc.get("mask_ratio", 0.0)))
+
+
+def fiqa_sidecar_schema() -> SidecarSchema:
+    """What a FIQA model's sidecar must hold (the backbone kwargs, within bounds; head and mask ratio)."""
+    from medvit.shared.schema import one_of, real_in
+
+    return SidecarSchema(
+        format=FIQA_FORMAT,
+        max_version=FIQA_FORMAT_VERSION,
+        arch_key="backbone_kwargs",
+        optional_fields={
+            "head": one_of("token", "full", "crfiqa"),
+            "mask_ratio": real_in(0.0, 1.0, hi_open=True),
+        },
+    )
 
 
 # ============================================================================= our format
@@ -308,21 +323,17 @@ def load_fiqa(path: str | os.PathLike[str]) -> tuple[ViTFIQA, dict[str, Any]]:
         raise WeightsError(f"{path}: weight file not found")
     if not side_path.is_file():
         raise WeightsError(f"{path}: no sidecar {side_path.name} (needed to rebuild the model)")
-    try:
-        side = json.loads(side_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise WeightsError(f"{side_path}: corrupt sidecar JSON ({err})") from None
+    side = read_json_sidecar(side_path)
     if side.get("format") != FIQA_FORMAT:
         raise WeightsError(
             f"{path}: not a FIQA model file (sidecar format {side.get('format')!r}, expected {FIQA_FORMAT!r})"
         )
-    if int(side.get("format_version", 0)) > FIQA_FORMAT_VERSION:
-        raise WeightsError(f"{path}: written by a newer medvit (format_version {side['format_version']})")
+    validate_sidecar(side, side_path, fiqa_sidecar_schema())
     try:
         sd = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise WeightsError(f"{path}: corrupt safetensors file ({err})") from None
-    model = _from_description(side)
+    model = _from_description(side, source=str(side_path))
     load_state_into(model, sd, source=str(path))
     return model.eval(), side
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medvit.shared.backbone.vit import VisionTransformer
-from medvit.shared.errors import WeightsError
+from medvit.shared.errors import ConfigError, WeightsError
+from medvit.shared.schema import SchemaError, check_arch_kwargs
 
 _ENTRYPOINTS: dict[str, Callable[..., VisionTransformer]] = {}
 _DEFAULT_KWARGS: dict[str, dict[str, Any]] = {}
@@ -84,6 +85,7 @@ def create_backbone(name: str, pretrained: bool | str = False, **overrides: Any)
     if arch not in _ENTRYPOINTS:
         close = fnmatch.filter(_ENTRYPOINTS, f"*{arch.split('_')[0]}*")[:5]
         raise WeightsError(f"unknown backbone {arch!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    _check_overrides(arch, overrides)
     model = _ENTRYPOINTS[arch](**overrides)
     if pretrained:
         from medvit.shared.backbone.weights import load_pretrained
@@ -97,6 +99,21 @@ def create_backbone(name: str, pretrained: bool | str = False, **overrides: Any)
             path = str(weights_dir() / _PRETRAINED[name].file)
         model.load_report = load_pretrained(model, path)  # type: ignore[attr-defined]
     return model
+
+
+def _check_overrides(arch: str, overrides: dict[str, Any]) -> None:
+    """Refuse overrides of a one-line entrypoint that are unknown, malformed or make the model absurdly large.
+
+    Raises:
+        ConfigError: naming the backbone and the problem (they come from a config's ``backbone_overrides``).
+    """
+    if arch not in _DEFAULT_KWARGS:
+        return  # a custom entrypoint takes its own keywords
+    try:
+        check_arch_kwargs(overrides, partial=True)
+        check_arch_kwargs({**_DEFAULT_KWARGS[arch], **overrides})
+    except SchemaError as err:
+        raise ConfigError(f"backbone {arch!r} overrides: {err}") from None
 
 
 def _define(name: str, **kwargs: Any) -> None:

@@ -28,6 +28,7 @@ from torch import nn
 from medvit.shared.backbone.features import take_indices, tokens_to_spatial
 from medvit.shared.backbone.layers import Block, Mlp, PatchEmbed, init_mae_weights
 from medvit.shared.backbone.pos_embed import resample_pos_embed, sincos_pos_embed
+from medvit.shared.schema import check_arch_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,9 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"pos_embed must be learn|sincos|none, got {pos_embed!r}")
         if global_pool == "token" and not (class_token or extra_tokens or reg_tokens):
             raise ValueError("global_pool='token' needs a prefix token (class_token, extra_tokens or reg_tokens)")
+        # Last guard for every path that builds a backbone from a file or an option: absurd sizes are refused
+        # here, from the kwargs alone, before anything is allocated (readers check first to name the file).
+        check_arch_kwargs(self.arch_kwargs)
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.embed_dim = self.num_features = embed_dim

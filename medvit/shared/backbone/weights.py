@@ -21,19 +21,26 @@ codebases. Every load returns a :class:`LoadReport`; keys that are missing and w
 expected, unexpected keys, and shape mismatches are errors naming the key and both shapes.
 
 Pickled checkpoints are read only with ``torch.load(weights_only=True)``; the single extra class allowed
-is ``argparse.Namespace`` (MAE-style checkpoints store their ``args``), which carries no code.
+is ``argparse.Namespace`` (MAE-style checkpoints store their ``args``), which carries no code. When that loader
+refuses a file, its opcodes are listed (``pickletools``, nothing is built) to tell a file that names code or
+Python objects apart from a corrupt one. Sidecars and architecture overrides are validated by
+:mod:`medvit.shared.schema` before a model is built.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import io
 import json
 import logging
 import math
 import os
 import pickle
+import pickletools
 import re
+import struct
+import zipfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -45,7 +52,8 @@ from torch import nn
 
 from medvit.shared.backbone.pos_embed import resample_pos_embed
 from medvit.shared.backbone.vit import VisionTransformer
-from medvit.shared.errors import WeightsError
+from medvit.shared.errors import ConfigError, WeightsError
+from medvit.shared.schema import SchemaError, SidecarSchema, check_arch_kwargs, read_json_sidecar, validate_sidecar
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +63,8 @@ WHOLE_MODEL_FORMATS = ("vit-fiqa",)
 SIDECAR_FORMAT_VERSION = 1
 # Heads per width for the standard sizes; a state dict cannot tell the head count.
 _KNOWN_HEADS = {192: 3, 384: 6, 512: 8, 768: 12, 1024: 16, 1280: 16, 1536: 16}
+#: What the sidecar of our backbone files must hold (``encoder.json`` of a pretraining export, ``*.json``).
+MEDVIT_SIDECAR = SidecarSchema(format="medvit", max_version=SIDECAR_FORMAT_VERSION, arch_key="kwargs")
 
 
 class WholeModelCheckpointError(WeightsError):
@@ -104,28 +114,146 @@ def safe_torch_load(path: str | Path) -> Any:
     """``torch.load(weights_only=True)``, allowing only ``argparse.Namespace`` beyond tensors.
 
     Raises:
-        WeightsError: unreadable file, or a pickle that needs arbitrary classes (possibly malicious);
-            nothing from the file is executed.
+        WeightsError: unreadable file, or a pickle that names code or Python objects (possibly malicious; the
+            message names them); nothing from the file is executed.
     """
     path = Path(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        msg = str(err)
-        if "Unsupported global" not in msg:
+    except pickle.UnpicklingError:
+        # The weights-only unpickler refused something. Whether it was code or garbage is read from the opcodes
+        # (the wording of PyTorch's message changes between releases, and an unsupported opcode can stop it
+        # before it reaches the offending global).
+        refused = refused_pickle_globals(path)
+        if refused:
             raise WeightsError(
-                f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or not a pickle)"
+                f"{path}: refused to unpickle: the file carries code or Python objects that weights-only loading "
+                f"does not build ({', '.join(refused[:4])}{', ...' if len(refused) > 4 else ''}); nothing from it "
+                "was executed. Re-save it as a state dict or safetensors in a trusted environment."
             ) from None
-        # The weights-only unpickler names the refused global; show that line only.
-        detail = next((ln.strip() for ln in msg.splitlines() if "Unsupported global" in ln), "")
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or not a pickle)") from None
+    except (TypeError, AttributeError, IndexError, KeyError, OverflowError, struct.error) as err:
+        # An allowed class rebuilt with arguments it does not take (``Namespace(1)``), or a malformed stream.
+        first = str(err).splitlines()[0][:200] if str(err) else ""
         raise WeightsError(
-            f"{path}: refused to unpickle: the checkpoint needs code beyond plain tensors ({detail[:200]}). "
-            "Only weights_only checkpoints are loaded; re-save it as a state dict or safetensors in a trusted "
-            "environment."
+            f"{path}: not a readable PyTorch checkpoint: an object in it cannot be rebuilt "
+            f"({type(err).__name__}: {first})"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        first = str(err).splitlines()[0][:200] if str(err) else ""
+        raise WeightsError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {first})") from None
+
+
+# Longest pickle stream inspected after a refusal: state-dict pickles are a few MB (tensors live outside them).
+_SCAN_BYTES = 64 << 20
+# Globals the weights-only loader builds: what torch.save writes for tensors and containers, and our Namespace.
+_SAFE_GLOBALS = frozenset(
+    {
+        "argparse.Namespace",
+        "collections.OrderedDict",
+        "builtins.set",
+        "builtins.frozenset",
+        "builtins.bytearray",
+        "builtins.slice",
+        "builtins.complex",
+        "_codecs.encode",
+        "torch.Size",
+        "torch.device",
+        "torch.serialization._get_layout",
+        "torch.nn.parameter.Parameter",
+    }
+)
+_STRING_OPS = frozenset(
+    {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8"}
+)
+
+
+def _is_safe_global(name: str) -> bool:
+    if name.startswith("__builtin__."):  # protocol-2 pickles use Python 2's module name
+        name = "builtins." + name[len("__builtin__.") :]
+    if name in _SAFE_GLOBALS:
+        return True
+    module, _, attr = name.rpartition(".")
+    if not module.startswith("torch"):
+        return False
+    if attr.startswith("_rebuild") or attr.endswith("Storage"):
+        return True
+    return module == "torch" and isinstance(getattr(torch, attr, None), torch.dtype)
+
+
+def pickle_globals(data: bytes) -> list[str]:
+    """The classes and callables a pickle names (``GLOBAL``, ``STACK_GLOBAL``, ``INST``), in order, unique.
+
+    The opcodes are only listed with :func:`pickletools.genops`; nothing is imported or called. Several pickles
+    back to back (PyTorch's legacy format) are read one after the other; garbage ends the listing.
+
+    Args:
+        data: the pickle stream.
+
+    Returns:
+        Dotted names such as ``"posix.system"``.
+    """
+    found: dict[str, None] = {}
+    stream = io.BytesIO(data)
+    while stream.tell() < len(data):
+        start = stream.tell()
+        strings: list[str] = []  # string pushes, for STACK_GLOBAL (module and name are the last two)
+        memo: dict[int, Any] = {}
+        last: Any = None
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                name = op.name
+                if name in ("GLOBAL", "INST"):
+                    found[str(arg).replace(" ", ".")] = None
+                elif name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found[f"{strings[-2]}.{strings[-1]}"] = None
+                if name in _STRING_OPS:
+                    last = arg.decode("latin1") if isinstance(arg, bytes) else str(arg)
+                    strings.append(last)
+                elif name == "MEMOIZE":
+                    memo[len(memo)] = last
+                elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[int(arg)] = last
+                elif name in ("GET", "BINGET", "LONG_BINGET"):
+                    last = memo.get(int(arg))
+                    if isinstance(last, str):
+                        strings.append(last)
+                else:
+                    last = None
+        except Exception:  # noqa: BLE001 - the listing of hostile bytes ends at the first malformed opcode
+            break
+        if stream.tell() <= start:
+            break
+    return list(found)
+
+
+def refused_pickle_globals(path: str | Path) -> list[str]:
+    """Globals of a pickled checkpoint that the weights-only loader does not build (code or Python objects).
+
+    Reads ``data.pkl`` of a zip checkpoint (``torch.save``'s format) or the file itself (a plain or legacy
+    pickle), at most 64 MiB of it.
+
+    Args:
+        path: the checkpoint.
+
+    Returns:
+        Dotted names such as ``["posix.system"]``; empty when it names nothing beyond tensors and containers.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                member = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                if member is None:
+                    return []
+                with zf.open(member) as fh:
+                    data = fh.read(_SCAN_BYTES)
+        else:
+            with open(path, "rb") as fh:
+                data = fh.read(_SCAN_BYTES)
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
+        return []
+    return [g for g in pickle_globals(data) if not _is_safe_global(g)]
 
 
 def _sidecar_path(path: Path) -> Path:
@@ -133,14 +261,52 @@ def _sidecar_path(path: Path) -> Path:
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any] | None:
-    """The JSON sidecar next to a weight file, or None."""
+    """The JSON sidecar next to a weight file, validated, or None when there is none.
+
+    Every sidecar passes the common checks of :func:`medvit.shared.schema.read_json_sidecar`; ours
+    (``format: medvit``) is also checked against :data:`MEDVIT_SIDECAR` (architecture kwargs within bounds).
+
+    Raises:
+        WeightsError: a sidecar that is corrupt or breaks the schema (naming the file and the problem).
+    """
     side = _sidecar_path(Path(path))
     if not side.is_file():
         return None
+    doc = read_json_sidecar(side)
+    if doc.get("format") == MEDVIT_SIDECAR.format:
+        validate_sidecar(doc, side, MEDVIT_SIDECAR)
+    return doc
+
+
+def build_vit(
+    kwargs: Mapping[str, Any], *, source: str, overrides: Mapping[str, Any] | None = None
+) -> VisionTransformer:
+    """``VisionTransformer(**kwargs, **overrides)`` after checking both against the architecture schema.
+
+    Args:
+        kwargs: the architecture a file describes (sidecar, inferred from a checkpoint).
+        source: the file, as errors name it.
+        overrides: the caller's or user's changes (``--set``, ``backbone_overrides``).
+
+    Returns:
+        The (randomly initialised) backbone.
+
+    Raises:
+        ConfigError: an override that is not an architecture key or has a bad value.
+        WeightsError: the resulting architecture is invalid or too large (estimated before allocation).
+    """
+    overrides = dict(overrides or {})
     try:
-        return json.loads(side.read_text())
-    except json.JSONDecodeError as err:
-        raise WeightsError(f"{side}: corrupt sidecar JSON ({err})") from None
+        check_arch_kwargs(overrides, partial=True)
+    except SchemaError as err:
+        raise ConfigError(f"architecture override: {err}") from None
+    merged = {**dict(kwargs), **overrides}
+    try:
+        check_arch_kwargs(merged)
+    except SchemaError as err:
+        with_over = f" with the override(s) {', '.join(sorted(overrides))}" if overrides else ""
+        raise WeightsError(f"{source}: {err}{with_over}") from None
+    return VisionTransformer(**merged)
 
 
 # Dicts that hold the state dict; ``state_dict_backbone``: arcface_torch's checkpoint_gpu_<rank>.pt.
@@ -661,16 +827,13 @@ def load_backbone(
         (model, sidecar dict).
     """
     path = Path(path)
-    side = read_sidecar(path)
+    side = read_sidecar(path)  # validated against MEDVIT_SIDECAR when it says format: medvit
     if side is None or side.get("format") != "medvit":
         raise WeightsError(
             f"{path}: no medvit sidecar ({_sidecar_path(path).name}); convert foreign weights first with "
             "`medvit weights convert`"
         )
-    if int(side.get("format_version", 0)) > SIDECAR_FORMAT_VERSION:
-        raise WeightsError(f"{path}: written by a newer medvit (sidecar format {side['format_version']})")
-    kwargs = {**side["kwargs"], **overrides}
-    model = VisionTransformer(**kwargs)
+    model = build_vit(side["kwargs"], source=str(_sidecar_path(path)), overrides=overrides)
     report = load_pretrained(model, path, source_format="medvit", expected_missing=expected_missing)
     model.load_report = report  # type: ignore[attr-defined]
     return model, side
@@ -702,8 +865,7 @@ def convert_checkpoint(
             probe_hints = _monai_hints(sd, arch_overrides or {})
         converted, _ = convert_state_dict(sd, fmt, probe_hints)
         kwargs = infer_architecture(converted, fmt)
-    kwargs.update(arch_overrides or {})
-    model = VisionTransformer(**kwargs)
+    model = build_vit(kwargs, source=str(src), overrides=arch_overrides)
     report = load_pretrained(model, {**sd}, source_format=fmt)
     save_backbone(model, out, metadata={**dict(metadata or {}), "converted_from": Path(src).name}, source=fmt)
     return report, model.arch_kwargs

@@ -47,6 +47,9 @@ MAX_VOXELS = 2**31
 #: Default pixel limit for 2D images and video frames: the same value as PIL's ``Image.MAX_IMAGE_PIXELS``.
 MAX_PIXELS = 178_956_970
 
+#: Largest uncompressed/compressed size ratio a gzip file can reach (deflate's limit is about 1032:1; margin).
+MAX_GZIP_RATIO = 1100
+
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -141,6 +144,41 @@ def _axcodes(affine: np.ndarray) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _check_nifti_data_size(p: Path, img: Any, n_vox: int) -> None:
+    """Refuse a header whose voxel data the file cannot hold, before nibabel allocates room for it.
+
+    nibabel allocates the whole declared array and only then finds the stream too short: a 1 KB ``.nii.gz`` whose
+    header claims 1200^3 voxels costs 4 GB before its "truncated" error. An uncompressed file must be at least
+    ``vox_offset + voxels * itemsize`` bytes. Deflate cannot expand more than about 1032:1 (gzip's framing
+    only lowers that), so a ``.nii.gz`` declaring more than :data:`MAX_GZIP_RATIO` times its own size cannot
+    hold it: what a truncated file can still cost is bounded by its size.
+
+    Raises:
+        ReadError: naming the declared and the possible sizes.
+    """
+    try:
+        offset = int(img.dataobj.offset)
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        offset = 0
+    declared = max(offset, 0) + n_vox * img.get_data_dtype().itemsize
+    size = p.stat().st_size
+    dtype = img.get_data_dtype().name
+    shape = tuple(int(s) for s in img.shape)
+    if p.name.lower().endswith(".gz"):
+        if declared > MAX_GZIP_RATIO * size:
+            raise _fail(
+                p,
+                f"truncated or corrupt: the header declares {shape} {dtype} voxels ({declared:,} bytes) but "
+                f"{size:,} gzip-compressed bytes can hold at most {MAX_GZIP_RATIO * size:,}",
+            )
+    elif size < declared:
+        raise _fail(
+            p,
+            f"truncated or corrupt: the header declares {shape} {dtype} voxels ({declared:,} bytes with the "
+            f"header) but the file has {size:,} bytes",
+        )
+
+
 def read_nifti(
     path: PathLike,
     *,
@@ -151,7 +189,8 @@ def read_nifti(
 ) -> tuple[np.ndarray, ImageMeta]:
     """Read a NIfTI-1/2 file (``.nii`` or ``.nii.gz``) with nibabel.
 
-    The header is read first; the voxel limit and the dimensionality are checked before any voxel data is
+    The header is read first; the voxel limit, the dimensionality and whether the file can hold the declared data
+    (its size, or for ``.nii.gz`` its size times the largest gzip ratio) are checked before any voxel data is
     decompressed. Trailing singleton axes beyond ``ndim`` (e.g. ``[X, Y, Z, 1]``) are dropped.
 
     Args:
@@ -200,6 +239,7 @@ def read_nifti(
             raise _fail(p, f"expected {what}, got shape {tuple(int(s) for s in img.shape)}")
     if n_vox == 0:
         raise _fail(p, f"empty volume, shape {shape}")
+    _check_nifti_data_size(p, img, n_vox)
 
     try:
         arr = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)

@@ -231,3 +231,111 @@ def test_bin_reader_refuses_numpy_objects_and_bad_structure(tmp_path: Path) -> N
     (tmp_path / "cut.bin").write_bytes(pickle.dumps(([b"x", b"y"], [True]))[:-5])
     with pytest.raises(DataError, match="corrupt or truncated"):
         read_bin(tmp_path / "cut.bin")
+
+
+# ------------------------------------------------------------------------------------------------ hostile RecordIO
+def _labelled_set(root: Path, labels: list[float], n_classes: int | None) -> None:
+    """Records with tiny payloads (labels are checked before any image is decoded) and an optional header."""
+    n = len(labels)
+    with RecordIOWriter(root / "train.rec", root / "train.idx") as w:
+        if n_classes is not None:
+            w.write_idx(0, pack_record(IRHeader(2, [n + 1, n + 1 + n_classes], 0, 0), b""))
+        for i, lab in enumerate(labels):
+            key = i + 1 if n_classes is not None else i
+            w.write_idx(key, pack_record(IRHeader(0, lab, key, 0), b"not an image"))
+
+
+@pytest.mark.parametrize("bad", [-3.0, 500.0, 100.0, float("nan"), 2.5, float("inf")])
+def test_recordio_labels_outside_the_classes_are_refused_before_decoding(tmp_path: Path, bad: float) -> None:
+    labels = [float(i) for i in range(100)] + [bad]
+    _labelled_set(tmp_path, labels, n_classes=100)
+    ds = RecordIODataset(tmp_path, align="never")
+    assert ds.num_classes == 100
+    with pytest.raises(DataError, match=r"train\.rec\[101\]: label") as info:
+        ds[100]
+    assert "outside the set's classes 0..99" in str(info.value) or "not a whole number" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("header", "match"),
+    [
+        ((1, [3.0]), "header record 0 carries 1 label"),
+        ((2, [float("nan"), 5.0]), "first identity record is nan"),
+        ((2, [3.0, float("inf")]), "end of identity records is inf"),
+        ((2, [3.0, 1.0]), r"declares identity records 3\.\.0"),
+        ((2, [3.0, 3.0 + 2**30]), "declares 1,073,741,821 identities but the set holds 2 image records"),  # float32
+    ],
+)
+def test_recordio_hostile_headers(tmp_path: Path, header: tuple[int, list[float]], match: str) -> None:
+    with RecordIOWriter(tmp_path / "train.rec", tmp_path / "train.idx") as w:
+        w.write_idx(0, pack_record(IRHeader(header[0], header[1], 0, 0), b""))
+        for k in (1, 2):
+            w.write_idx(k, pack_record(IRHeader(0, 0.0, k, 0), b"x"))
+    with pytest.raises(DataError, match=match):
+        RecordIODataset(tmp_path, align="never")
+
+
+@pytest.mark.parametrize("text", ["1000000000,112,112", "0,112,112", "-5,112,112"])
+def test_recordio_property_class_count_is_bounded(tmp_path: Path, text: str) -> None:
+    _labelled_set(tmp_path, [0.0, 1.0], n_classes=None)
+    (tmp_path / "property").write_text(text)
+    with pytest.raises(DataError, match=r"property declares .* identities but the set holds 2 image records"):
+        RecordIODataset(tmp_path, align="never")
+
+
+def test_recordio_labels_counted_without_header_must_be_whole_and_bounded(tmp_path: Path) -> None:
+    _labelled_set(tmp_path, [0.0, 1e9], n_classes=None)
+    with pytest.raises(DataError, match="declares 1,000,000,001 identities"):
+        RecordIODataset(tmp_path, align="never")
+    _labelled_set(tmp_path, [0.0, -1.0], n_classes=None)
+    with pytest.raises(DataError, match=r"\[1\]: label -1 outside"):
+        RecordIODataset(tmp_path, align="never")
+
+
+def test_recordio_length_is_checked_against_the_file_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medvit.apps.fiqa.data as data_mod
+
+    rec = tmp_path / "train.rec"
+    rec.write_bytes(struct.pack("<II", RECORDIO_MAGIC, (1 << 29) - 1) + b"\0" * 32)
+    (tmp_path / "train.idx").write_text("0\t0\n")
+    requested: list[int] = []
+    real_pread = os.pread
+
+    def spy(fd: int, n: int, offset: int) -> bytes:
+        requested.append(n)
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(data_mod.os, "pread", spy)
+    with pytest.raises(DataError, match="declares 536870911 bytes but the file ends at byte 40"):
+        RecordIOReader(rec).read_idx(0)
+    assert max(requested) <= rec.stat().st_size  # pread never asked for the 512 MiB the record claims
+    rec.write_bytes(struct.pack("<II", RECORDIO_MAGIC, (5 << 29) | 4) + b"\0" * 4)
+    with pytest.raises(DataError, match="bad part flag 5"):
+        RecordIOReader(rec).read_idx(0)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x80\x04\x8e" + struct.pack("<Q", 2**62) + b"abc.",  # BINBYTES8
+        b"\x80\x04\x8d" + struct.pack("<Q", 2**40) + b"abc.",  # BINUNICODE8
+        b"\x80\x03B" + struct.pack("<I", 2**31) + b"abc.",  # BINBYTES
+        b"\x80\x05\x96" + struct.pack("<Q", 2**40) + b"abc.",  # BYTEARRAY8
+        b"\x80\x04\x95" + struct.pack("<Q", 2**40) + b"N.",  # FRAME
+    ],
+    ids=["bytes8", "unicode8", "bytes4", "bytearray8", "frame"],
+)
+def test_bin_lengths_are_checked_before_unpickling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, payload: bytes
+) -> None:
+    from medvit.apps.fiqa import bin_reader
+
+    def refuse(self: object) -> None:
+        raise AssertionError("the unpickler ran on a hostile length")
+
+    monkeypatch.setattr(bin_reader.RestrictedUnpickler, "load", refuse)
+    (tmp_path / "huge.bin").write_bytes(payload)
+    with pytest.raises(DataError, match=r"huge\.bin: corrupt or truncated \.bin \(.*(remain|declares)"):
+        read_bin(tmp_path / "huge.bin")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import pickle
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,9 @@ from medvit.shared.backbone.weights import (
     load_backbone,
     load_pretrained,
     load_strict,
+    pickle_globals,
     read_checkpoint,
+    refused_pickle_globals,
     save_backbone,
 )
 from medvit.shared.errors import WeightsError
@@ -414,3 +418,84 @@ def test_inspect_reports_architecture(tmp_path: Path) -> None:
     arch = info["architecture"]
     assert arch["embed_dim"] == D and arch["depth"] == DEPTH and arch["patch_size"] == [8, 8, 8]
     assert arch["img_size"] == [32, 32, 32] and arch["pos_embed_prefix"] is False
+
+
+# ------------------------------------------------------------------------------------------------ hostile files
+class _System:
+    def __reduce__(self):  # noqa: ANN204
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_code_in_a_plain_pickle_is_reported_as_refused_code(tmp_path: Path, protocol: int) -> None:
+    # PyTorch's weights-only unpickler stops at the protocol-4 FRAME opcode before it sees the global, and its
+    # wording changes between releases: the opcodes say what the file carries.
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"model": _System()}, protocol=protocol))
+    assert pickle_globals(path.read_bytes()) == [f"{os.system.__module__}.system"]
+    with pytest.raises(
+        WeightsError, match=r"refused to unpickle: the file carries code .*\.system.*nothing from it was executed"
+    ):
+        read_checkpoint(path)
+
+
+def test_pickled_module_names_its_class(tmp_path: Path) -> None:
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pt")
+    with pytest.raises(WeightsError, match=r"torch\.nn\.modules\.linear\.Linear"):
+        read_checkpoint(tmp_path / "whole.pt")
+
+
+def test_state_dict_pickles_name_only_safe_globals(tmp_path: Path) -> None:
+    torch.save(
+        {"model": create_backbone("test_vit_2d").state_dict(), "args": argparse.Namespace(a=1)}, tmp_path / "ok.pt"
+    )
+    assert refused_pickle_globals(tmp_path / "ok.pt") == []
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x04junk" * 10)
+    assert refused_pickle_globals(tmp_path / "junk.pt") == []
+
+
+class _PositionalNamespace:
+    def __reduce__(self):  # noqa: ANN204
+        return (argparse.Namespace, (1,))
+
+
+def test_namespace_with_a_positional_argument_is_a_weights_error(tmp_path: Path) -> None:
+    torch.save({"model": {"w": torch.zeros(1)}, "args": _PositionalNamespace()}, tmp_path / "ns.pth")
+    with pytest.raises(WeightsError, match=r"ns\.pth: not a readable PyTorch checkpoint: an object in it cannot be"):
+        inspect_checkpoint(tmp_path / "ns.pth")
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda s: s["kwargs"].update(depth=1000000), r"encoder\.json: sidecar 'kwargs': architecture: depth"),
+        (lambda s: s["kwargs"].update(embed_dim=1e9), "embed_dim must be an integer"),
+        (lambda s: s["kwargs"].update(sneaky=True), "unknown key 'sneaky'"),
+        (lambda s: s.pop("kwargs"), "has no 'kwargs'"),
+        (lambda s: s.update(format_version="2"), "'format_version' must be a positive integer"),
+    ],
+)
+def test_load_backbone_refuses_hostile_sidecars_before_building(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change, match: str
+) -> None:
+    path = save_backbone(create_backbone("test_vit_2d"), tmp_path / "encoder.safetensors")
+    side = json.loads(path.with_suffix(".json").read_text())
+    change(side)
+    path.with_suffix(".json").write_text(json.dumps(side))
+
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(VisionTransformer, "__init__", refuse)
+    with pytest.raises(WeightsError, match=match):
+        load_backbone(path)
+
+
+def test_load_backbone_overrides_are_checked(tmp_path: Path) -> None:
+    from medvit.shared.errors import ConfigError
+
+    path = save_backbone(create_backbone("test_vit_2d"), tmp_path / "encoder.safetensors")
+    with pytest.raises(ConfigError, match="unknown key 'drop_pth_rate'"):
+        load_backbone(path, drop_pth_rate=0.1)
+    with pytest.raises(WeightsError, match="with the override"):
+        load_backbone(path, num_heads=3)  # 32 is not divisible by 3

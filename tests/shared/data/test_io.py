@@ -156,6 +156,54 @@ def test_voxel_limit_checked_from_header_before_data(tmp_path: Path) -> None:
         read_nifti(small, max_voxels=999)
 
 
+def _bomb(path: Path, shape: tuple[int, ...], dtype: type = np.int16) -> Path:
+    """A header declaring ``shape`` followed by 600 random bytes: a few hundred bytes on disk."""
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(shape)
+    hdr.set_data_dtype(dtype)
+    hdr["vox_offset"] = 352
+    body = hdr.binaryblock + b"\0" * 4 + np.random.default_rng(0).bytes(600)
+    path.write_bytes(gzip.compress(body) if path.name.endswith(".gz") else body)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "declared"),
+    [
+        ("cube.nii.gz", (1200, 1200, 1200), "3,456,000,352 bytes"),
+        ("flat.nii.gz", (32767, 32767, 1), "2,147,352,930 bytes"),
+        ("cube.nii", (1200, 1200, 1200), "3,456,000,352 bytes with the header"),
+    ],
+)
+def test_declared_size_beyond_what_the_file_can_hold_is_refused_before_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, shape: tuple[int, ...], declared: str
+) -> None:
+    from nibabel.dataobj_images import DataobjImage
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("voxel data was decoded")
+
+    monkeypatch.setattr(DataobjImage, "get_fdata", refuse)
+    path = _bomb(tmp_path / name, shape)
+    assert path.stat().st_size < 1100
+    with pytest.raises(ReadError, match="truncated or corrupt: the header declares") as info:
+        read_nifti(path)
+    msg = str(info.value)
+    assert msg.startswith(str(path)) and declared in msg and "\n" not in msg
+
+
+def test_highly_compressible_volume_still_reads(tmp_path: Path) -> None:
+    # An all-zero label map compresses about 1000:1, close to deflate's limit, and must stay readable.
+    raw = tmp_path / "zeros.nii"
+    nib.save(nib.Nifti1Image(np.zeros((192, 192, 192), np.uint8), np.eye(4)), raw)
+    path = tmp_path / "zeros.nii.gz"
+    path.write_bytes(gzip.compress(raw.read_bytes(), compresslevel=9))
+    ratio = raw.stat().st_size / path.stat().st_size
+    assert ratio > 1000
+    arr, _ = read_nifti(path)
+    assert arr.shape == (192, 192, 192) and not arr.any()
+
+
 # ------------------------------------------------------------------------------------------------ DICOM image
 
 
