@@ -87,13 +87,14 @@ def doctor() -> None:
 
 @app.command()
 def demo(
+    part: str = typer.Argument("all", help="ct-seg (CT pretraining + segmentation), fiqa, or all."),
     out: str = typer.Option("demo_out", "--out", help="Folder for the demo's data and runs."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Run the main job end to end on built-in synthetic data."""
-    from medvit.demo import run_demo
+    """Run the main jobs end to end on built-in synthetic data (one app's part with PART)."""
+    from medvit.demo import PARTS, run_demo
 
-    run_demo(out, quiet=quiet)
+    run_demo(out, quiet=quiet, parts=PARTS if part == "all" else (part,))
 
 
 # Sub-apps, mounted explicitly (no registry for apps: see ARCHITECTURE.md).

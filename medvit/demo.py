@@ -59,37 +59,28 @@ def _prepare(out: Path) -> None:
     (out / _MARKER).write_text("made by medvit demo; safe to delete\n")
 
 
-def _print(console: Any, text: str) -> None:
-    console.print(text)
+PARTS: tuple[str, ...] = ("ct-seg", "fiqa")
+"""What ``medvit demo APP`` runs: ``ct-seg`` (synthetic CT, Hi-End-MAE pretraining, fine-tuning, prediction,
+evaluation) and ``fiqa``; no APP runs both."""
 
 
-def run_demo(out: str | Path, *, quiet: bool = False) -> dict[str, Any]:
-    """Run the demo into ``out`` and return its headline numbers and paths."""
-    t0 = time.perf_counter()
-    from rich.console import Console
+def _ct_part(out: Path, console: Any, timings: dict[str, float], *, quiet: bool) -> dict[str, Any]:
+    """Synthetic CT -> Hi-End-MAE pretraining -> ct-seg fine-tuning, prediction and evaluation; prints the table."""
     from rich.table import Table
 
     from medvit.apps.ct_seg import api as ct_seg
-    from medvit.apps.fiqa.api import run_demo as fiqa_demo
     from medvit.pretrain.api import run_pretrain
     from medvit.pretrain.config import PretrainConfig
     from medvit.shared.config import load_config
     from medvit.shared.data.synth import synth_ct
 
-    console = Console()
-    out = Path(out).resolve()
-    _prepare(out)
-    timings: dict[str, float] = {"setup": time.perf_counter() - t0}  # mostly importing torch and MONAI
-
-    # 1. data
-    _print(console, "[bold]1/4[/bold] synthetic CT (nnU-Net raw layout)")
+    console.print("[bold]ct-seg 1/3[/bold] synthetic CT (nnU-Net raw layout)")
     t = time.perf_counter()
     ct = out / "data" / "ct"
     synth_ct(ct, n=CT_CASES, n_test=CT_TEST_CASES, shape=CT_SHAPE, n_organs=CT_ORGANS, seed=0)
     timings["data"] = time.perf_counter() - t
 
-    # 2. pretraining
-    _print(console, "[bold]2/4[/bold] Hi-End-MAE pretraining (tiny preset)")
+    console.print("[bold]ct-seg 2/3[/bold] Hi-End-MAE pretraining (tiny preset)")
     t = time.perf_counter()
     cfg = load_config(
         PretrainConfig,
@@ -109,32 +100,18 @@ def run_demo(out: str | Path, *, quiet: bool = False) -> dict[str, Any]:
     encoder = pre_run / "encoder.safetensors"
     timings["pretrain"] = time.perf_counter() - t
 
-    # 3. segmentation
-    _print(console, "[bold]3/4[/bold] ct-seg: fine-tune from the exported encoder, predict, evaluate")
+    console.print("[bold]ct-seg 3/3[/bold] fine-tune from the exported encoder, predict, evaluate")
     t = time.perf_counter()
     seg_run = out / "runs" / "ct-seg"
-    ct_seg.train(
-        ct,
-        out=seg_run,
-        preset="tiny",
-        quiet=quiet,
-        **{"model.weights": encoder, **SEG_OPTIONS},
-    )
+    ct_seg.train(ct, out=seg_run, preset="tiny", quiet=quiet, **{"model.weights": encoder, **SEG_OPTIONS})
     pred = out / "predictions" / "ct-seg"
     ct_seg.predict(seg_run, ct / "imagesTs", pred, quiet=quiet)
     summary = ct_seg.evaluate(pred, ct / "labelsTs", labels_json=ct / "dataset.json", quiet=quiet)
     timings["ct-seg"] = time.perf_counter() - t
 
-    # 4. face-image quality
-    _print(console, "[bold]4/4[/bold] fiqa: train tiny ViT-FIQA, score a held-out folder")
-    t = time.perf_counter()
-    fiqa = fiqa_demo(out, quiet=quiet, steps=FIQA_STEPS)
-    timings["fiqa"] = time.perf_counter() - t
-
     table = Table("class", "Dice (mean ± sd)", "HD95 mm", title="ct-seg on held-out synthetic cases")
     for name, row in summary.get("per_class", {}).items():
-        dice = row.get("dice", {})
-        hd = row.get("hd95", {})
+        dice, hd = row.get("dice", {}), row.get("hd95", {})
         table.add_row(
             str(name),
             f"{dice.get('mean', float('nan')):.3f} ± {dice.get('sd', float('nan')):.3f}",
@@ -147,18 +124,47 @@ def run_demo(out: str | Path, *, quiet: bool = False) -> dict[str, Any]:
     console.print(f"pretraining loss plot:  {pre_run / 'plots' / 'loss.png'}")
     console.print(f"encoder export:         {encoder}")
     console.print(f"segmentation overlays:  {pred / 'overlays'}")
+    return {"dice": overall, "summary": summary, "encoder": encoder}
+
+
+def _fiqa_part(out: Path, console: Any, timings: dict[str, float], *, quiet: bool) -> dict[str, Any]:
+    """Tiny ViT-FIQA trained on synthetic identities, a held-out folder scored and ranked; prints the result."""
+    from medvit.apps.fiqa.api import run_demo as fiqa_demo
+
+    console.print("[bold]fiqa[/bold] train tiny ViT-FIQA, score a held-out folder")
+    t = time.perf_counter()
+    fiqa = fiqa_demo(out, quiet=quiet, steps=FIQA_STEPS)
+    timings["fiqa"] = time.perf_counter() - t
     console.print(
         f"FIQA Spearman(quality, -degradation strength): [bold]{fiqa['spearman']:.3f}[/bold] "
         "(400 faces of unseen identities; a tiny recognizer trained for minutes on a CPU, see BENCHMARKS.md)"
     )
     console.print(f"FIQA contact sheet:     {fiqa['contact_sheet']}")
+    return {"spearman": fiqa["spearman"], "contact_sheet": fiqa["contact_sheet"]}
+
+
+def run_demo(out: str | Path, *, quiet: bool = False, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
+    """Run the demo (every part, or the ``parts`` named) into ``out``; return its headline numbers and paths.
+
+    Raises:
+        MedvitError: an unknown part, or ``out`` is a non-empty folder the demo did not make.
+    """
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise MedvitError(f"unknown demo part {', '.join(unknown) or '(none)'}; choose from {', '.join(PARTS)}")
+    t0 = time.perf_counter()
+    from rich.console import Console
+
+    console = Console(stderr=True)  # progress and results for a person; nothing machine-readable on stdout
+    out = Path(out).resolve()
+    _prepare(out)
+    timings: dict[str, float] = {"setup": time.perf_counter() - t0}  # mostly importing torch and MONAI
+    result: dict[str, Any] = {"timings": timings}
+    if "ct-seg" in parts:
+        result.update(_ct_part(out, console, timings, quiet=quiet))
+    if "fiqa" in parts:
+        result.update(_fiqa_part(out, console, timings, quiet=quiet))
     total = time.perf_counter() - t0
     console.print("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {total:.0f}s")
-    return {
-        "dice": overall,
-        "summary": summary,
-        "spearman": fiqa["spearman"],
-        "encoder": encoder,
-        "timings": timings,
-        "total_s": total,
-    }
+    result["total_s"] = total
+    return result

@@ -75,3 +75,9 @@ def test_prepare_refuses_a_foreign_folder_and_replaces_its_own(tmp_path: Path) -
     (own / "old_output.txt").write_text("x")
     demo._prepare(own)
     assert sorted(p.name for p in own.iterdir()) == [demo._MARKER]
+
+
+def test_unknown_part_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    with pytest.raises(MedvitError, match="unknown demo part cxr; choose from ct-seg, fiqa"):
+        demo.run_demo(tmp_path / "out", parts=("cxr",))
+    assert not (tmp_path / "out").exists()
