@@ -180,7 +180,8 @@ def test_golden_state_dict_keys(name: str) -> None:
 
 
 def test_parity_with_timm_vit_small() -> None:
-    timm = pytest.importorskip("timm")
+    import timm  # a hard dependency: a broken import fails this parity test, never skips it
+
     ref = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=7).eval()
     ours = create_backbone("vit_small_patch16_224", num_classes=7).eval()
     missing, unexpected = ours.load_state_dict(ref.state_dict(), strict=True)

@@ -213,7 +213,8 @@ def test_pos_embed_resampled_3d(tmp_path: Path) -> None:
 @pytest.mark.parametrize("proj_type", ["conv", "perceptron"])
 def test_monai_vit_numerical_parity(proj_type: str, tmp_path: Path) -> None:
     """A real MONAI ViT state dict loads and gives the same features (LayerNorm eps 1e-5)."""
-    monai_nets = pytest.importorskip("monai.networks.nets")
+    from monai.networks import nets as monai_nets
+
     torch.manual_seed(0)
     ref = monai_nets.ViT(
         in_channels=1,
@@ -255,7 +256,8 @@ def test_monai_vit_numerical_parity(proj_type: str, tmp_path: Path) -> None:
 
 
 def test_monai_unetr_encoder_loads() -> None:
-    monai_nets = pytest.importorskip("monai.networks.nets")
+    from monai.networks import nets as monai_nets
+
     unetr = monai_nets.UNETR(
         in_channels=1,
         out_channels=3,
@@ -288,7 +290,8 @@ def test_monai_unetr_encoder_loads() -> None:
 
 
 def test_timm_round_trip_through_our_format(tmp_path: Path) -> None:
-    timm = pytest.importorskip("timm")
+    import timm
+
     ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=64).eval()
     torch.save(ref.state_dict(), tmp_path / "timm.pth")
     report, kwargs = convert_checkpoint(tmp_path / "timm.pth", tmp_path / "out.safetensors")

@@ -151,7 +151,8 @@ def test_ct_straight_grid_has_lps_axes_and_offset(tmp_path: Path) -> None:
 
 
 def test_ct_readable_by_the_project_reader(ct_dir: Path) -> None:
-    io = pytest.importorskip("medvit.shared.data.io")
+    from medvit.shared.data import io
+
     array, meta = io.read_nifti(ct_dir / "imagesTr/case_000_0000.nii.gz")
     assert array.shape == SHAPE and array.dtype == np.float32
     np.testing.assert_allclose(meta.spacing, SPACING, rtol=1e-5)

@@ -503,7 +503,6 @@ def test_merge_manifest_parts_needs_every_part(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("true") is None, reason="needs a POSIX system")
 def test_torchrun_two_ranks(job_inputs: tuple[Path, list[Path]], tmp_path: Path) -> None:
-    pytest.importorskip("torch.distributed")
     root, inputs = job_inputs
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
