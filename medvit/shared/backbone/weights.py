@@ -35,7 +35,7 @@ import os
 import pickle
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -348,10 +348,23 @@ def convert_state_dict(
 
 
 # ============================================================================= architecture inference
-def infer_architecture(sd: Mapping[str, torch.Tensor], source_format: str) -> dict[str, Any]:
+def infer_architecture(
+    sd: Mapping[str, torch.Tensor], source_format: str, *, img_size: int | Sequence[int] | None = None
+) -> dict[str, Any]:
     """Guess ``VisionTransformer`` kwargs from a converted (medvit-key) state dict.
 
     The head count cannot be read from weights: standard widths use their usual count, others D/64.
+
+    Args:
+        sd: converted state dict (medvit/timm key names).
+        source_format: the format it came from (``monai`` sets LayerNorm eps 1e-5).
+        img_size: input size the checkpoint was trained on, when the caller knows it (``--set img_size=...``).
+            A learned position embedding of a square/cubic grid gives it; one of any other grid (a MONAI UNETR
+            trained on 96x96x64) does not, and then this is required.
+
+    Raises:
+        WeightsError: no patch embedding or blocks, or a position embedding that fits neither ``img_size`` nor a
+            square/cubic grid.
     """
     if "patch_embed.proj.weight" not in sd:
         raise WeightsError("cannot infer the architecture: no patch_embed.proj.weight")
@@ -378,7 +391,19 @@ def infer_architecture(sd: Mapping[str, torch.Tensor], source_format: str) -> di
         "reg_tokens": reg,
         "norm_eps": 1e-5 if source_format == "monai" else 1e-6,
     }
-    if "pos_embed" in sd:
+    if "pos_embed" in sd and img_size is not None:
+        n = int(sd["pos_embed"].shape[1])
+        size = [int(img_size)] * len(patch) if isinstance(img_size, int) else [int(s) for s in img_size]
+        if len(size) != len(patch):
+            raise WeightsError(f"img_size {size} has {len(size)} axes; the patch embedding is {len(patch)}D")
+        grid = math.prod(s // p for s, p in zip(size, patch, strict=True))
+        if n not in (grid, grid + n_prefix):
+            raise WeightsError(
+                f"pos_embed has {n} tokens; img_size {size} with patch {list(patch)} gives {grid} grid tokens"
+                + (f" (+{n_prefix} prefix)" if n_prefix else "")
+            )
+        kwargs.update(img_size=size, pos_embed_prefix=n_prefix > 0 and n == grid + n_prefix, pos_embed="learn")
+    elif "pos_embed" in sd:
         n = sd["pos_embed"].shape[1]
         nd = len(patch)
         for prefix_slots, with_prefix in ((n_prefix, True), (0, False)):
@@ -388,7 +413,10 @@ def infer_architecture(sd: Mapping[str, torch.Tensor], source_format: str) -> di
                 kwargs["pos_embed_prefix"] = with_prefix and n_prefix > 0
                 break
         else:
-            raise WeightsError(f"cannot infer a square/cubic grid from pos_embed of {n} tokens; give img_size")
+            raise WeightsError(
+                f"cannot infer a square/cubic grid from pos_embed of {n} tokens; give the input size the checkpoint "
+                "was trained on (e.g. --set img_size=[96,96,64])"
+            )
         kwargs["pos_embed"] = "learn"
     else:
         kwargs["pos_embed"] = "none"
@@ -701,7 +729,8 @@ def convert_checkpoint(
         if fmt == "monai":
             probe_hints = _monai_hints(sd, arch_overrides or {})
         converted, _ = convert_state_dict(sd, fmt, probe_hints)
-        kwargs = infer_architecture(converted, fmt)
+        # The input size is an override the inference itself needs (a non-cubic grid does not give its shape).
+        kwargs = infer_architecture(converted, fmt, img_size=(arch_overrides or {}).get("img_size"))
     kwargs.update(arch_overrides or {})
     model = VisionTransformer(**kwargs)
     report = load_pretrained(model, {**sd}, source_format=fmt)
