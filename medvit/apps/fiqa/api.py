@@ -107,7 +107,7 @@ def load_scoring_model(weights: str | os.PathLike[str] | None) -> tuple[Any, dic
     Raises:
         WeightsError: nothing found or unreadable (the message says how to get weights).
     """
-    from medvit.apps.fiqa.model import FIQA_FORMAT, load_fiqa, model_from_official, read_foreign_state_dict
+    from medvit.apps.fiqa.model import FIQA_FORMAT, load_fiqa, model_from_official, read_foreign_checkpoint
     from medvit.shared.paths import weights_dir
 
     if weights is None:
@@ -144,10 +144,10 @@ def load_scoring_model(weights: str | os.PathLike[str] | None) -> tuple[Any, dic
             head = None
         if isinstance(head, dict) and head.get("format") == CKPT_FORMAT:
             return _model_from_training_checkpoint(p)
-    sd = read_foreign_state_dict(p)
+    sd, config = read_foreign_checkpoint(p)
     if "patch_embed.proj.weight" not in sd or "feature.0.weight" not in sd:
         raise WeightsError(f"{p}: neither a medvit FIQA model nor a ViT-FIQA checkpoint: {NO_WEIGHTS_HINT}")
-    model = model_from_official(sd)
+    model = model_from_official(sd, config=config)
     logger.info("converted the ViT-FIQA checkpoint %s in memory (head mode %s)", p, model.head)
     return model, {"source": str(p), "converted": True}
 
@@ -158,6 +158,8 @@ def convert(
     *,
     overwrite: bool = False,
     state_dict: Mapping[str, torch.Tensor] | None = None,
+    num_heads: int | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Import an official ViT-FIQA checkpoint (``backbones/vit_qs.py`` keys, ``module.`` prefixes) into our format.
 
@@ -166,19 +168,29 @@ def convert(
         out: output ``.safetensors`` (a ``.json`` sidecar is written beside it).
         overwrite: replace an existing output.
         state_dict: ``src`` already read (``module.`` prefixes removed), e.g. by ``medvit weights convert``.
+        num_heads: attention heads, which weights do not record (see
+            :func:`~medvit.apps.fiqa.model.resolve_num_heads`); None: the checkpoint's config, else the published
+            architecture of that shape, else refused.
+        config: settings carried by ``src`` (``checkpoint_config``); None: read from ``src`` and the JSON beside it.
 
     Returns:
-        The written sidecar.
+        The written sidecar (``num_heads_source`` says where the head count came from).
     """
-    from medvit.apps.fiqa.model import model_from_official, read_foreign_state_dict, save_fiqa
+    from medvit.apps.fiqa.model import checkpoint_config, model_from_official, read_foreign_checkpoint, save_fiqa
 
     out = Path(out)
     if out.suffix != ".safetensors":
         raise WeightsError(f"{out}: the output must end in .safetensors")
     if out.exists() and not overwrite:
         raise WeightsError(f"{out} exists; pass --overwrite to replace it")
-    model = model_from_official(state_dict if state_dict is not None else read_foreign_state_dict(src))
-    save_fiqa(model, out, metadata={"source": "vit-fiqa", "converted_from": Path(src).name})
+    if state_dict is None:
+        state_dict, found = read_foreign_checkpoint(src)
+        config = found if config is None else config
+    elif config is None:
+        config = checkpoint_config(src)
+    model = model_from_official(state_dict, num_heads=num_heads, config=config)
+    meta = {"source": "vit-fiqa", "converted_from": Path(src).name, "num_heads_source": model.num_heads_source}
+    save_fiqa(model, out, metadata=meta)
     return json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
 
 
@@ -268,7 +280,8 @@ def _init_weights(model: Any, path: Path) -> None:
 
         sd = load_file(str(p))
     else:
-        sd, _ = convert_official_state_dict(read_foreign_state_dict(p))
+        # The model being trained fixes the head count; the checkpoint only has to fit its shapes.
+        sd, _ = convert_official_state_dict(read_foreign_state_dict(p), num_heads=model.backbone.num_heads)
     info = load_state_into(
         model, sd, expected_missing=["head_qs.*", "mask_token", "backbone.quality_token"], source=str(p)
     )

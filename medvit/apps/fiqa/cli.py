@@ -158,14 +158,25 @@ def evaluate(
 def convert(
     checkpoint: Path = typer.Argument(..., help="Official ViT-FIQA checkpoint (backbones/vit_qs.py keys)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors (+ .json sidecar)."),
+    num_heads: int | None = typer.Option(
+        None,
+        "--num-heads",
+        min=1,
+        help="Attention heads of the checkpoint (weights do not record them). Default: the checkpoint's config "
+        "(CHECKPOINT.json beside it, or a config saved in it), else 8 for a published arcface_torch / ViT-FIQA "
+        "shape, else refused.",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
 ) -> None:
     """Import the official ViT-FIQA weights (token, full or crfiqa head) into medvit's format."""
     from medvit.apps.fiqa.api import convert as convert_api
 
-    side = convert_api(checkpoint, out, overwrite=overwrite)
+    side = convert_api(checkpoint, out, overwrite=overwrite, num_heads=num_heads)
     kw = side["backbone_kwargs"]
-    typer.echo(f"wrote {out}: head {side['head']}, width {kw['embed_dim']}, depth {kw['depth']}")
+    typer.echo(
+        f"wrote {out}: head {side['head']}, width {kw['embed_dim']}, depth {kw['depth']}, "
+        f"num_heads={kw['num_heads']} ({side['num_heads_source']})"
+    )
 
 
 @app.command("extract-bin")

@@ -64,12 +64,20 @@ class WholeModelCheckpointError(WeightsError):
         source_format: one of ``WHOLE_MODEL_FORMATS``.
         state_dict: the state dict already read from the file (None when the caller passed one in), so whoever
             hands the file to the app's importer does not read it a second time.
+        info: the reader's info dict of that file (``config``: settings stored beside the weights), or None.
     """
 
-    def __init__(self, message: str, source_format: str, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        source_format: str,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.source_format = source_format
         self.state_dict = state_dict
+        self.info = info
 
 
 @dataclass
@@ -155,14 +163,15 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 
     Returns:
         (state dict with wrappers and ``module.`` / ``_orig_mod.`` prefixes removed, info dict with
-        ``wrapper`` (``model`` / ``state_dict`` / None), ``sidecar`` and ``path``).
+        ``wrapper`` (``model`` / ``state_dict`` / None), ``sidecar``, ``path`` and ``config``: a plain dict or
+        ``argparse.Namespace`` stored at the top level as ``config``, ``cfg`` or ``args`` (as a dict), else None).
     """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weight file not found")
     if path.stat().st_size == 0:
         raise WeightsError(f"{path}: empty file")
-    info: dict[str, Any] = {"path": str(path), "wrapper": None, "sidecar": None}
+    info: dict[str, Any] = {"path": str(path), "wrapper": None, "sidecar": None, "config": None}
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -174,6 +183,12 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         info["sidecar"] = read_sidecar(path)
     else:
         obj = safe_torch_load(path)
+    if isinstance(obj, Mapping):
+        # Architecture settings a trainer saved beside the weights (the head count, which weights do not record).
+        cfg = next(
+            (obj[k] for k in ("config", "cfg", "args") if isinstance(obj.get(k), (Mapping, argparse.Namespace))), None
+        )
+        info["config"] = vars(cfg) if isinstance(cfg, argparse.Namespace) else (dict(cfg) if cfg is not None else None)
     # Wrappers may nest ({'model': {'backbone': ...}}); ``info['wrapper']`` is the outermost one.
     while isinstance(obj, Mapping):
         wrapper = next((w for w in _WRAPPERS if isinstance(obj.get(w), Mapping)), None)
@@ -317,13 +332,17 @@ _CONVERTERS = {
 
 
 def _whole_model_error(
-    where: str, source_format: str, state_dict: dict[str, torch.Tensor] | None = None
+    where: str,
+    source_format: str,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    info: dict[str, Any] | None = None,
 ) -> WholeModelCheckpointError:
     return WholeModelCheckpointError(
         f"{where} is a ViT-FIQA / arcface_torch face model (quality token and heads), not a bare backbone: import "
         "it with `medvit weights convert FILE --out F.safetensors` (or `medvit fiqa convert`), which keeps the heads",
         source_format,
         state_dict,
+        info,
     )
 
 
@@ -720,7 +739,7 @@ def convert_checkpoint(
     sd, info = read_checkpoint(src)
     fmt = detect_format(sd, info) if source_format == "auto" else source_format
     if fmt in WHOLE_MODEL_FORMATS:
-        raise _whole_model_error(str(src), fmt, sd)
+        raise _whole_model_error(str(src), fmt, sd, info)
     if fmt == "medvit" and info.get("sidecar"):
         kwargs = dict(info["sidecar"]["kwargs"])
     else:

@@ -10,6 +10,7 @@ normalised brightness), and nothing on a black image. insightface's real SCRFD d
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,57 @@ def official_state_dict(head: str, depth: int = 2, d: int = 32, fr_only: bool = 
             "head_qs.1.weight": r(1, d),
         }
     return {f"module.{k}": v for k, v in sd.items()}
+
+
+def reference_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, head: str, depth: int = 2, heads: int = 8) -> tuple:
+    """The official forward (eval mode, ``backbones/vit_qs.py``) written out with plain ops, for comparison."""
+    import torch.nn.functional as F
+
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    d = sd["patch_embed.proj.weight"].shape[0]
+    b = x.shape[0]
+    t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=9).flatten(2).transpose(1, 2)
+    if head != "crfiqa":
+        t = torch.cat([sd["qs_token"].expand(b, -1, -1), t], 1)
+    t = t + sd["pos_embed"]
+    for i in range(depth):
+        p = f"blocks.{i}."
+        h = F.layer_norm(t, (d,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], eps=1e-5)
+        qkv = F.linear(h, sd[p + "attn.qkv.weight"]).reshape(b, -1, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        att = (qkv[0] @ qkv[1].transpose(-2, -1)) * (d // heads) ** -0.5
+        o = (att.softmax(-1) @ qkv[2]).transpose(1, 2).reshape(b, -1, d)
+        t = t + F.linear(o, sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
+        h = F.layer_norm(t, (d,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], eps=1e-5)
+        h = F.relu6(F.linear(h, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"]))
+        t = t + F.linear(h, sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
+    t = F.layer_norm(t, (d,), sd["norm.weight"], sd["norm.bias"], eps=1e-5)
+
+    def bn(v: torch.Tensor, pre: str) -> torch.Tensor:
+        return F.batch_norm(v, sd[pre + "running_mean"], sd[pre + "running_var"], sd[pre + "weight"], sd[pre + "bias"],
+                            eps=2e-5)  # fmt: skip
+
+    def feature(v: torch.Tensor) -> torch.Tensor:
+        v = bn(F.linear(v, sd["feature.0.weight"]), "feature.1.")
+        return bn(F.linear(v, sd["feature.2.weight"]), "feature.3.")
+
+    if head == "token":
+        emb, qin = feature(t[:, 1:].reshape(b, -1)), t[:, 0]
+    else:
+        emb = feature(t.reshape(b, -1))
+        qin = emb
+    q = F.linear(bn(qin, "head_qs.0."), sd["head_qs.1.weight"])
+    return emb, q.squeeze(1)
+
+
+def save_official(path: Path, sd: dict[str, torch.Tensor], num_heads: int = 8) -> Path:
+    """``torch.save`` an official-layout state dict with ``PATH.json`` = ``{"num_heads": N}`` beside it.
+
+    The tiny test checkpoints (width 32, 2 blocks) are no published architecture, so their head count has to travel
+    with them, as it would for any custom-trained face ViT.
+    """
+    torch.save(sd, path)
+    path.with_suffix(".json").write_text(json.dumps({"num_heads": num_heads}))
+    return path
 
 
 def face_photo(face112: np.ndarray, background: int = 128) -> np.ndarray:

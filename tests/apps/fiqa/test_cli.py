@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from medvit.apps.fiqa.api import degradation_ranking
 from medvit.apps.fiqa.cli import app as fiqa_app
 
-from .conftest import face_photo, official_state_dict
+from .conftest import face_photo, official_state_dict, save_official
 
 STEPS, IDS, PER = 1200, 40, 150
 HELD_IDS, HELD_PER = 40, 20  # 800 faces: the Spearman of 80 faces has a standard error near 0.1
@@ -152,10 +152,10 @@ def test_no_weights_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_convert_official_checkpoint_then_score(tmp_path: Path) -> None:
-    torch.save(official_state_dict("token"), tmp_path / "model.pt")
+    save_official(tmp_path / "model.pt", official_state_dict("token"))  # model.json beside it: {"num_heads": 8}
     res = invoke("convert", tmp_path / "model.pt", "--out", tmp_path / "vit_fiqa.safetensors")
     assert res.exit_code == 0, res.output
-    assert "head token" in res.output
+    assert "head token" in res.output and "num_heads=8 (checkpoint config)" in res.output
     (tmp_path / "in").mkdir()
     for i in range(3):
         cv2.imwrite(str(tmp_path / "in" / f"{i}.png"), np.random.default_rng(i).integers(0, 255, (112, 112, 3)))
@@ -180,11 +180,11 @@ def test_weights_convert_hands_a_vit_fiqa_checkpoint_to_the_fiqa_importer(tmp_pa
     res = runner.invoke(_root(), ["weights", "inspect", str(src), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["format"] == "vit-fiqa"
-    res = runner.invoke(_root(), ["weights", "convert", str(src), "--out", str(out), "--set", "num_heads=4"])
-    assert res.exit_code != 0 and "--set does not apply" in res.output and not out.exists()
-    res = runner.invoke(_root(), ["weights", "convert", str(src), "--out", str(out)])
+    res = runner.invoke(_root(), ["weights", "convert", str(src), "--out", str(out), "--set", "depth=4"])
+    assert res.exit_code == 2 and "only --set num_heads=N applies" in res.output and not out.exists()
+    res = runner.invoke(_root(), ["weights", "convert", str(src), "--out", str(out), "--set", "num_heads=8"])
     assert res.exit_code == 0, res.output
-    assert "head token" in res.output and "fiqa score" in res.output
+    assert "head token" in res.output and "num_heads=8 (given)" in res.output and "fiqa score" in res.output
     model, side = load_fiqa(out)
     assert side["head"] == "token"
     torch.testing.assert_close(model.backbone.quality_token, sd["module.qs_token"])
@@ -193,6 +193,35 @@ def test_weights_convert_hands_a_vit_fiqa_checkpoint_to_the_fiqa_importer(tmp_pa
     with pytest.raises(WholeModelCheckpointError, match="medvit weights convert"):
         convert_checkpoint(src, tmp_path / "backbone.safetensors")
     assert not (tmp_path / "backbone.safetensors").exists()
+
+
+def test_face_vit_with_another_head_count_converts_only_when_told(tmp_path: Path) -> None:
+    """A 4-head face ViT: refused without a head count (not silently read as 8), right with --set / --num-heads."""
+    from medvit.apps.fiqa.model import load_fiqa
+
+    from .conftest import reference_forward
+
+    sd = {k: v * 10 if k.endswith("attn.qkv.weight") else v for k, v in official_state_dict("token").items()}
+    src = tmp_path / "vit_4heads.pt"
+    torch.save(sd, src)
+    x = torch.randn(2, 3, 112, 112)
+    ref_emb, ref_q = reference_forward(sd, x, "token", heads=4)
+    res = runner.invoke(_root(), ["weights", "convert", str(src), "--out", str(tmp_path / "no.safetensors")])
+    assert res.exit_code == 2 and "cannot tell the attention head count" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "no.safetensors").exists()
+    for args in (
+        ["weights", "convert", str(src), "--out", str(tmp_path / "a.safetensors"), "--set", "num_heads=4"],
+        ["fiqa", "convert", str(src), "--out", str(tmp_path / "b.safetensors"), "--num-heads", "4"],
+    ):
+        res = runner.invoke(_root(), args)
+        assert res.exit_code == 0, res.output
+        assert "num_heads=4 (given)" in res.output
+        model, side = load_fiqa(Path(args[4]))
+        assert side["backbone_kwargs"]["num_heads"] == 4 and side["num_heads_source"] == "given"
+        with torch.no_grad():
+            emb, q = model(x)
+        torch.testing.assert_close(emb, ref_emb, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(q, ref_q, atol=1e-4, rtol=1e-4)
 
 
 def test_bin_extract_and_evaluate(loop: dict[str, Path], tmp_path: Path) -> None:

@@ -103,13 +103,12 @@ def test_evaluate_with_dlib_embeddings(crop: np.ndarray, tmp_path: Path) -> None
 
 
 def test_score_photos_with_the_dlib_detector(tmp_path: Path) -> None:
-    import torch
 
     from medvit import cli
 
-    from .conftest import official_state_dict
+    from .conftest import official_state_dict, save_official
 
-    torch.save(official_state_dict("token"), tmp_path / "model.pt")  # any weights: this checks detection
+    save_official(tmp_path / "model.pt", official_state_dict("token"))  # any weights: this checks detection
     photos = tmp_path / "photos"
     photos.mkdir()
     cv2.imwrite(str(photos / "astronaut.png"), cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
