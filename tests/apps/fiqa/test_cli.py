@@ -224,6 +224,31 @@ def test_face_vit_with_another_head_count_converts_only_when_told(tmp_path: Path
         torch.testing.assert_close(q, ref_q, atol=1e-4, rtol=1e-4)
 
 
+def test_scoring_is_rgb_and_the_readme_says_how_the_official_script_differs(tmp_path: Path) -> None:
+    """README: the official ViT-FIQA scoring script feeds BGR by default, medvit RGB; the RGB part is checked."""
+    from medvit.apps.fiqa.model import model_from_official, preprocess_faces
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Face-image quality") :]
+    section = section[: section.index("\n## ")]
+    for phrase in ("getQualityScore.py", "--color_channel BGR", "--color_channel RGB", "medvit uses RGB throughout"):
+        assert phrase in section, phrase
+    sd = official_state_dict("token")
+    save_official(tmp_path / "model.pt", sd)
+    face = np.zeros((112, 112, 3), np.uint8)
+    face[:, :56, 0], face[:, 56:, 2], face[40:70, :, 1] = 230, 120, 60  # red left, blue right: order matters
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "face.png"), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+    res = invoke("score", tmp_path / "in", "--weights", tmp_path / "model.pt", "--out", tmp_path / "out", "--aligned")
+    assert res.exit_code == 0, res.output
+    scored = float(_read(tmp_path / "out" / "scores.csv")[0]["quality"])
+    model = model_from_official({k.removeprefix("module."): v for k, v in sd.items()}, num_heads=8)
+    with torch.no_grad():
+        q_rgb = float(model(preprocess_faces(face[None]))[1])
+        q_bgr = float(model(preprocess_faces(np.ascontiguousarray(face[None, ..., ::-1])))[1])
+    assert scored == pytest.approx(q_rgb, abs=1e-5) and abs(q_rgb - q_bgr) > 1e-3
+
+
 def test_bin_extract_and_evaluate(loop: dict[str, Path], tmp_path: Path) -> None:
     from medvit.apps.fiqa.bin_reader import write_bin
     from medvit.apps.fiqa.data import read_pairs
