@@ -177,6 +177,57 @@ def save_official(path: Path, sd: dict[str, torch.Tensor], num_heads: int = 8) -
     return path
 
 
+# On scikit-image's astronaut() (512 px): dlib HOG's box of her face, and her suit below it (no face there, but a
+# round embroidered patch and a name tag that dlib scores up to 0.22).
+ASTRONAUT_FACE = (175, 76, 265, 166)
+ASTRONAUT_SUIT = (0, 290, 512, 512)
+
+
+def group_photo(
+    scales: tuple[float, ...] = (0.5, 0.75, 1.0), lfw_side: int = 80, cols: int = 10, gap: int = 16
+) -> tuple[np.ndarray, dict[str, list[tuple[int, int, int, int]]]]:
+    """A "group photo" of real faces: the 100 face crops of ``skimage.data.lfw_subset()`` (25 px, grey) upscaled to
+    ``lfw_side`` in a grid, above ``astronaut()`` at several ``scales`` side by side, on grey.
+
+    Returns:
+        (RGB uint8 image, boxes ``(x1, y1, x2, y2)`` by kind: ``lfw`` faces, ``astronaut`` faces, ``suit``: the
+        astronaut's suit with its badges, where there is no face).
+    """
+    import cv2
+    from skimage.data import astronaut, lfw_subset
+
+    lfw = (lfw_subset()[:100] * 255).astype(np.uint8)  # the first 100 are faces, the rest are not
+    astros = [cv2.resize(astronaut(), None, fx=f, fy=f, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+              for f in scales]  # fmt: skip
+    rows = -(-len(lfw) // cols)
+    width = max(cols * (lfw_side + gap) + gap, sum(a.shape[1] + gap for a in astros) + gap)
+    top = rows * (lfw_side + gap) + gap
+    img = np.full((top + max(a.shape[0] for a in astros) + gap, width, 3), 128, np.uint8)
+    boxes: dict[str, list[tuple[int, int, int, int]]] = {"lfw": [], "astronaut": [], "suit": []}
+    for k, face in enumerate(lfw):
+        y, x = gap + (k // cols) * (lfw_side + gap), gap + (k % cols) * (lfw_side + gap)
+        tile = cv2.resize(face, (lfw_side, lfw_side), interpolation=cv2.INTER_CUBIC)
+        img[y : y + lfw_side, x : x + lfw_side] = tile[..., None]
+        boxes["lfw"].append((x, y, x + lfw_side, y + lfw_side))
+    x = gap
+    for f, a in zip(scales, astros, strict=True):
+        img[top : top + a.shape[0], x : x + a.shape[1]] = a
+        for kind, box in (("astronaut", ASTRONAUT_FACE), ("suit", ASTRONAUT_SUIT)):
+            x1, y1, x2, y2 = (round(v * f) for v in box)
+            boxes[kind].append((x + x1, top + y1, x + x2, top + y2))
+        x += a.shape[1] + gap
+    return img, boxes
+
+
+def box_kind(box: np.ndarray, boxes: dict[str, list[tuple[int, int, int, int]]]) -> str | None:
+    """The kind of the ground-truth box holding the centre of a detection ``box``, or None."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    for kind, items in boxes.items():
+        if any(x1 <= cx <= x2 and y1 <= cy <= y2 for x1, y1, x2, y2 in items):
+            return kind
+    return None
+
+
 def face_photo(face112: np.ndarray, background: int = 128) -> np.ndarray:
     """A 640x640 RGB photo with ``face112`` scaled x2 at the stand-in detector's fixed position."""
     import cv2

@@ -93,6 +93,7 @@ def test_score_then_evaluate_writes_edc_and_resumes(loop: dict[str, Path]) -> No
     assert res.exit_code == 0, res.output
     rows = _read(out / "scores.csv")
     assert len(rows) == HELD_IDS * HELD_PER and all(r["status"] == "ok" and r["face"] == "0" for r in rows)
+    assert {r["detector"] for r in rows} == {"aligned"}  # no detection ran
     assert (out / "quality_hist.png").stat().st_size > 0 and (out / "contact_sheet.png").stat().st_size > 0
     strength = {os.path.abspath(held / r["path"]): float(r["strength"]) for r in _read(held / "degradations.csv")}
     assert set(strength) == {r["path"] for r in rows}  # every held-out face scored, paths absolute
@@ -138,6 +139,7 @@ def test_bad_inputs_get_rows_and_the_batch_continues(loop: dict[str, Path], fake
     assert rows["c_notes.jpg"]["status"] == "error" and "c_notes.jpg" in rows["c_notes.jpg"]["message"]
     assert float(rows["a_face.jpg"]["x1"]) == pytest.approx(220.0, abs=0.01)
     assert float(rows["a_face.jpg"]["det_score"]) > 0.9
+    assert {r["detector"] for r in rows.values()} == {"scrfd"}  # every row names it, errors and no-face rows too
     # Same face, same alignment: same quality, whatever the container format.
     assert float(rows["a_face.jpg"]["quality"]) == pytest.approx(float(rows["d_face.png"]["quality"]), abs=0.05)
 
