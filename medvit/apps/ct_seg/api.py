@@ -1175,7 +1175,11 @@ def evaluate(
             if not affines_match(np.asarray(ref_meta.affine), np.asarray(pred_meta.affine)):
                 raise DataError(f"case {cid}: prediction and reference differ in affine (not the same voxel grid)")
             present = sorted(set(ref_vals.tolist()) | set(pred_vals.tolist()) | set(declared or {}))
-            scores = score_case(pred, ref, [v for v in present if v != 0], ref_meta.spacing, hd95=hd95)
+            if not ref_meta.spacing and hd95:
+                # The reader already warned that the header's spacing is unknown: distances are in voxels.
+                logger.warning("case %s: voxel spacing unknown; HD95 is in voxels, not mm", cid)
+            spacing = ref_meta.spacing or None
+            scores = score_case(pred, ref, [v for v in present if v != 0], spacing, hd95=hd95)
             for s in scores:
                 seen.add(s.label)
                 rows.append({"case": cid, **s.__dict__})
