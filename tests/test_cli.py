@@ -94,6 +94,32 @@ def test_weights_inspect_and_convert(tmp_path: Path) -> None:
     assert "exists" in result.output and "Traceback" not in result.output
 
 
+def test_weights_convert_monai_unetr_on_a_non_cubic_grid_takes_img_size_and_num_heads(tmp_path: Path) -> None:
+    """--set img_size is what tells a non-cubic learned position table its grid; it applies before inference."""
+    monai_nets = pytest.importorskip("monai.networks.nets")
+    from medvit.shared.backbone.weights import load_backbone
+
+    torch.manual_seed(0)
+    unetr = monai_nets.UNETR(
+        in_channels=1, out_channels=3, img_size=(32, 32, 48), feature_size=8, hidden_size=48, mlp_dim=96,
+        num_heads=4, proj_type="conv", qkv_bias=True,
+    ).eval()  # fmt: skip
+    torch.save(unetr.state_dict(), tmp_path / "unetr.pt")
+    out = tmp_path / "enc.safetensors"
+    args = ["weights", "convert", str(tmp_path / "unetr.pt"), "--out", str(out), "--format", "monai"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--set img_size=" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, [*args, "--set", "img_size=[32,32,48]", "--set", "num_heads=4"])
+    assert result.exit_code == 0, result.output
+    assert "num_heads=4" in result.output
+    enc, side = load_backbone(out)
+    assert side["kwargs"]["img_size"] == [32, 32, 48] and side["kwargs"]["num_heads"] == 4
+    x = torch.randn(1, 1, 32, 32, 48)
+    with torch.no_grad():
+        expected, _ = unetr.vit(x)
+        torch.testing.assert_close(enc.eval().forward_features(x), expected, atol=1e-5, rtol=1e-4)
+
+
 def test_user_error_is_one_line_without_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "broken.pth"
     bad.write_bytes(b"\x00garbage" * 20)

@@ -22,6 +22,15 @@ presets use 2 self-attention + 3 cross-attention decoder blocks with taps
 Plain MAE: 3D presets for CT (``tiny``, ``small``, ``base``) and 2D presets (``tiny_2d``, ``small_2d``
 = Medical MAE's ``mae_vit_small_patch16_dec512d2b`` with mask ratio 0.9, ``base_2d`` = MAE ViT-B/16 with the
 512-wide, 8-block decoder).
+
+Encoder position embedding: every preset pretrains with a **fixed sin-cos table** (``pos_embed="sincos"``, a
+``Parameter`` with ``requires_grad=False``), as the reference code does: MAE ``models_mae.py`` (2D table
+``[1, 1 + L, D]`` whose cls slot is zero, MAE ``util/pos_embed.py`` channel layout; the thorax Medical MAE recipe
+uses the same model code) and Hi-End-MAE (3D table without a cls slot). The 2D presets build on the timm-sized
+registry backbones, whose own default is a learned table, so they set ``sincos`` explicitly; a learned, trainable
+table stays available as an override::
+
+    build_model(get_preset("mae", "small_2d"), pos_embed="learn")
 """
 
 from __future__ import annotations
@@ -162,7 +171,7 @@ _PRESETS: dict[tuple[str, str], Preset] = {
             "mae",
             "tiny_2d",
             "test_vit_2d",
-            backbone_overrides={"in_chans": 1},
+            backbone_overrides={"in_chans": 1, "pos_embed": "sincos"},
             decoder_embed_dim=32,
             decoder_num_heads=2,
             decoder_depth=1,
@@ -174,6 +183,7 @@ _PRESETS: dict[tuple[str, str], Preset] = {
             "mae",
             "small_2d",
             "vit_small_patch16_224",
+            backbone_overrides={"pos_embed": "sincos"},  # MAE's fixed 2D table (cls slot zero), not learned
             decoder_embed_dim=512,
             decoder_num_heads=16,
             decoder_depth=2,
@@ -185,6 +195,7 @@ _PRESETS: dict[tuple[str, str], Preset] = {
             "mae",
             "base_2d",
             "vit_base_patch16_224",
+            backbone_overrides={"pos_embed": "sincos"},
             decoder_embed_dim=512,
             decoder_num_heads=16,
             decoder_depth=8,
@@ -239,7 +250,8 @@ def build_model(
         mask_ratio: override of the preset's ratio.
         norm_pix_loss: override for MAE (Hi-End-MAE always normalises targets).
         encoder: an existing encoder to wrap instead of a new one.
-        **encoder_overrides: architecture kwargs for the new encoder (e.g. ``drop_path_rate``).
+        **encoder_overrides: architecture kwargs for the new encoder (e.g. ``drop_path_rate``, or
+            ``pos_embed="learn"`` for a learned position table instead of the presets' fixed sin-cos one).
 
     Returns:
         :class:`~medvit.pretrain.hi_end_mae.HiEndMAE` or :class:`~medvit.pretrain.mae.MAE`.

@@ -112,16 +112,30 @@ def convert(
         # The app owns the heads, so its importer writes the file (the backbone layer does not import apps).
         if err.source_format != "vit-fiqa":
             raise
-        if overrides:
+        # Weights give every shape but the head count, so num_heads is the one override that applies.
+        if set(overrides) - {"num_heads"}:
             raise ConfigError(
-                f"{file}: --set does not apply to a ViT-FIQA checkpoint (its weights give the shapes)"
+                f"{file}: only --set num_heads=N applies to a ViT-FIQA checkpoint (its weights give every other "
+                f"shape); got {', '.join(sorted(set(overrides) - {'num_heads'}))}"
             ) from None
+        heads = overrides.get("num_heads")
+        if heads is not None and (not isinstance(heads, int) or isinstance(heads, bool) or heads < 1):
+            raise ConfigError(f"--set num_heads={heads!r}: expected a positive integer") from None
         from medvit.apps.fiqa.api import convert as convert_fiqa
+        from medvit.apps.fiqa.model import checkpoint_config
 
-        side = convert_fiqa(file, out, overwrite=overwrite, state_dict=err.state_dict)
+        side = convert_fiqa(
+            file,
+            out,
+            overwrite=overwrite,
+            state_dict=err.state_dict,
+            num_heads=heads,
+            config=checkpoint_config(file, err.info),
+        )
         kw = side["backbone_kwargs"]
         typer.echo(
-            f"wrote {out} (ViT-FIQA, head {side['head']}, width {kw['embed_dim']}, depth {kw['depth']}); "
+            f"wrote {out} (ViT-FIQA, head {side['head']}, width {kw['embed_dim']}, depth {kw['depth']}, "
+            f"num_heads={kw['num_heads']} ({side['num_heads_source']})); "
             f"score with `medvit fiqa score DIR --weights {out}`"
         )
         return

@@ -196,6 +196,24 @@ def test_presets_resolve(full_name: str) -> None:
         assert model.encoder.patch_embed.img_size == preset.crop_size
 
 
+@pytest.mark.parametrize("name", ["tiny_2d", "small_2d", "base_2d"])
+def test_2d_presets_pretrain_with_mae_fixed_sincos_position_table(name: str) -> None:
+    """MAE (models_mae.py) and the thorax recipe freeze a 2D sin-cos table with a zero cls slot; learned on request."""
+    from medvit.shared.backbone.pos_embed import sincos_pos_embed_2d
+
+    preset = get_preset("mae", name)
+    enc = build_model(preset, depth=1).encoder  # depth 1: same position table, cheap
+    assert enc.pos_embed_type == "sincos" and not enc.pos_embed.requires_grad
+    grid = enc.patch_embed.grid_size
+    table = enc.pos_embed.detach()[0]
+    assert table.shape == (1 + grid[0] * grid[1], enc.embed_dim)
+    assert not table[0].any()  # the cls slot is zero, as in MAE
+    torch.testing.assert_close(table[1:], sincos_pos_embed_2d(enc.embed_dim, grid))
+    assert "pos_embed" not in {n for n, p in enc.named_parameters() if p.requires_grad}
+    learned = build_model(preset, depth=1, pos_embed="learn").encoder
+    assert learned.pos_embed_type == "learn" and learned.pos_embed.requires_grad
+
+
 def test_unknown_preset_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="choose one of"):
         get_preset("hi-end-mae", "huge")

@@ -46,7 +46,7 @@ from medvit.apps.ct_seg.data import (
     load_dataset,
     make_splits,
 )
-from medvit.apps.ct_seg.model import UNETR, build_encoder_from_checkpoint
+from medvit.apps.ct_seg.model import UNETR, build_encoder_from_checkpoint, official_downstream_encoder
 from medvit.shared.data.io import NIFTI_SUFFIXES, ImageMeta
 from medvit.shared.errors import ConfigError, DataError, MedvitError, WeightsError
 from medvit.shared.schema import (
@@ -108,7 +108,7 @@ def build_model(cfg: CTSegConfig, num_classes: int) -> tuple[UNETR, dict[str, An
 
     m = cfg.model
     dec = {"taps": m.taps, "feature_size": m.feature_size, "res_block": m.res_block}
-    over = {**m.backbone_overrides, "drop_path_rate": m.drop_path_rate}
+    over = {**m.backbone_overrides, "drop_path_rate": m.drop_path}
     meta: dict[str, Any] = {}
     if m.weights is None:
         model = UNETR.from_registry(m.backbone, num_classes, backbone_overrides=over, **dec)
@@ -117,14 +117,14 @@ def build_model(cfg: CTSegConfig, num_classes: int) -> tuple[UNETR, dict[str, An
         side = read_sidecar(path) if path.suffix == ".safetensors" else None
         if side is not None and side.get("format") == "medvit":
             # The export fixes the architecture; only regularisation is ours to set.
-            model = UNETR.from_export(path, num_classes, backbone_overrides={"drop_path_rate": m.drop_path_rate}, **dec)
+            model = UNETR.from_export(path, num_classes, backbone_overrides={"drop_path_rate": m.drop_path}, **dec)
             meta = dict(side)
         elif side is not None and side.get("format") == MODEL_FORMAT:
             model, meta = _from_ct_seg_weights(path, side, num_classes)
         else:
             sd, info = read_checkpoint(path)
             fmt = detect_format(sd, info)
-            foreign = {"drop_path_rate": m.drop_path_rate}
+            foreign = {"drop_path_rate": m.drop_path}
             if m.checkpoint_img_size is not None:
                 foreign["img_size"] = list(m.checkpoint_img_size)
             kw = {"num_heads": m.num_heads, "backbone_overrides": foreign}
@@ -144,6 +144,12 @@ def build_model(cfg: CTSegConfig, num_classes: int) -> tuple[UNETR, dict[str, An
             logger.info("weights %s: %s", path.name, report.summary())
     if model.spatial_dims != 3:
         raise ConfigError(f"model: ct-seg needs a 3D encoder, got a {model.spatial_dims}D one")
+    if m.official_downstream:
+        try:
+            model.encoder = official_downstream_encoder(model.encoder)
+        except ValueError as err:
+            raise ConfigError(f"model.{err}") from None
+        logger.info("encoder built as Hi-End-MAE's official downstream network (no cls token, eps 1e-5, learned PE)")
     return model, meta
 
 
@@ -1270,7 +1276,11 @@ def evaluate(
             if not affines_match(np.asarray(ref_meta.affine), np.asarray(pred_meta.affine)):
                 raise DataError(f"case {cid}: prediction and reference differ in affine (not the same voxel grid)")
             present = sorted(set(ref_vals.tolist()) | set(pred_vals.tolist()) | set(declared or {}))
-            scores = score_case(pred, ref, [v for v in present if v != 0], ref_meta.spacing, hd95=hd95)
+            if not ref_meta.spacing and hd95:
+                # The reader already warned that the header's spacing is unknown: distances are in voxels.
+                logger.warning("case %s: voxel spacing unknown; HD95 is in voxels, not mm", cid)
+            spacing = ref_meta.spacing or None
+            scores = score_case(pred, ref, [v for v in present if v != 0], spacing, hd95=hd95)
             for s in scores:
                 seen.add(s.label)
                 rows.append({"case": cid, **s.__dict__})

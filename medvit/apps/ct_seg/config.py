@@ -5,9 +5,10 @@ Presets live in ``presets/*.yaml`` beside this module:
 =======  ====================================================================================================
 preset   what
 =======  ====================================================================================================
-paper    Hi-End-MAE's downstream recipe (pretraining.md section 2.7): ViT 1536/12/16 with 12^3 patches,
-         UNETR feature size 32, 96^3 crops, 1.5 mm, HU [-175, 250], DiceCE, AdamW lr 1e-4 wd 1e-5, 4 crops per
-         volume, sliding window overlap 0.5
+paper    Hi-End-MAE's downstream recipe (FengheTan9/Hi-End-MAE ``downstream/``): ViT 1536/12/16 with 12^3
+         patches built as the official downstream network (``official_downstream``: no cls token, LayerNorm eps
+         1e-5, learned position table, no drop path), UNETR feature size 32, 96^3 crops, 1.5 mm, HU [-175, 250],
+         DiceCE, AdamW lr 1e-4 wd 1e-5, 4 crops per volume, sliding window overlap 0.5
 base     MONAI UNETR size: ViT-B/16 3D (768/12/12), feature size 16, otherwise as ``paper``
 small    ViT-S/16 3D (384/12/6), feature size 16: fits a 12 GB GPU
 tiny     CPU preset for tests and the demo: the 96-wide, 4-block, patch-16 encoder of ``pretrain --preset
@@ -61,7 +62,12 @@ class ModelCfg:
         taps: 0-based encoder blocks feeding the decoder (default: 4 evenly spaced, the last block included).
         feature_size: channels of the full-resolution decoder level.
         res_block: residual conv blocks in the decoder.
-        drop_path_rate: stochastic depth of the encoder.
+        drop_path_rate: stochastic depth of the encoder; ``null``: 0.1, or 0 with ``official_downstream``.
+        official_downstream: build the encoder as Hi-End-MAE's official downstream network does (its
+            ``downstream/factory.py`` puts the weights into a MONAI ViT): the cls token dropped from the sequence,
+            LayerNorm eps 1e-5 instead of 1e-6, a learnable position table (initialised from the checkpoint's) instead
+            of a fixed one, and no drop path unless ``drop_path_rate`` is set. Off: the encoder stays as it was
+            pretrained. On in the ``paper`` preset, so that reproducing the paper's numbers uses the paper's network.
     """
 
     backbone: str = "vit_base_patch16_3d"
@@ -72,7 +78,8 @@ class ModelCfg:
     taps: tuple[int, ...] | None = None
     feature_size: int = 16
     res_block: bool = True
-    drop_path_rate: float = 0.1
+    drop_path_rate: float | None = None
+    official_downstream: bool = False
 
     def __post_init__(self) -> None:
         from medvit.shared.schema import SchemaError, check_arch_kwargs
@@ -83,8 +90,15 @@ class ModelCfg:
             raise ValueError(f"model.backbone_overrides: {err}") from None
         if self.feature_size < 1:
             raise ValueError(f"model.feature_size must be >= 1, got {self.feature_size}")
-        if not 0.0 <= self.drop_path_rate < 1.0:
+        if self.drop_path_rate is not None and not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"model.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+    @property
+    def drop_path(self) -> float:
+        """``drop_path_rate``, or its default: 0.1, and 0 for the official downstream network (it has none)."""
+        if self.drop_path_rate is not None:
+            return self.drop_path_rate
+        return 0.0 if self.official_downstream else 0.1
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,8 +24,22 @@ Blocks after the deepest tap would get no gradient, so the encoder is pruned to 
 Default taps: :func:`~medvit.shared.backbone.features.evenly_spaced_taps` ``(depth, 4)`` = (2, 5, 8, 11)
 for 12 blocks, i.e. blocks 3/6/9/12 (1-based) as in the UNETR paper. MONAI's code uses
 ``hidden_states_out[3], [6], [9]`` + final (= our ``(3, 6, 9, 11)``, Project-MONAI/MONAI#4520); so does
-Hi-End-MAE's downstream UNETR, and so do :meth:`UNETR.from_monai_unetr` and :meth:`UNETR.from_hi_end_mae`
-by default, which then reproduce those networks exactly.
+Hi-End-MAE's downstream UNETR, and so do :meth:`UNETR.from_monai_unetr` and :meth:`UNETR.from_hi_end_mae` by
+default. :meth:`UNETR.from_monai_unetr` then reproduces MONAI's UNETR exactly.
+
+Hi-End-MAE's downstream network (FengheTan9/Hi-End-MAE ``downstream/``, the network behind the paper's
+segmentation numbers) is not reproduced exactly by :meth:`UNETR.from_hi_end_mae` alone: its ``factory.py`` loads
+the pretrained encoder into a MONAI ``ViT``, which (1) has no cls token, so the pretrained one is dropped and the
+sequence holds patch tokens only; (2) uses LayerNorm eps 1e-5 where pretraining used 1e-6; (3) trains the position
+embedding (copied from the fixed sin-cos table, then learnable); and (4) has no stochastic depth. medvit by
+default keeps the encoder as it was pretrained (cls token, eps 1e-6, fixed table: the network the weights were
+trained as) and uses drop path 0.1; :func:`official_downstream_encoder` makes (1)-(3) the official way and ct-seg's
+``model.official_downstream`` switch (on in the ``paper`` preset) does that and turns (4) off; with the same
+weights the two are different networks (their tap outputs differ). Differences that remain by choice: the last
+decoder stage is a transposed convolution, where the official one is a trilinear ``Upsample`` to a fixed 96^3 that
+ties the network to 96^3 crops (this decoder runs on any crop the patch divides); the patch embedding is a
+``Conv3d``, which gives the same values as the official perceptron ``Linear`` on flattened 1-channel patches. The
+training recipe's differences are listed in ``presets/paper.yaml``.
 
 Channels: level ``k < n`` has ``feature_size * 2**k`` channels (MONAI: 16, 32, 64, 128); the bottom has the
 ViT width. Module names are MONAI UNETR's (``encoder1..n``, ``decoder2..n+1``, ``out``), so a MONAI UNETR
@@ -63,7 +77,18 @@ from medvit.shared.errors import WeightsError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["UNETR", "ProjUpBlock", "build_encoder_from_checkpoint", "stage_factors", "upstream_taps"]
+__all__ = [
+    "OFFICIAL_DOWNSTREAM_NORM_EPS",
+    "UNETR",
+    "ProjUpBlock",
+    "build_encoder_from_checkpoint",
+    "official_downstream_encoder",
+    "stage_factors",
+    "upstream_taps",
+]
+
+#: LayerNorm eps of Hi-End-MAE's downstream encoder (a MONAI ``ViT``: PyTorch's default), vs 1e-6 in pretraining.
+OFFICIAL_DOWNSTREAM_NORM_EPS = 1e-5
 
 # Keys of a MONAI UNETR outside its ViT: the decoder this module reproduces.
 _MONAI_DECODER_PREFIXES = ("encoder1.", "encoder2.", "encoder3.", "encoder4.", "decoder", "out.")
@@ -356,6 +381,7 @@ class UNETR(nn.Module):
         num_heads: int | None = None,
         backbone_overrides: Mapping[str, Any] | None = None,
         taps: Sequence[int] | None = None,
+        official_downstream: bool = False,
         **kwargs: Any,
     ) -> UNETR:
         """Encoder from the official Hi-End-MAE checkpoint (``{'state_dict': {'module.encoder.*', ...}}``).
@@ -364,10 +390,16 @@ class UNETR(nn.Module):
         ``encoder_pos_embed`` (copied as a fixed sin-cos table, no cls slot). Dropped: the MAE decoder,
         ``decoder_pos_embed``, ``encoder_to_decoder.*``, ``mask_token``. The UNETR decoder starts random, as in
         the official fine-tuning. Taps default to the official downstream ones (3, 6, 9, 11) for 12 blocks.
+
+        The encoder stays as it was pretrained (cls token, LayerNorm eps 1e-6, fixed position table); the official
+        downstream network differs from it in four ways (module docstring): pass ``official_downstream=True`` for
+        (1)-(3) and ``backbone_overrides={"drop_path_rate": 0.0}`` for (4).
         """
         enc, report = build_encoder_from_checkpoint(
             source, source_format="hi-end-mae", num_heads=num_heads, overrides=backbone_overrides
         )
+        if official_downstream:
+            enc = official_downstream_encoder(enc)
         depth = len(enc.blocks)
         model = cls(enc, num_classes, taps=taps if taps is not None else upstream_taps(depth), **kwargs)
         model.load_report = report  # type: ignore[attr-defined]
@@ -456,6 +488,47 @@ class UNETR(nn.Module):
         )
         model.load_report = report  # type: ignore[attr-defined]
         return model
+
+
+def official_downstream_encoder(encoder: VisionTransformer) -> VisionTransformer:
+    """The encoder as Hi-End-MAE's official downstream network holds the same weights.
+
+    FengheTan9/Hi-End-MAE ``downstream/factory.py`` (``load_hi_end_mae_10k``) copies the pretrained encoder into a
+    MONAI ``ViT`` (``downstream/models/UNETR``): no cls token (the pretrained one is dropped), LayerNorm eps 1e-5
+    (PyTorch's default; pretraining used 1e-6), and the position table becomes a trainable parameter initialised
+    with the pretrained values. Drop path (the fourth difference: the official network has none) is an
+    architecture argument of the caller's, kept as it is here.
+
+    Args:
+        encoder: an encoder without prefix tokens other than the cls token (possibly pruned by :class:`UNETR`).
+
+    Returns:
+        A new encoder with ``class_token=False``, ``norm_eps=1e-5`` and a learned position table without prefix
+        slots; every other argument, the depth and every other tensor are ``encoder``'s.
+
+    Raises:
+        ValueError: the encoder has extra or register tokens (the official network has no prefix tokens at all).
+    """
+    if encoder.extra_token_names or encoder.num_reg_tokens:
+        raise ValueError(
+            "official_downstream: the official network has no prefix tokens; this encoder has "
+            f"{encoder.prefix_token_names()}"
+        )
+    kwargs = dict(encoder.arch_kwargs)
+    kwargs.update(class_token=False, norm_eps=OFFICIAL_DOWNSTREAM_NORM_EPS)
+    if kwargs.get("global_pool") == "token":
+        kwargs.update(global_pool="avg", fc_norm=False)  # nothing left to pool from; as for MONAI imports
+    if encoder.pos_embed is not None:
+        kwargs.update(pos_embed="learn", pos_embed_prefix=False)
+    new = VisionTransformer(**kwargs)
+    if len(new.blocks) > len(encoder.blocks):
+        new.prune_intermediate_layers([len(encoder.blocks) - 1])
+    sd = {k: v for k, v in encoder.state_dict().items() if k != "cls_token"}
+    if encoder.pos_embed is not None and encoder.pos_embed_prefix and encoder.num_prefix_tokens:
+        sd["pos_embed"] = sd["pos_embed"][:, encoder.num_prefix_tokens :]  # the cls slot goes with the cls token
+    new.load_state_dict(sd)
+    new.train(encoder.training)
+    return new
 
 
 def validate_taps(taps: Sequence[int], depth: int) -> tuple[int, ...]:

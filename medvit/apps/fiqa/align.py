@@ -19,6 +19,22 @@ Detectors, in the order ``--detector auto`` tries them:
   the base of the nose, not mouth corners: the mouth corners are placed by the template from a fit of the eyes
   and nose (approximate; prefer SCRFD or MTCNN).
 
+Detection confidence. Each detector reports candidates down to a low floor, and :class:`FaceAligner` keeps those
+scoring at least ``min_score`` (``fiqa score --min-face-score``; the rest are returned as rejected, and ``fiqa
+score`` logs them). Defaults per detector, from the scores seen on real photos that ship offline: scikit-image's
+``astronaut()`` at 0.25-1.5x, its other bundled photos, and a "group photo" tiling ``astronaut()`` at 0.5/0.75/1x
+under the 100 face crops of ``lfw_subset()`` upscaled to 80 px (``python benchmarks/face_detector_scores.py``):
+
+* ``dlib`` 0.3 (HOG SVM score; dlib's own threshold is 0). Faces: the astronaut 0.91-1.51 at 0.5-1.5x, alone and
+  in the group photo (at 0.25x her 22 px face is not found); 92 of the 100 LFW crops score >= 0 and 88 >= 0.3
+  (the 4 in between: 0.02-0.22). Non-faces: the round embroidered badge and the name tag on the astronaut's suit
+  0.12-0.22 (the "second face" of a portrait), nothing else above -0.11. 0.3 rejects every non-face seen; the
+  weakest LFW faces score inside the badge's range, where no threshold can separate them.
+* ``mtcnn`` 0.9 (face probability). Faces 0.918-1.0: at 0.9 all 100 LFW crops and the 9 other faces are kept
+  (0.95 would lose 2). Non-faces: a motorcycle wheel at 0.929 and 0.716; the first is inside the range of real
+  faces.
+* ``scrfd`` 0.5: insightface's own ``det_thresh`` default; not measured here (no SCRFD weights ship offline).
+
 All images are RGB uint8 ``[H, W, 3]``; boxes ``(x1, y1, x2, y2)`` and landmarks ``[5, 2]`` (x, y) are in pixels of
 the input image.
 """
@@ -27,6 +43,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import os
 import threading
 import warnings
@@ -45,6 +62,7 @@ __all__ = [
     "DETECTORS",
     "Face",
     "FaceAligner",
+    "Rejected",
     "align_face",
     "create_detector",
     "estimate_norm",
@@ -145,6 +163,10 @@ def align_face(img: np.ndarray, landmarks: np.ndarray, size: int = 112) -> tuple
 # ============================================================================= detectors
 class Detector(Protocol):
     name: str
+    #: ``--min-face-score`` default, chosen from scores seen on real photos (module docstring).
+    default_min_score: float
+    #: Range of the detector's scores: ``(0, 1)`` for probabilities, unbounded for dlib's SVM margin.
+    score_range: tuple[float, float]
 
     def detect(self, img: np.ndarray) -> list[tuple[np.ndarray, float, np.ndarray]]:
         """RGB image -> list of ``(box [4], score, landmarks [5, 2])``."""
@@ -188,18 +210,22 @@ class SCRFDDetector:
     Args:
         path: the ONNX file.
         det_size: detector input side (640 as insightface's ``FaceAnalysis``).
-        threshold: score threshold (0.5).
+        threshold: lowest score reported (insightface's ``det_thresh``); :class:`FaceAligner` applies the
+            ``--min-face-score`` above it, so that the candidates in between can be logged as rejected.
         providers: onnxruntime providers (default CPU).
     """
 
     name = "scrfd"
+    default_min_score = 0.5  # insightface's det_thresh default
+    report_floor = 0.25
+    score_range = (0.0, 1.0)
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
         det_size: int = 640,
-        threshold: float = 0.5,
+        threshold: float = report_floor,
         providers: list[str] | None = None,
     ) -> None:
         try:
@@ -228,11 +254,18 @@ class SCRFDDetector:
 
 
 class MTCNNDetector:
-    """facenet-pytorch MTCNN (weights in the wheel; landmarks already in ArcFace order)."""
+    """facenet-pytorch MTCNN (weights in the wheel; landmarks already in ArcFace order).
+
+    Args:
+        threshold: lowest face probability reported (MTCNN's own stage thresholds already stop most candidates).
+    """
 
     name = "mtcnn"
+    default_min_score = 0.9
+    report_floor = 0.0
+    score_range = (0.0, 1.0)
 
-    def __init__(self, threshold: float = 0.9) -> None:
+    def __init__(self, threshold: float = report_floor) -> None:
         try:
             from facenet_pytorch import MTCNN
         except ImportError as err:
@@ -281,15 +314,23 @@ def dlib_model_file(name: str) -> Path:
 
 
 class DlibDetector:
-    """dlib HOG detector + the 5-point shape predictor of ``face_recognition_models``."""
+    """dlib HOG detector + the 5-point shape predictor of ``face_recognition_models``.
+
+    Args:
+        threshold: lowest SVM score reported (dlib's ``adjust_threshold``; 0 is dlib's own detection threshold).
+    """
 
     name = "dlib"
+    default_min_score = 0.3
+    report_floor = 0.0
+    score_range = (-math.inf, math.inf)
 
-    def __init__(self) -> None:
+    def __init__(self, threshold: float = report_floor) -> None:
         dlib = import_dlib("the dlib detector")
         self.detector = dlib.get_frontal_face_detector()
         self.predictor = dlib.shape_predictor(str(dlib_model_file("shape_predictor_5_face_landmarks.dat")))
         self._dlib = dlib
+        self.threshold = float(threshold)
         # dlib's detector and predictor are not safe to call from several loader threads at once (segfaults
         # seen with 2 workers); detection is serialised, decoding and the forward pass still overlap with it.
         self._lock = threading.Lock()
@@ -297,7 +338,7 @@ class DlibDetector:
     def detect(self, img: np.ndarray) -> list[tuple[np.ndarray, float, np.ndarray]]:
         img = np.ascontiguousarray(img)
         with self._lock:
-            rects, scores, _ = self.detector.run(img, 1, 0.0)
+            rects, scores, _ = self.detector.run(img, 1, self.threshold)
             shapes = [self.predictor(img, rect) for rect in rects]
         out = []
         for rect, score, shape in zip(rects, scores, shapes, strict=True):
@@ -314,22 +355,30 @@ class DlibDetector:
         return out
 
 
-def create_detector(kind: str = "auto", models: str | os.PathLike[str] | None = None) -> Detector:
+def create_detector(
+    kind: str = "auto", models: str | os.PathLike[str] | None = None, *, min_score: float | None = None
+) -> Detector:
     """The face detector to use.
 
     Args:
         kind: ``auto`` (SCRFD from ``models`` if present, else MTCNN, else dlib), ``scrfd``, ``mtcnn``, ``dlib``.
         models: insightface model folder or ONNX file (default ``$INSIGHTFACE_HOME`` / ``~/.insightface/models``).
+        min_score: the confidence the caller will require; the detector then reports candidates down to
+            ``min(its floor, min_score)``.
 
     Raises:
         ConfigError: no usable detector (the message says what to install or where to put a model).
     """
     if kind not in DETECTORS:
         raise ConfigError(f"unknown detector {kind!r}; choose one of {', '.join(DETECTORS)}")
+
+    def floor(cls: Any) -> float:
+        return cls.report_floor if min_score is None else min(cls.report_floor, float(min_score))
+
     if kind in ("auto", "scrfd"):
         path = find_scrfd(models)
         if path is not None:
-            return SCRFDDetector(path)
+            return SCRFDDetector(path, threshold=floor(SCRFDDetector))
         if kind == "scrfd":
             from medvit.shared.paths import insightface_models_dir
 
@@ -337,7 +386,7 @@ def create_detector(kind: str = "auto", models: str | os.PathLike[str] | None = 
     for name, cls in (("mtcnn", MTCNNDetector), ("dlib", DlibDetector)):
         if kind in ("auto", name):
             try:
-                return cls()
+                return cls(threshold=floor(cls))
             except ConfigError:
                 if kind == name:
                     raise
@@ -370,36 +419,79 @@ class Face:
         return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
 
 
+@dataclass
+class Rejected:
+    """A detection below the confidence threshold (not aligned, not scored).
+
+    Attributes:
+        box: ``(x1, y1, x2, y2)`` in input pixels.
+        score: detector confidence.
+    """
+
+    box: np.ndarray
+    score: float
+
+
 class FaceAligner:
-    """Detect faces and align them to the 112x112 template.
+    """Detect faces, keep the confident ones and align them to the 112x112 template.
 
     Args:
         detector: any object with ``detect(rgb) -> [(box, score, landmarks)]``.
         size: crop side (112).
+        min_score: detections scoring below it are rejected; None: the detector's ``default_min_score`` (0 for a
+            detector without one).
+
+    Raises:
+        ConfigError: ``min_score`` outside the detector's score range (probabilities: [0, 1]).
     """
 
-    def __init__(self, detector: Detector, size: int = 112) -> None:
+    def __init__(self, detector: Detector, size: int = 112, *, min_score: float | None = None) -> None:
         self.detector = detector
         self.size = size
+        self.min_score = float(getattr(detector, "default_min_score", 0.0) if min_score is None else min_score)
+        lo, hi = getattr(detector, "score_range", (-math.inf, math.inf))
+        if not lo <= self.min_score <= hi:
+            raise ConfigError(
+                f"--min-face-score {self.min_score:g}: the {getattr(detector, 'name', 'face')} detector's scores lie "
+                f"in [{lo:g}, {hi:g}]"
+            )
+
+    @property
+    def detector_name(self) -> str:
+        return str(getattr(self.detector, "name", type(self.detector).__name__))
 
     @classmethod
-    def create(cls, kind: str = "auto", models: str | os.PathLike[str] | None = None) -> FaceAligner:
-        return cls(create_detector(kind, models))
+    def create(
+        cls, kind: str = "auto", models: str | os.PathLike[str] | None = None, *, min_score: float | None = None
+    ) -> FaceAligner:
+        """Detector by name (:func:`create_detector`) with the confidence threshold ``min_score``."""
+        return cls(create_detector(kind, models, min_score=min_score), min_score=min_score)
 
-    def detect_align(self, img: np.ndarray, *, all_faces: bool = False) -> list[Face]:
-        """Faces of ``img`` (RGB uint8), largest first; only the largest unless ``all_faces``.
+    def detect_faces(self, img: np.ndarray, *, all_faces: bool = False) -> tuple[list[Face], list[Rejected]]:
+        """Confident faces of ``img`` (RGB uint8), largest first, and the detections rejected below ``min_score``.
+
+        Only the largest confident face unless ``all_faces``: a low-confidence detection is never chosen over it.
 
         Raises:
             DataError: not an RGB image.
         """
         if img.ndim != 3 or img.shape[2] != 3:
             raise DataError(f"expected an RGB image [H, W, 3], got shape {img.shape}")
-        faces = []
+        faces, rejected = [], []
         for box, score, lm in self.detector.detect(img):
+            box = np.asarray(box, dtype=np.float64)
+            if score is not None and float(score) < self.min_score:
+                rejected.append(Rejected(box, float(score)))
+                continue
             crop, m = align_face(img, lm, self.size)
-            faces.append(Face(crop, np.asarray(box, dtype=np.float64), np.asarray(lm, dtype=np.float64), score, m))
+            faces.append(Face(crop, box, np.asarray(lm, dtype=np.float64), score, m))
         faces.sort(key=lambda f: -f.area)
-        return faces if all_faces else faces[:1]
+        rejected.sort(key=lambda r: -r.score)
+        return (faces if all_faces else faces[:1]), rejected
+
+    def detect_align(self, img: np.ndarray, *, all_faces: bool = False) -> list[Face]:
+        """The faces of :meth:`detect_faces` (the rejected detections are dropped)."""
+        return self.detect_faces(img, all_faces=all_faces)[0]
 
 
 def given_crop(img: np.ndarray, size: int = 112) -> Face:

@@ -54,19 +54,25 @@ NO_WEIGHTS_HINT = (
     "ViT-FIQA checkpoint with `medvit fiqa convert model.pt --out vit_fiqa.safetensors` (the ViT-FIQA converter "
     "behind `medvit weights convert`) and pass --weights vit_fiqa.safetensors"
 )
+_LANDMARK_COLUMNS = tuple(
+    f"{p}_{c}" for p in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right") for c in ("x", "y")
+)
 SCORE_COLUMNS = (
     "path",
     "face",
     "status",
     "quality",
     "det_score",
+    "detector",
     "x1",
     "y1",
     "x2",
     "y2",
-    *(f"{p}_{c}" for p in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right") for c in ("x", "y")),
+    *_LANDMARK_COLUMNS,
     "message",
 )
+#: ``detector`` of the rows of ``--aligned`` inputs (no detection ran).
+ALIGNED_INPUT = "aligned"
 _PARTIAL_FC_AUTO_FLOATS = 2**28
 
 
@@ -105,7 +111,7 @@ def load_scoring_model(weights: str | os.PathLike[str] | None) -> tuple[Any, dic
     Raises:
         WeightsError: nothing found or unreadable (the message says how to get weights).
     """
-    from medvit.apps.fiqa.model import FIQA_FORMAT, load_fiqa, model_from_official, read_foreign_state_dict
+    from medvit.apps.fiqa.model import FIQA_FORMAT, load_fiqa, model_from_official, read_foreign_checkpoint
     from medvit.shared.paths import weights_dir
     from medvit.shared.schema import read_json_sidecar
 
@@ -140,10 +146,10 @@ def load_scoring_model(weights: str | os.PathLike[str] | None) -> tuple[Any, dic
             head = None
         if isinstance(head, dict) and head.get("format") == CKPT_FORMAT:
             return _model_from_training_checkpoint(p)
-    sd = read_foreign_state_dict(p)
+    sd, config = read_foreign_checkpoint(p)
     if "patch_embed.proj.weight" not in sd or "feature.0.weight" not in sd:
         raise WeightsError(f"{p}: neither a medvit FIQA model nor a ViT-FIQA checkpoint: {NO_WEIGHTS_HINT}")
-    model = model_from_official(sd)
+    model = model_from_official(sd, config=config)
     logger.info("converted the ViT-FIQA checkpoint %s in memory (head mode %s)", p, model.head)
     return model, {"source": str(p), "converted": True}
 
@@ -154,6 +160,8 @@ def convert(
     *,
     overwrite: bool = False,
     state_dict: Mapping[str, torch.Tensor] | None = None,
+    num_heads: int | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Import an official ViT-FIQA checkpoint (``backbones/vit_qs.py`` keys, ``module.`` prefixes) into our format.
 
@@ -162,19 +170,29 @@ def convert(
         out: output ``.safetensors`` (a ``.json`` sidecar is written beside it).
         overwrite: replace an existing output.
         state_dict: ``src`` already read (``module.`` prefixes removed), e.g. by ``medvit weights convert``.
+        num_heads: attention heads, which weights do not record (see
+            :func:`~medvit.apps.fiqa.model.resolve_num_heads`); None: the checkpoint's config, else the published
+            architecture of that shape, else refused.
+        config: settings carried by ``src`` (``checkpoint_config``); None: read from ``src`` and the JSON beside it.
 
     Returns:
-        The written sidecar.
+        The written sidecar (``num_heads_source`` says where the head count came from).
     """
-    from medvit.apps.fiqa.model import model_from_official, read_foreign_state_dict, save_fiqa
+    from medvit.apps.fiqa.model import checkpoint_config, model_from_official, read_foreign_checkpoint, save_fiqa
 
     out = Path(out)
     if out.suffix != ".safetensors":
         raise WeightsError(f"{out}: the output must end in .safetensors")
     if out.exists() and not overwrite:
         raise WeightsError(f"{out} exists; pass --overwrite to replace it")
-    model = model_from_official(state_dict if state_dict is not None else read_foreign_state_dict(src))
-    save_fiqa(model, out, metadata={"source": "vit-fiqa", "converted_from": Path(src).name})
+    if state_dict is None:
+        state_dict, found = read_foreign_checkpoint(src)
+        config = found if config is None else config
+    elif config is None:
+        config = checkpoint_config(src)
+    model = model_from_official(state_dict, num_heads=num_heads, config=config)
+    meta = {"source": "vit-fiqa", "converted_from": Path(src).name, "num_heads_source": model.num_heads_source}
+    save_fiqa(model, out, metadata=meta)
     return json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
 
 
@@ -264,7 +282,8 @@ def _init_weights(model: Any, path: Path) -> None:
 
         sd = load_file(str(p))
     else:
-        sd, _ = convert_official_state_dict(read_foreign_state_dict(p))
+        # The model being trained fixes the head count; the checkpoint only has to fit its shapes.
+        sd, _ = convert_official_state_dict(read_foreign_state_dict(p), num_heads=model.backbone.num_heads)
     info = load_state_into(
         model, sd, expected_missing=["head_qs.*", "mask_token", "backbone.quality_token"], source=str(p)
     )
@@ -421,18 +440,31 @@ class _ScoreJob:
         self.all_faces = all_faces
         self.batch_size = batch_size
         self.device = device
+        self.detector = ALIGNED_INPUT if aligner is None else aligner.detector_name
 
     def outputs_for(self, item: Path) -> list[Path]:
         return []  # results live in the manifest columns; scores.csv is assembled at the end
 
-    def load(self, item: Path) -> list[Any]:
+    def load(self, item: Path) -> tuple[list[Any], list[Any]]:
+        """(faces to score, detections rejected below ``--min-face-score``)."""
         from medvit.apps.fiqa.align import given_crop
         from medvit.apps.fiqa.data import read_face_file
 
         img = read_face_file(item)
         if self.aligner is None:
-            return [given_crop(img)]
-        return self.aligner.detect_align(img, all_faces=self.all_faces)
+            return [given_crop(img)], []
+        faces, rejected = self.aligner.detect_faces(img, all_faces=self.all_faces)
+        for r in rejected:
+            # Logged, not scored: a low-confidence detection is often not a face (a round badge, a wheel).
+            logger.info(
+                "%s: rejected a %s detection with score %.3f < --min-face-score %g at box (%d, %d, %d, %d)",
+                item,
+                self.detector,
+                r.score,
+                self.aligner.min_score,
+                *(round(float(v)) for v in r.box),
+            )
+        return faces, rejected
 
     def qualities(self, crops: list[np.ndarray]) -> np.ndarray:
         import torch
@@ -457,11 +489,11 @@ class _ScoreJob:
     def process_batch(
         self, items: list[Path], loaded: list[Any], tmp_outputs: list[list[Path]]
     ) -> list[Mapping[str, Any] | None]:
-        crops = [f.crop for faces in loaded for f in faces]
+        crops = [f.crop for faces, _ in loaded for f in faces]
         q = self.qualities(crops) if crops else np.zeros(0)
         results: list[Mapping[str, Any] | None] = []
         k = 0
-        for faces in loaded:
+        for faces, rejected in loaded:
             recs = []
             for f in faces:
                 recs.append(
@@ -473,32 +505,49 @@ class _ScoreJob:
                     }
                 )
                 k += 1
-            results.append({"faces": len(faces), "faces_json": json.dumps(recs, separators=(",", ":"))})
+            results.append(
+                {
+                    "faces": len(faces),
+                    "faces_json": json.dumps(recs, separators=(",", ":")),
+                    "detector": self.detector,
+                    "rejected_scores": " ".join(f"{r.score:.3f}" for r in rejected),
+                }
+            )
         return results
 
 
-def _score_rows(manifest: Path) -> list[dict[str, Any]]:
+def _score_rows(manifest: Path, detector: str) -> list[dict[str, Any]]:
+    """``scores.csv`` rows from the manifest; ``detector`` names the detector of rows the manifest has none for."""
     rows: list[dict[str, Any]] = []
     with open(manifest, newline="", encoding="utf-8") as fh:
         for r in csv.DictReader(fh):
             path = r.get("input", "")
             status = r.get("status", "")
+            det = r.get("detector") or detector  # the run that scored the item (a resumed run may differ)
             if status == "error":
-                rows.append({"path": path, "face": "", "status": "error", "message": r.get("message", "")})
+                rows.append(
+                    {"path": path, "face": "", "status": "error", "detector": det, "message": r.get("message", "")}
+                )
                 continue
             try:
                 faces = json.loads(r.get("faces_json") or "[]")
             except json.JSONDecodeError:
-                rows.append({"path": path, "face": "", "status": "error", "message": "unreadable manifest entry"})
+                bad = "unreadable manifest entry"
+                rows.append({"path": path, "face": "", "status": "error", "detector": det, "message": bad})
                 continue
             if not faces:
-                rows.append({"path": path, "face": "", "status": "no_face", "message": "no face found"})
+                rejected = (r.get("rejected_scores") or "").split()
+                message = "no face found"
+                if rejected:
+                    message += f" ({len(rejected)} detection(s) below --min-face-score, scores {', '.join(rejected)})"
+                rows.append({"path": path, "face": "", "status": "no_face", "detector": det, "message": message})
                 continue
             for i, f in enumerate(faces):
                 row: dict[str, Any] = {"path": path, "face": i, "status": "ok", "quality": f["q"], "message": ""}
                 row["det_score"] = "" if f.get("det") is None else f["det"]
+                row["detector"] = det
                 row.update(zip(("x1", "y1", "x2", "y2"), f["box"], strict=True))
-                row.update(zip(SCORE_COLUMNS[9:19], f["lm"], strict=True))
+                row.update(zip(_LANDMARK_COLUMNS, f["lm"], strict=True))
                 rows.append(row)
     return rows
 
@@ -518,7 +567,7 @@ def _contact_faces(rows: list[dict[str, Any]], n: int) -> tuple[list, list]:
                 img = read_face_file(r["path"])
             except DataError:
                 continue
-            lm = np.array([float(r[c]) for c in SCORE_COLUMNS[9:19]]).reshape(5, 2)
+            lm = np.array([float(r[c]) for c in _LANDMARK_COLUMNS]).reshape(5, 2)
             crop, _ = align_face(img, lm)
             out.append((crop, float(r["quality"]), Path(r["path"]).name))
         return out
@@ -535,6 +584,7 @@ def score(
     all_faces: bool = False,
     models: str | os.PathLike[str] | None = None,
     detector: str = "auto",
+    min_face_score: float | None = None,
     batch_size: int = 64,
     workers: int = 2,
     threads: int | None = None,
@@ -553,6 +603,8 @@ def score(
         all_faces: score every detected face, not only the largest.
         models: insightface model folder (SCRFD detector).
         detector: ``auto``, ``scrfd``, ``mtcnn``, ``dlib``.
+        min_face_score: detections scoring below it are not scored, only logged; None: the detector's default
+            (:mod:`medvit.apps.fiqa.align`: scrfd 0.5, mtcnn 0.9, dlib 0.3).
         batch_size: faces per forward pass.
         workers: loader threads (decode + detect + align ahead of the forward pass).
         threads: torch intra-op threads (default: torch's).
@@ -580,7 +632,11 @@ def score(
     dev = resolve_device(device)
     model, info = load_scoring_model(weights)
     model = model.to(dev).eval()
-    aligner = None if aligned else FaceAligner.create(detector, models)
+    if aligned and min_face_score is not None:
+        raise ConfigError("--min-face-score applies to face detection; --aligned inputs are not detected")
+    aligner = None if aligned else FaceAligner.create(detector, models, min_score=min_face_score)
+    if aligner is not None:
+        logger.info("face detector %s, --min-face-score %g", aligner.detector_name, aligner.min_score)
     items = resolve_inputs(inp, IMAGE_EXTS)
     D.init_distributed(str(dev), required=False)  # RANK/WORLD_SIZE alone shard the inputs (a Slurm array)
     job = _ScoreJob(model, aligner=aligner, all_faces=all_faces, batch_size=batch_size, device=dev)
@@ -598,7 +654,7 @@ def score(
     hist = sheet = None
     rows: list[dict[str, Any]] = []
     if summary.final:  # the one process holding the folder's whole manifest
-        rows = _score_rows(summary.manifest_path)
+        rows = _score_rows(summary.manifest_path, job.detector)
         write_csv_atomic(scores_csv, rows, SCORE_COLUMNS)
         q = np.array([float(r["quality"]) for r in rows if r["status"] == "ok"])
         if q.size:

@@ -80,6 +80,12 @@ def score(
         None, "--models", help="insightface model folder with an SCRFD detector (default ~/.insightface/models)."
     ),
     detector: str = typer.Option("auto", "--detector", help="auto | scrfd | mtcnn | dlib."),
+    min_face_score: float | None = typer.Option(
+        None,
+        "--min-face-score",
+        help="Detections scoring below it are logged and not scored. Default per detector, from scores on real "
+        "photos: scrfd 0.5, mtcnn 0.9 (probabilities), dlib 0.3 (HOG SVM score; dlib's own threshold is 0).",
+    ),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Faces per forward pass."),
     workers: int = typer.Option(2, "--workers", min=0, help="Threads decoding/detecting/aligning ahead."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Torch compute threads."),
@@ -98,6 +104,7 @@ def score(
         all_faces=all_faces,
         models=models,
         detector=detector,
+        min_face_score=min_face_score,
         batch_size=batch_size,
         workers=workers,
         threads=threads,
@@ -158,14 +165,25 @@ def evaluate(
 def convert(
     checkpoint: Path = typer.Argument(..., help="Official ViT-FIQA checkpoint (backbones/vit_qs.py keys)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors (+ .json sidecar)."),
+    num_heads: int | None = typer.Option(
+        None,
+        "--num-heads",
+        min=1,
+        help="Attention heads of the checkpoint (weights do not record them). Default: the checkpoint's config "
+        "(CHECKPOINT.json beside it, or a config saved in it), else 8 for a published arcface_torch / ViT-FIQA "
+        "shape, else refused.",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
 ) -> None:
     """Import the official ViT-FIQA weights (token, full or crfiqa head) into medvit's format."""
     from medvit.apps.fiqa.api import convert as convert_api
 
-    side = convert_api(checkpoint, out, overwrite=overwrite)
+    side = convert_api(checkpoint, out, overwrite=overwrite, num_heads=num_heads)
     kw = side["backbone_kwargs"]
-    typer.echo(f"wrote {out}: head {side['head']}, width {kw['embed_dim']}, depth {kw['depth']}")
+    typer.echo(
+        f"wrote {out}: head {side['head']}, width {kw['embed_dim']}, depth {kw['depth']}, "
+        f"num_heads={kw['num_heads']} ({side['num_heads_source']})"
+    )
 
 
 @app.command("extract-bin")

@@ -54,12 +54,15 @@ __all__ = [
     "HeadMode",
     "ViTFIQA",
     "build_fiqa_model",
+    "checkpoint_config",
     "convert_official_state_dict",
     "load_fiqa",
     "load_state_into",
     "model_from_official",
     "preprocess_faces",
+    "read_foreign_checkpoint",
     "read_foreign_state_dict",
+    "resolve_num_heads",
     "save_fiqa",
 ]
 
@@ -69,7 +72,16 @@ FIQA_FORMAT_VERSION = 1
 BN_EPS = 2e-5  # arcface_torch / ViT-FIQA heads
 LN_EPS = 1e-5  # nn.LayerNorm default, used by the reference ViT
 INPUT_SIZE = 112
-_ARCFACE_VIT_HEADS = 8  # every arcface_torch / ViT-FIQA ViT (vit_t..vit_h, vit_s_qs, vit_b_qs) uses 8 heads
+# The published face ViTs (patch 9 on 112 px) by (width, depth, patch); every one has 8 attention heads:
+# insightface recognition/arcface_torch/backbones/__init__.py (vit_t, vit_s, vit_b, vit_l and their WebFace42M
+# variants) and ViT-FIQA's backbones/__init__.py (vit_s_qs, vit_b_qs).
+_PUBLISHED_FACE_VITS: dict[tuple[int, int, int], str] = {
+    (256, 12, 9): "arcface_torch vit_t",
+    (512, 12, 9): "arcface_torch vit_s / ViT-FIQA vit_s_qs",
+    (512, 24, 9): "arcface_torch vit_b / ViT-FIQA vit_b_qs",
+    (768, 24, 9): "arcface_torch vit_l",
+}
+_PUBLISHED_HEADS = 8
 
 
 def preprocess_faces(crops: torch.Tensor | np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
@@ -350,11 +362,115 @@ def read_foreign_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Ten
     return read_checkpoint(path)[0]
 
 
+def checkpoint_config(path: str | os.PathLike[str], info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Architecture settings that travel with a foreign checkpoint (where its head count can be read).
+
+    Two places, the second winning: a ``config`` / ``cfg`` / ``args`` entry saved inside the checkpoint (``info``
+    of :func:`~medvit.shared.backbone.weights.read_checkpoint`), and a JSON file beside it with the same stem
+    (``model.pt`` -> ``model.json``), e.g. ``{"num_heads": 12}``.
+
+    Raises:
+        WeightsError: the JSON file beside the checkpoint is not valid JSON (or not an object).
+    """
+    config: dict[str, Any] = dict((info or {}).get("config") or {})
+    side = Path(path).with_suffix(".json")
+    if side.is_file() and Path(path).suffix != ".json":
+        try:
+            extra = json.loads(side.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise WeightsError(f"{side}: not valid JSON ({err}); it is read as the checkpoint's config") from None
+        if not isinstance(extra, dict):
+            raise WeightsError(f'{side}: expected a JSON object such as {{"num_heads": 8}}')
+        config.update(extra)
+    return config
+
+
+def read_foreign_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """:func:`read_foreign_state_dict` plus :func:`checkpoint_config` of the same file, in one read."""
+    from medvit.shared.backbone.weights import read_checkpoint
+
+    sd, info = read_checkpoint(path)
+    return sd, checkpoint_config(path, info)
+
+
+def _config_heads(config: Mapping[str, Any]) -> int | None:
+    """``num_heads`` at the top of a config or inside its ``backbone_kwargs`` / ``kwargs`` / ``model`` entry."""
+    for scope in (config, *(config.get(k) for k in ("backbone_kwargs", "kwargs", "model"))):
+        if isinstance(scope, Mapping) and scope.get("num_heads") is not None:
+            value = scope["num_heads"]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise WeightsError(f"the checkpoint's config has num_heads={value!r}; expected an integer")
+            return value
+    return None
+
+
+def resolve_num_heads(
+    embed_dim: int,
+    depth: int,
+    patch: int,
+    *,
+    num_heads: int | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> tuple[int, str]:
+    """The attention head count of a foreign face ViT, and where it came from.
+
+    A state dict does not record it, and a wrong count loads without any error (the qkv weights fit every split of
+    the width) but gives wrong embeddings and quality scores. So, in this order: ``num_heads`` given by the caller;
+    ``num_heads`` in the checkpoint's config (:func:`checkpoint_config`); 8 when width, depth and patch are those of
+    a published arcface_torch / ViT-FIQA architecture (all of which use 8), logged as an assumption; otherwise the
+    checkpoint is refused.
+
+    Args:
+        embed_dim: width D.
+        depth: blocks.
+        patch: patch side.
+        num_heads: the caller's value (``--set num_heads=N``, ``medvit fiqa convert --num-heads N``), or None.
+        config: settings carried by the checkpoint, or None.
+
+    Returns:
+        ``(heads, source)``; ``source`` is ``"given"``, ``"checkpoint config"`` or ``"assumed: ..."``.
+
+    Raises:
+        WeightsError: the count cannot be known, or it does not divide the width.
+    """
+    from_config = _config_heads(config or {})
+    if num_heads is not None:
+        heads, source = int(num_heads), "given"
+        if from_config is not None and from_config != heads:
+            logger.warning("num_heads %d given; the checkpoint's config says %d: using %d", heads, from_config, heads)
+    elif from_config is not None:
+        heads, source = from_config, "checkpoint config"
+    elif (embed_dim, depth, patch) in _PUBLISHED_FACE_VITS:
+        heads = _PUBLISHED_HEADS
+        source = f"assumed: {_PUBLISHED_FACE_VITS[(embed_dim, depth, patch)]} has {heads}"
+        logger.warning(
+            "the checkpoint does not record its attention head count; width %d, depth %d, patch %d is %s, which has "
+            "%d heads: using %d. If it was trained with another count, give it (--set num_heads=N / --num-heads N): "
+            "a wrong count gives wrong embeddings and quality scores without any error",
+            embed_dim,
+            depth,
+            patch,
+            _PUBLISHED_FACE_VITS[(embed_dim, depth, patch)],
+            heads,
+            heads,
+        )
+    else:
+        raise WeightsError(
+            f"cannot tell the attention head count of this face ViT (width {embed_dim}, depth {depth}, patch "
+            f"{patch}): weights do not record it and no published arcface_torch / ViT-FIQA architecture has this "
+            "shape. Give it: `medvit weights convert FILE --set num_heads=N`, `medvit fiqa convert FILE --num-heads "
+            'N`, or a JSON file beside the checkpoint with the same stem holding {"num_heads": N}'
+        )
+    if heads < 1 or embed_dim % heads:
+        raise WeightsError(f"num_heads {heads} ({source}) does not divide the width {embed_dim}")
+    return heads, source
+
+
 _BACKBONE_PREFIXES = ("patch_embed.", "blocks.", "norm.")
 
 
 def convert_official_state_dict(
-    sd: Mapping[str, torch.Tensor], *, num_heads: int = _ARCFACE_VIT_HEADS
+    sd: Mapping[str, torch.Tensor], *, num_heads: int | None = None, config: Mapping[str, Any] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Rename an official ViT-FIQA (``backbones/vit_qs.py``) or arcface_torch ViT state dict to ours.
 
@@ -366,14 +482,16 @@ def convert_official_state_dict(
 
     Args:
         sd: the foreign state dict (``module.`` prefixes already removed).
-        num_heads: attention heads (not recorded in weights; 8 in every arcface_torch / ViT-FIQA ViT).
+        num_heads: attention heads (weights do not record them; see :func:`resolve_num_heads`).
+        config: settings carried by the checkpoint (:func:`checkpoint_config`), searched for ``num_heads``.
 
     Returns:
         (our state dict, a model description for :func:`build_from_description`-style rebuilding with keys
-        ``head``, ``mask_ratio``, ``backbone_kwargs``, ``has_quality_head``).
+        ``head``, ``mask_ratio``, ``backbone_kwargs``, ``has_quality_head``, ``num_heads_source``).
 
     Raises:
-        WeightsError: not this layout, the BatchNorm-ViT variant, or keys we have no place for.
+        WeightsError: not this layout, the BatchNorm-ViT variant, keys we have no place for, or a head count that
+            cannot be known (:func:`resolve_num_heads`).
     """
     keys = set(sd)
     if "patch_embed.proj.weight" not in keys or "feature.0.weight" not in keys:
@@ -411,6 +529,7 @@ def convert_official_state_dict(
             f"feature.0.weight takes {n_feat} inputs; a {patch}-px-patch ViT of width {d} on 112 px needs "
             f"{expected_feat}"
         )
+    heads, heads_source = resolve_num_heads(d, depth, patch, num_heads=num_heads, config=config)
     fc1 = sd.get("blocks.0.mlp.fc1.weight")
     backbone_kwargs = {
         "img_size": INPUT_SIZE,
@@ -418,7 +537,7 @@ def convert_official_state_dict(
         "in_chans": in_chans,
         "embed_dim": d,
         "depth": depth,
-        "num_heads": num_heads,
+        "num_heads": heads,
         "mlp_ratio": float(fc1.shape[0]) / d if fc1 is not None else 4.0,
         "qkv_bias": "blocks.0.attn.qkv.bias" in keys,
         "act": "relu6",
@@ -434,6 +553,7 @@ def convert_official_state_dict(
         "mask_ratio": 0.1 if "mask_token" in keys else 0.0,
         "backbone_kwargs": backbone_kwargs,
         "has_quality_head": "head_qs.1.weight" in keys,
+        "num_heads_source": heads_source,
     }
     return out, desc
 
@@ -473,17 +593,28 @@ def load_state_into(
     return {"missing": missing, "unexpected": unexpected}
 
 
-def model_from_official(sd: Mapping[str, torch.Tensor], *, require_quality_head: bool = True) -> ViTFIQA:
+def model_from_official(
+    sd: Mapping[str, torch.Tensor],
+    *,
+    require_quality_head: bool = True,
+    num_heads: int | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> ViTFIQA:
     """Build our model from an official ViT-FIQA / arcface_torch ViT state dict and load it (eval mode).
 
     Args:
         sd: foreign state dict.
         require_quality_head: refuse recognition-only checkpoints (no ``head_qs``), which cannot score quality.
+        num_heads: attention heads, if known (see :func:`resolve_num_heads`).
+        config: settings carried by the checkpoint (:func:`checkpoint_config`).
+
+    Returns:
+        The model; ``model.num_heads_source`` says where its head count came from.
 
     Raises:
         WeightsError: see :func:`convert_official_state_dict`, or no quality head when one is required.
     """
-    ours, desc = convert_official_state_dict(sd)
+    ours, desc = convert_official_state_dict(sd, num_heads=num_heads, config=config)
     if require_quality_head and not desc["has_quality_head"]:
         raise WeightsError(
             "this is a face-recognition ViT without a quality head (no head_qs.*); it cannot score quality. "
@@ -491,4 +622,5 @@ def model_from_official(sd: Mapping[str, torch.Tensor], *, require_quality_head:
         )
     model = _from_description(desc)
     load_state_into(model, ours, expected_missing=["head_qs.*"], source="ViT-FIQA checkpoint")
+    model.num_heads_source = desc["num_heads_source"]  # type: ignore[assignment]
     return model.eval()

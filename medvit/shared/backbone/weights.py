@@ -42,7 +42,7 @@ import re
 import struct
 import zipfile
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,12 +74,20 @@ class WholeModelCheckpointError(WeightsError):
         source_format: one of ``WHOLE_MODEL_FORMATS``.
         state_dict: the state dict already read from the file (None when the caller passed one in), so whoever
             hands the file to the app's importer does not read it a second time.
+        info: the reader's info dict of that file (``config``: settings stored beside the weights), or None.
     """
 
-    def __init__(self, message: str, source_format: str, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        source_format: str,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.source_format = source_format
         self.state_dict = state_dict
+        self.info = info
 
 
 @dataclass
@@ -321,14 +329,15 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 
     Returns:
         (state dict with wrappers and ``module.`` / ``_orig_mod.`` prefixes removed, info dict with
-        ``wrapper`` (``model`` / ``state_dict`` / None), ``sidecar`` and ``path``).
+        ``wrapper`` (``model`` / ``state_dict`` / None), ``sidecar``, ``path`` and ``config``: a plain dict or
+        ``argparse.Namespace`` stored at the top level as ``config``, ``cfg`` or ``args`` (as a dict), else None).
     """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weight file not found")
     if path.stat().st_size == 0:
         raise WeightsError(f"{path}: empty file")
-    info: dict[str, Any] = {"path": str(path), "wrapper": None, "sidecar": None}
+    info: dict[str, Any] = {"path": str(path), "wrapper": None, "sidecar": None, "config": None}
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -340,6 +349,12 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         info["sidecar"] = read_sidecar(path)
     else:
         obj = safe_torch_load(path)
+    if isinstance(obj, Mapping):
+        # Architecture settings a trainer saved beside the weights (the head count, which weights do not record).
+        cfg = next(
+            (obj[k] for k in ("config", "cfg", "args") if isinstance(obj.get(k), (Mapping, argparse.Namespace))), None
+        )
+        info["config"] = vars(cfg) if isinstance(cfg, argparse.Namespace) else (dict(cfg) if cfg is not None else None)
     # Wrappers may nest ({'model': {'backbone': ...}}); ``info['wrapper']`` is the outermost one.
     while isinstance(obj, Mapping):
         wrapper = next((w for w in _WRAPPERS if isinstance(obj.get(w), Mapping)), None)
@@ -483,13 +498,17 @@ _CONVERTERS = {
 
 
 def _whole_model_error(
-    where: str, source_format: str, state_dict: dict[str, torch.Tensor] | None = None
+    where: str,
+    source_format: str,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    info: dict[str, Any] | None = None,
 ) -> WholeModelCheckpointError:
     return WholeModelCheckpointError(
         f"{where} is a ViT-FIQA / arcface_torch face model (quality token and heads), not a bare backbone: import "
         "it with `medvit weights convert FILE --out F.safetensors` (or `medvit fiqa convert`), which keeps the heads",
         source_format,
         state_dict,
+        info,
     )
 
 
@@ -514,10 +533,23 @@ def convert_state_dict(
 
 
 # ============================================================================= architecture inference
-def infer_architecture(sd: Mapping[str, torch.Tensor], source_format: str) -> dict[str, Any]:
+def infer_architecture(
+    sd: Mapping[str, torch.Tensor], source_format: str, *, img_size: int | Sequence[int] | None = None
+) -> dict[str, Any]:
     """Guess ``VisionTransformer`` kwargs from a converted (medvit-key) state dict.
 
     The head count cannot be read from weights: standard widths use their usual count, others D/64.
+
+    Args:
+        sd: converted state dict (medvit/timm key names).
+        source_format: the format it came from (``monai`` sets LayerNorm eps 1e-5).
+        img_size: input size the checkpoint was trained on, when the caller knows it (``--set img_size=...``).
+            A learned position embedding of a square/cubic grid gives it; one of any other grid (a MONAI UNETR
+            trained on 96x96x64) does not, and then this is required.
+
+    Raises:
+        WeightsError: no patch embedding or blocks, or a position embedding that fits neither ``img_size`` nor a
+            square/cubic grid.
     """
     if "patch_embed.proj.weight" not in sd:
         raise WeightsError("cannot infer the architecture: no patch_embed.proj.weight")
@@ -544,7 +576,19 @@ def infer_architecture(sd: Mapping[str, torch.Tensor], source_format: str) -> di
         "reg_tokens": reg,
         "norm_eps": 1e-5 if source_format == "monai" else 1e-6,
     }
-    if "pos_embed" in sd:
+    if "pos_embed" in sd and img_size is not None:
+        n = int(sd["pos_embed"].shape[1])
+        size = [int(img_size)] * len(patch) if isinstance(img_size, int) else [int(s) for s in img_size]
+        if len(size) != len(patch):
+            raise WeightsError(f"img_size {size} has {len(size)} axes; the patch embedding is {len(patch)}D")
+        grid = math.prod(s // p for s, p in zip(size, patch, strict=True))
+        if n not in (grid, grid + n_prefix):
+            raise WeightsError(
+                f"pos_embed has {n} tokens; img_size {size} with patch {list(patch)} gives {grid} grid tokens"
+                + (f" (+{n_prefix} prefix)" if n_prefix else "")
+            )
+        kwargs.update(img_size=size, pos_embed_prefix=n_prefix > 0 and n == grid + n_prefix, pos_embed="learn")
+    elif "pos_embed" in sd:
         n = sd["pos_embed"].shape[1]
         nd = len(patch)
         for prefix_slots, with_prefix in ((n_prefix, True), (0, False)):
@@ -554,7 +598,10 @@ def infer_architecture(sd: Mapping[str, torch.Tensor], source_format: str) -> di
                 kwargs["pos_embed_prefix"] = with_prefix and n_prefix > 0
                 break
         else:
-            raise WeightsError(f"cannot infer a square/cubic grid from pos_embed of {n} tokens; give img_size")
+            raise WeightsError(
+                f"cannot infer a square/cubic grid from pos_embed of {n} tokens; give the input size the checkpoint "
+                "was trained on (e.g. --set img_size=[96,96,64])"
+            )
         kwargs["pos_embed"] = "learn"
     else:
         kwargs["pos_embed"] = "none"
@@ -855,7 +902,7 @@ def convert_checkpoint(
     sd, info = read_checkpoint(src)
     fmt = detect_format(sd, info) if source_format == "auto" else source_format
     if fmt in WHOLE_MODEL_FORMATS:
-        raise _whole_model_error(str(src), fmt, sd)
+        raise _whole_model_error(str(src), fmt, sd, info)
     if fmt == "medvit" and info.get("sidecar"):
         kwargs = dict(info["sidecar"]["kwargs"])
     else:
@@ -864,7 +911,8 @@ def convert_checkpoint(
         if fmt == "monai":
             probe_hints = _monai_hints(sd, arch_overrides or {})
         converted, _ = convert_state_dict(sd, fmt, probe_hints)
-        kwargs = infer_architecture(converted, fmt)
+        # The input size is an override the inference itself needs (a non-cubic grid does not give its shape).
+        kwargs = infer_architecture(converted, fmt, img_size=(arch_overrides or {}).get("img_size"))
     model = build_vit(kwargs, source=str(src), overrides=arch_overrides)
     report = load_pretrained(model, {**sd}, source_format=fmt)
     save_backbone(model, out, metadata={**dict(metadata or {}), "converted_from": Path(src).name}, source=fmt)

@@ -15,6 +15,10 @@ Conventions:
     * 2D images are indexed ``[H, W]`` or ``[H, W, C]`` with an explicit colour order (RGB or RGBA).
     * PHI: DICOM patient identifiers (names, IDs, dates, UIDs) never enter ``meta``, log lines or error messages.
       Error messages from pydicom are reduced to their exception type for the same reason.
+    * Spacing: a zero, negative or non-finite spacing in a header (DICOM ``PixelSpacing`` ``0.000\\0.000`` as some
+      CR files carry, a NIfTI ``pixdim``) means the header does not know it. ``meta.spacing`` is then empty
+      (unknown) and one warning names the file; no zero spacing is ever returned (resampling to mm divides by it).
+      Where an affine is still needed (a DICOM volume) it assumes 1 mm on those axes.
 
 References:
     * DICOM PS3.3 C.7.6.2 (Image Plane Module: ImagePositionPatient, ImageOrientationPatient, PixelSpacing).
@@ -27,6 +31,7 @@ import logging
 import math
 import os
 import struct
+import threading
 import warnings
 import zlib
 from collections.abc import Sequence
@@ -75,7 +80,8 @@ class ImageMeta:
         modality: ``"CT"``, ``"MR"``, ``"CR"``... from DICOM; ``"unknown"`` for NIfTI unless given; ``"image"`` or
             ``"video"`` for 2D files.
         affine: 4x4 float64 voxel-to-RAS matrix for volumes, ``None`` for 2D images.
-        spacing: Voxel or pixel size in mm per array axis (spatial axes only); empty when unknown.
+        spacing: Voxel or pixel size in mm per array axis (spatial axes only); empty when unknown (missing, or zero or
+            negative in the header). Never zero.
         orientation: Axis codes of the affine (``nibabel.aff2axcodes``), e.g. ``"RAS"`` or ``"LPS"``.
         extra: Small format-specific facts (never patient identifiers).
     """
@@ -97,6 +103,45 @@ class ImageMeta:
 
 def _fail(path: PathLike, problem: str) -> ReadError:
     return ReadError(f"{os.fspath(path)}: {problem}")
+
+
+def _valid_spacing(values: Sequence[float]) -> bool:
+    return len(values) > 0 and all(math.isfinite(float(v)) and float(v) > 0 for v in values)
+
+
+_WARNED_UNKNOWN_SPACING: set[str] = set()
+_WARNED_LOCK = threading.Lock()
+
+
+def _warn_unknown_spacing(path: PathLike, problem: str) -> None:
+    """Warn that ``path``'s spacing is unknown, once per file however often it is read (loader threads, epochs)."""
+    key = os.fspath(path)
+    with _WARNED_LOCK:
+        if key in _WARNED_UNKNOWN_SPACING:
+            return
+        _WARNED_UNKNOWN_SPACING.add(key)
+    logger.warning("%s: %s: voxel spacing unknown (meta.spacing is empty)", key, problem)
+
+
+def _format_values(values: Sequence[float]) -> str:
+    return "\\".join(f"{float(v):g}" for v in values)
+
+
+def _dicom_pixel_spacing(path: PathLike, ds: Any) -> tuple[float, float] | None:
+    """``(row, column)`` spacing from PixelSpacing, else ImagerPixelSpacing; None (and a warning) if neither is valid.
+
+    A zero or negative value is treated like a missing one (DICOM CR files with ``0.000\\0.000`` exist).
+    """
+    bad = []
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        values = _floats(ds, keyword, 2)
+        if values is None:
+            continue
+        if _valid_spacing(values):
+            return float(values[0]), float(values[1])
+        bad.append(f"{keyword} {_format_values(values)} is zero or negative")
+    _warn_unknown_spacing(path, "; ".join(bad) or "no PixelSpacing or ImagerPixelSpacing")
+    return None
 
 
 def _check_file(path: PathLike) -> Path:
@@ -203,7 +248,7 @@ def read_nifti(
     Returns:
         ``(array, meta)``: float32 array ``[X, Y, Z]`` (or ``[X, Y, Z, C]``) in the file's voxel order with the
         header's scl_slope/scl_inter applied; ``meta.affine`` maps voxel indices to RAS mm, ``meta.spacing`` holds
-        the header zooms of the spatial axes.
+        the header zooms of the spatial axes, or is empty when the header's pixdim is zero or negative (unknown).
 
     Raises:
         ReadError: Missing, empty, not NIfTI, truncated or corrupt, wrong dimensionality, too large, NaN/Inf.
@@ -251,8 +296,15 @@ def read_nifti(
 
     affine = np.asarray(img.affine, dtype=np.float64)
     n_spatial = min(3, len(shape))
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:n_spatial])
+    zooms: tuple[float, ...] = tuple(float(z) for z in img.header.get_zooms()[:n_spatial])
     hdr = img.header
+    # nibabel replaces a zero pixdim by 1 and a negative one by its absolute value when it loads the header, so the
+    # values as stored are read again, unchecked, to tell "1 mm" from "unknown".
+    raw = _raw_pixdim(p, type(hdr))[:n_spatial]
+    if raw and not _valid_spacing(raw):
+        source = "the sform" if int(hdr["sform_code"]) > 0 else "nibabel's repair of the header (1 mm on those axes)"
+        _warn_unknown_spacing(p, f"pixdim {list(raw)} is zero or negative (the affine comes from {source})")
+        zooms = ()
     meta = ImageMeta(
         path=os.fspath(path),
         shape=tuple(arr.shape),
@@ -268,6 +320,18 @@ def read_nifti(
         },
     )
     return arr, meta
+
+
+def _raw_pixdim(path: Path, header_class: Any) -> tuple[float, ...]:
+    """``pixdim[1:]`` as stored in the file, before nibabel's checks repair it (empty if unreadable)."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(path) as fh:
+            raw = header_class.from_fileobj(fh, check=False)
+        return tuple(float(v) for v in raw["pixdim"][1:])
+    except Exception:  # noqa: BLE001 - the header was read once already; a failure here only skips the check
+        return ()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -387,10 +451,9 @@ def _read_dicom_files(files: Sequence[Path], label: Path, *, max_voxels: int) ->
     origin = positions[order[0]]
 
     ds0 = slices[0][1]
-    ps = _floats(ds0, "PixelSpacing", 2)
-    if ps is None:
-        ps = _floats(ds0, "ImagerPixelSpacing", 2)
-    row_spacing, col_spacing = (float(ps[0]), float(ps[1])) if ps is not None else (1.0, 1.0)
+    ps = _dicom_pixel_spacing(label, ds0)
+    known = ps is not None
+    row_spacing, col_spacing = ps if ps is not None else (1.0, 1.0)  # the affine needs a value: 1 mm, flagged unknown
 
     if n > 1:
         steps = np.diff(proj)
@@ -412,7 +475,9 @@ def _read_dicom_files(files: Sequence[Path], label: Path, *, max_voxels: int) ->
             step = float(sbs) if sbs is not None else 1.0
         except (TypeError, ValueError):
             step = 1.0
-        step = step if step > 0 else 1.0
+        if not _valid_spacing([step]):
+            _warn_unknown_spacing(label, f"slice thickness {step:g} is zero or negative")
+            step, known = 1.0, False
 
     # Pixel data as [rows, cols] -> transpose to [col=i, row=j], stack slices along k.
     vol = np.empty((cols, rows, n), dtype=np.float32)
@@ -435,7 +500,7 @@ def _read_dicom_files(files: Sequence[Path], label: Path, *, max_voxels: int) ->
         dtype=_stored_dtype(ds0),
         modality=str(ds0.get("Modality", "unknown") or "unknown"),
         affine=affine,
-        spacing=(col_spacing, row_spacing, step),
+        spacing=(col_spacing, row_spacing, step) if known else (),
         orientation=_axcodes(affine),
         extra={"modality": str(ds0.get("Modality", "unknown") or "unknown"), "rows": rows, "cols": cols, "n_slices": n},
     )
@@ -457,7 +522,8 @@ def read_dicom_series(folder: PathLike, *, max_voxels: int = MAX_VOXELS) -> tupl
 
     Returns:
         ``(array, meta)``: float32 ``[cols, rows, n_slices]`` (i = column, j = row, k = slice, like a NIfTI);
-        ``meta.spacing`` is ``(column spacing, row spacing, slice spacing)`` in mm.
+        ``meta.spacing`` is ``(column spacing, row spacing, slice spacing)`` in mm, or empty when a spacing is missing,
+        zero or negative in the header (the affine then assumes 1 mm on that axis).
 
     Raises:
         ReadError: Missing folder, no DICOM images, more than one series, inconsistent shapes or orientation,
@@ -484,7 +550,8 @@ def read_dicom_image(path: PathLike, *, max_pixels: int = MAX_PIXELS) -> tuple[n
 
     Returns:
         ``(array, meta)``: float32 ``[rows, cols]`` (= ``[H, W]``); ``meta.spacing`` is ``(row, column)`` spacing in
-        mm from PixelSpacing or ImagerPixelSpacing (empty if neither is present); ``meta.affine`` is ``None``.
+        mm from PixelSpacing or ImagerPixelSpacing (empty if neither is present with positive values);
+        ``meta.affine`` is ``None``.
 
     Raises:
         ReadError: Missing, empty, not DICOM, no pixel data, multi-frame or colour, too large, undecodable.
@@ -514,16 +581,14 @@ def read_dicom_image(path: PathLike, *, max_pixels: int = MAX_PIXELS) -> tuple[n
     inverted = photometric == "MONOCHROME1"
     if inverted:
         arr = arr.max() + arr.min() - arr
-    ps = _floats(ds, "PixelSpacing", 2)
-    if ps is None:
-        ps = _floats(ds, "ImagerPixelSpacing", 2)
+    ps = _dicom_pixel_spacing(p, ds)
     modality = str(ds.get("Modality", "unknown") or "unknown")
     meta = ImageMeta(
         path=os.fspath(path),
         shape=tuple(arr.shape),
         dtype=stored_dtype,
         modality=modality,
-        spacing=tuple(float(v) for v in ps) if ps is not None else (),
+        spacing=ps if ps is not None else (),
         extra={"modality": modality, "rows": rows, "cols": cols, "photometric": photometric, "inverted": inverted},
     )
     return arr.astype(np.float32, copy=False), meta

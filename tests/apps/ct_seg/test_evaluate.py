@@ -95,3 +95,27 @@ def test_evaluate_bad_pairs(folders, write_nifti, cli, breaker) -> None:
     res = CliRunner().invoke(cli, ["ct-seg", "evaluate", str(pred), str(gt), "--labels", str(js)])
     assert res.exit_code == 2 and res.output.startswith("error: ")
     assert re.search(expected, res.output.replace("\n", "")), res.output
+
+
+def test_evaluate_with_unknown_spacing_measures_hd95_in_voxels(tmp_path: Path, cli) -> None:
+    """Label maps whose pixdim is 0 have no spacing; evaluation runs, in voxel units, and says so."""
+    import struct
+
+    import nibabel as nib
+
+    ref = np.zeros((10, 10, 10), np.uint8)
+    ref[2:5, 2:4, 2:4] = 1
+    out = np.zeros_like(ref)
+    out[2:4, 2:4, 2:4] = 1
+    for folder, arr in (("gt", ref), ("pred", out)):
+        (tmp_path / folder).mkdir()
+        plain = tmp_path / folder / "a.nii"
+        nib.save(nib.Nifti1Image(arr, AFFINE), plain)
+        raw = bytearray(plain.read_bytes())
+        struct.pack_into("<3f", raw, 80, 0.0, 0.0, 0.0)  # pixdim[1..3] = 0: spacing unknown
+        plain.write_bytes(bytes(raw))
+    res = CliRunner().invoke(cli, ["ct-seg", "evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"),
+                                   "--out", str(tmp_path / "eval")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((tmp_path / "eval" / "metrics.csv").open()))
+    assert float(rows[0]["dice"]) == pytest.approx(0.8) and float(rows[0]["hd95"]) == 1.0

@@ -206,3 +206,89 @@ def test_monai_unetr_on_a_non_cubic_grid_needs_its_input_size() -> None:
     x = torch.randn(1, 1, 48, 48, 32)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), ref(x), atol=1e-4, rtol=1e-4)
+
+
+def _drop_path_rates(enc: torch.nn.Module) -> list[float]:
+    return [float(getattr(blk.drop_path1, "drop_prob", 0.0)) for blk in enc.blocks]
+
+
+def test_official_downstream_switch_changes_exactly_the_four_differences(tmp_path) -> None:
+    """ct-seg from a Hi-End-MAE checkpoint, with and without model.official_downstream.
+
+    The switch changes the cls token (dropped), LayerNorm eps (1e-6 -> 1e-5), the position table (fixed ->
+    learnable, same start values) and drop path (0.1 -> 0), nothing else; the switched encoder then equals the
+    official downstream encoder: a MONAI ViT loaded as FengheTan9/Hi-End-MAE downstream/factory.py loads it.
+    """
+    from torch import nn
+
+    from medvit.apps.ct_seg.api import build_model
+    from medvit.apps.ct_seg.config import CTSegConfig, ModelCfg
+
+    sd = _hi_end_mae_checkpoint(d=24, depth=12, patch=12, grid=2)
+    path = tmp_path / "hi_end_mae_10k.pth"
+    torch.save({"epoch": 3, "state_dict": sd}, path)
+
+    def build(official: bool) -> UNETR:
+        torch.manual_seed(0)  # same random decoder for both
+        cfg = CTSegConfig(model=ModelCfg(weights=path, num_heads=2, feature_size=4, official_downstream=official))
+        return build_model(cfg, 3)[0]
+
+    ours, official = build(False), build(True)
+    a, b = ours.encoder, official.encoder
+    # (1) the cls token leaves the sequence
+    assert a.cls_token is not None and a.num_prefix_tokens == 1
+    assert b.cls_token is None and b.num_prefix_tokens == 0
+    # (2) LayerNorm eps
+    assert {m.eps for m in a.modules() if isinstance(m, nn.LayerNorm)} == {1e-6}
+    assert {m.eps for m in b.modules() if isinstance(m, nn.LayerNorm)} == {1e-5}
+    # (3) the position table is trained, starting from the checkpoint's values
+    assert not a.pos_embed.requires_grad and b.pos_embed.requires_grad
+    torch.testing.assert_close(b.pos_embed, sd["module.encoder_pos_embed"])
+    # (4) no drop path (the config's default follows the switch)
+    assert max(_drop_path_rates(a)) == pytest.approx(0.1) and max(_drop_path_rates(b)) == 0.0
+    # ... and nothing else: every other tensor, the decoder, the taps and the other architecture arguments agree
+    # (global_pool / fc_norm: with no token left the unused pooling says "avg", as for MONAI imports).
+    sa, sb = ours.state_dict(), official.state_dict()
+    assert set(sa) - set(sb) == {"encoder.cls_token"} and set(sb) <= set(sa)
+    for k, v in sb.items():
+        torch.testing.assert_close(v, sa[k], msg=k)
+    changed = {k for k in a.arch_kwargs if a.arch_kwargs[k] != b.arch_kwargs.get(k)}
+    assert changed - {"global_pool", "fc_norm"} == {"class_token", "norm_eps", "pos_embed", "drop_path_rate"}
+    assert ours.taps == official.taps == (3, 6, 9, 11) and ours.decoder_kwargs() == official.decoder_kwargs()
+    assert isinstance(b.norm, nn.LayerNorm)  # the final norm still feeds the bottom of the decoder
+
+    # The switched encoder is the official one: a MONAI ViT loaded the way downstream/factory.py does it.
+    ref = monai_nets.ViT(
+        in_channels=1, img_size=24, patch_size=12, hidden_size=24, mlp_dim=96, num_layers=12, num_heads=2,
+        proj_type="perceptron", pos_embed_type="learnable", classification=False, qkv_bias=True,
+    ).eval()  # fmt: skip
+    raw = {k.removeprefix("module."): v for k, v in sd.items()}
+    mapped = {
+        "patch_embedding.patch_embeddings.1.weight": raw["encoder.patch_embed.proj.weight"].flatten(1),
+        "patch_embedding.patch_embeddings.1.bias": raw["encoder.patch_embed.proj.bias"],
+        "patch_embedding.position_embeddings": raw["encoder_pos_embed"],
+    }
+    for k, v in raw.items():
+        if k.startswith("encoder.") and "cls_token" not in k and "patch_embed" not in k:
+            mapped[k.removeprefix("encoder.").replace("fc", "linear").replace("proj", "out_proj")] = v
+    missing, unexpected = ref.load_state_dict(mapped, strict=False)
+    assert not unexpected and all("cross_attn" in k for k in missing)  # MONAI>=1.4's unused cross-attention
+    x = torch.randn(1, 1, 24, 24, 24, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref_final, ref_hidden = ref(x)
+        final, taps = b.eval().forward_intermediates(x, [3, 6, 9])
+    torch.testing.assert_close(final, ref_final, atol=1e-4, rtol=1e-4)
+    for t, i in zip(taps, (3, 6, 9), strict=True):  # raw block outputs of random weights grow large: relative
+        scale = float(ref_hidden[i].abs().max())
+        torch.testing.assert_close(t, ref_hidden[i], atol=1e-5 * scale, rtol=1e-4)
+
+
+def test_paper_preset_builds_the_official_downstream_network() -> None:
+    from medvit.apps.ct_seg.config import load_ct_seg_config
+
+    paper = load_ct_seg_config("paper").model
+    assert paper.official_downstream and paper.drop_path == 0.0
+    base = load_ct_seg_config("base").model
+    assert not base.official_downstream and base.drop_path == 0.1
+    kept = load_ct_seg_config("paper", overrides=["model.official_downstream=false"]).model
+    assert not kept.official_downstream and kept.drop_path == 0.1

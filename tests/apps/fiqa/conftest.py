@@ -10,6 +10,7 @@ normalised brightness), and nothing on a black image. insightface's real SCRFD d
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,108 @@ def official_state_dict(head: str, depth: int = 2, d: int = 32, fr_only: bool = 
             "head_qs.1.weight": r(1, d),
         }
     return {f"module.{k}": v for k, v in sd.items()}
+
+
+def reference_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, head: str, depth: int = 2, heads: int = 8) -> tuple:
+    """The official forward (eval mode, ``backbones/vit_qs.py``) written out with plain ops, for comparison."""
+    import torch.nn.functional as F
+
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    d = sd["patch_embed.proj.weight"].shape[0]
+    b = x.shape[0]
+    t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=9).flatten(2).transpose(1, 2)
+    if head != "crfiqa":
+        t = torch.cat([sd["qs_token"].expand(b, -1, -1), t], 1)
+    t = t + sd["pos_embed"]
+    for i in range(depth):
+        p = f"blocks.{i}."
+        h = F.layer_norm(t, (d,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], eps=1e-5)
+        qkv = F.linear(h, sd[p + "attn.qkv.weight"]).reshape(b, -1, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        att = (qkv[0] @ qkv[1].transpose(-2, -1)) * (d // heads) ** -0.5
+        o = (att.softmax(-1) @ qkv[2]).transpose(1, 2).reshape(b, -1, d)
+        t = t + F.linear(o, sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
+        h = F.layer_norm(t, (d,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], eps=1e-5)
+        h = F.relu6(F.linear(h, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"]))
+        t = t + F.linear(h, sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
+    t = F.layer_norm(t, (d,), sd["norm.weight"], sd["norm.bias"], eps=1e-5)
+
+    def bn(v: torch.Tensor, pre: str) -> torch.Tensor:
+        return F.batch_norm(v, sd[pre + "running_mean"], sd[pre + "running_var"], sd[pre + "weight"], sd[pre + "bias"],
+                            eps=2e-5)  # fmt: skip
+
+    def feature(v: torch.Tensor) -> torch.Tensor:
+        v = bn(F.linear(v, sd["feature.0.weight"]), "feature.1.")
+        return bn(F.linear(v, sd["feature.2.weight"]), "feature.3.")
+
+    if head == "token":
+        emb, qin = feature(t[:, 1:].reshape(b, -1)), t[:, 0]
+    else:
+        emb = feature(t.reshape(b, -1))
+        qin = emb
+    q = F.linear(bn(qin, "head_qs.0."), sd["head_qs.1.weight"])
+    return emb, q.squeeze(1)
+
+
+def save_official(path: Path, sd: dict[str, torch.Tensor], num_heads: int = 8) -> Path:
+    """``torch.save`` an official-layout state dict with ``PATH.json`` = ``{"num_heads": N}`` beside it.
+
+    The tiny test checkpoints (width 32, 2 blocks) are no published architecture, so their head count has to travel
+    with them, as it would for any custom-trained face ViT.
+    """
+    torch.save(sd, path)
+    path.with_suffix(".json").write_text(json.dumps({"num_heads": num_heads}))
+    return path
+
+
+# On scikit-image's astronaut() (512 px): dlib HOG's box of her face, and her suit below it (no face there, but a
+# round embroidered patch and a name tag that dlib scores up to 0.22).
+ASTRONAUT_FACE = (175, 76, 265, 166)
+ASTRONAUT_SUIT = (0, 290, 512, 512)
+
+
+def group_photo(
+    scales: tuple[float, ...] = (0.5, 0.75, 1.0), lfw_side: int = 80, cols: int = 10, gap: int = 16
+) -> tuple[np.ndarray, dict[str, list[tuple[int, int, int, int]]]]:
+    """A "group photo" of real faces: the 100 face crops of ``skimage.data.lfw_subset()`` (25 px, grey) upscaled to
+    ``lfw_side`` in a grid, above ``astronaut()`` at several ``scales`` side by side, on grey.
+
+    Returns:
+        (RGB uint8 image, boxes ``(x1, y1, x2, y2)`` by kind: ``lfw`` faces, ``astronaut`` faces, ``suit``: the
+        astronaut's suit with its badges, where there is no face).
+    """
+    import cv2
+    from skimage.data import astronaut, lfw_subset
+
+    lfw = (lfw_subset()[:100] * 255).astype(np.uint8)  # the first 100 are faces, the rest are not
+    astros = [cv2.resize(astronaut(), None, fx=f, fy=f, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+              for f in scales]  # fmt: skip
+    rows = -(-len(lfw) // cols)
+    width = max(cols * (lfw_side + gap) + gap, sum(a.shape[1] + gap for a in astros) + gap)
+    top = rows * (lfw_side + gap) + gap
+    img = np.full((top + max(a.shape[0] for a in astros) + gap, width, 3), 128, np.uint8)
+    boxes: dict[str, list[tuple[int, int, int, int]]] = {"lfw": [], "astronaut": [], "suit": []}
+    for k, face in enumerate(lfw):
+        y, x = gap + (k // cols) * (lfw_side + gap), gap + (k % cols) * (lfw_side + gap)
+        tile = cv2.resize(face, (lfw_side, lfw_side), interpolation=cv2.INTER_CUBIC)
+        img[y : y + lfw_side, x : x + lfw_side] = tile[..., None]
+        boxes["lfw"].append((x, y, x + lfw_side, y + lfw_side))
+    x = gap
+    for f, a in zip(scales, astros, strict=True):
+        img[top : top + a.shape[0], x : x + a.shape[1]] = a
+        for kind, box in (("astronaut", ASTRONAUT_FACE), ("suit", ASTRONAUT_SUIT)):
+            x1, y1, x2, y2 = (round(v * f) for v in box)
+            boxes[kind].append((x + x1, top + y1, x + x2, top + y2))
+        x += a.shape[1] + gap
+    return img, boxes
+
+
+def box_kind(box: np.ndarray, boxes: dict[str, list[tuple[int, int, int, int]]]) -> str | None:
+    """The kind of the ground-truth box holding the centre of a detection ``box``, or None."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    for kind, items in boxes.items():
+        if any(x1 <= cx <= x2 and y1 <= cy <= y2 for x1, y1, x2, y2 in items):
+            return kind
+    return None
 
 
 def face_photo(face112: np.ndarray, background: int = 128) -> np.ndarray:

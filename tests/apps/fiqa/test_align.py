@@ -98,3 +98,19 @@ def test_given_crop_and_bad_image(synth_face: np.ndarray) -> None:
 
     with pytest.raises(DataError, match="RGB image"):
         FaceAligner(_Never()).detect_align(np.zeros((10, 10), np.uint8))
+
+
+def test_min_score_rejects_low_confidence_detections(fake_models: Path, synth_face: np.ndarray) -> None:
+    """The stand-in SCRFD scores a bright photo about 0.99995: kept by the default 0.5, rejected (not dropped
+    silently: returned for the log) by a threshold above it; a probability threshold outside [0, 1] is an error."""
+    photo = face_photo(synth_face)
+    aligner = FaceAligner.create("scrfd", models=fake_models)
+    assert aligner.min_score == 0.5 and aligner.detector_name == "scrfd"
+    faces, rejected = aligner.detect_faces(photo)
+    assert len(faces) == 1 and rejected == []
+    strict = FaceAligner.create("scrfd", models=fake_models, min_score=1.0)
+    faces, rejected = strict.detect_faces(photo, all_faces=True)
+    assert faces == [] and len(rejected) == 1 and 0.99 < rejected[0].score < 1.0
+    np.testing.assert_allclose(rejected[0].box, FAKE_BOX, atol=1e-3)
+    with pytest.raises(ConfigError, match=r"--min-face-score 1.5: the scrfd detector's scores lie in \[0, 1\]"):
+        FaceAligner.create("scrfd", models=fake_models, min_score=1.5)

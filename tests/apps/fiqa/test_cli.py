@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from medvit.apps.fiqa.api import degradation_ranking
 from medvit.apps.fiqa.cli import app as fiqa_app
 
-from .conftest import face_photo, official_state_dict
+from .conftest import face_photo, official_state_dict, save_official
 
 STEPS, IDS, PER = 1200, 40, 150
 HELD_IDS, HELD_PER = 40, 20  # 800 faces: the Spearman of 80 faces has a standard error near 0.1
@@ -93,6 +93,7 @@ def test_score_then_evaluate_writes_edc_and_resumes(loop: dict[str, Path]) -> No
     assert res.exit_code == 0, res.output
     rows = _read(out / "scores.csv")
     assert len(rows) == HELD_IDS * HELD_PER and all(r["status"] == "ok" and r["face"] == "0" for r in rows)
+    assert {r["detector"] for r in rows} == {"aligned"}  # no detection ran
     assert (out / "quality_hist.png").stat().st_size > 0 and (out / "contact_sheet.png").stat().st_size > 0
     strength = {os.path.abspath(held / r["path"]): float(r["strength"]) for r in _read(held / "degradations.csv")}
     assert set(strength) == {r["path"] for r in rows}  # every held-out face scored, paths absolute
@@ -138,6 +139,7 @@ def test_bad_inputs_get_rows_and_the_batch_continues(loop: dict[str, Path], fake
     assert rows["c_notes.jpg"]["status"] == "error" and "c_notes.jpg" in rows["c_notes.jpg"]["message"]
     assert float(rows["a_face.jpg"]["x1"]) == pytest.approx(220.0, abs=0.01)
     assert float(rows["a_face.jpg"]["det_score"]) > 0.9
+    assert {r["detector"] for r in rows.values()} == {"scrfd"}  # every row names it, errors and no-face rows too
     # Same face, same alignment: same quality, whatever the container format.
     assert float(rows["a_face.jpg"]["quality"]) == pytest.approx(float(rows["d_face.png"]["quality"]), abs=0.05)
 
@@ -152,10 +154,10 @@ def test_no_weights_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_convert_official_checkpoint_then_score(tmp_path: Path) -> None:
-    torch.save(official_state_dict("token"), tmp_path / "model.pt")
+    save_official(tmp_path / "model.pt", official_state_dict("token"))  # model.json beside it: {"num_heads": 8}
     res = invoke("convert", tmp_path / "model.pt", "--out", tmp_path / "vit_fiqa.safetensors")
     assert res.exit_code == 0, res.output
-    assert "head token" in res.output
+    assert "head token" in res.output and "num_heads=8 (checkpoint config)" in res.output
     (tmp_path / "in").mkdir()
     for i in range(3):
         cv2.imwrite(str(tmp_path / "in" / f"{i}.png"), np.random.default_rng(i).integers(0, 255, (112, 112, 3)))
@@ -212,11 +214,11 @@ def test_weights_convert_hands_a_vit_fiqa_checkpoint_to_the_fiqa_importer(tmp_pa
     res = runner.invoke(_root(), ["weights", "inspect", str(src), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["format"] == "vit-fiqa"
-    res = runner.invoke(_root(), ["weights", "convert", str(src), "--out", str(out), "--set", "num_heads=4"])
-    assert res.exit_code != 0 and "--set does not apply" in res.output and not out.exists()
-    res = runner.invoke(_root(), ["weights", "convert", str(src), "--out", str(out)])
+    res = runner.invoke(_root(), ["weights", "convert", str(src), "--out", str(out), "--set", "depth=4"])
+    assert res.exit_code == 2 and "only --set num_heads=N applies" in res.output and not out.exists()
+    res = runner.invoke(_root(), ["weights", "convert", str(src), "--out", str(out), "--set", "num_heads=8"])
     assert res.exit_code == 0, res.output
-    assert "head token" in res.output and "fiqa score" in res.output
+    assert "head token" in res.output and "num_heads=8 (given)" in res.output and "fiqa score" in res.output
     model, side = load_fiqa(out)
     assert side["head"] == "token"
     torch.testing.assert_close(model.backbone.quality_token, sd["module.qs_token"])
@@ -225,6 +227,60 @@ def test_weights_convert_hands_a_vit_fiqa_checkpoint_to_the_fiqa_importer(tmp_pa
     with pytest.raises(WholeModelCheckpointError, match="medvit weights convert"):
         convert_checkpoint(src, tmp_path / "backbone.safetensors")
     assert not (tmp_path / "backbone.safetensors").exists()
+
+
+def test_face_vit_with_another_head_count_converts_only_when_told(tmp_path: Path) -> None:
+    """A 4-head face ViT: refused without a head count (not silently read as 8), right with --set / --num-heads."""
+    from medvit.apps.fiqa.model import load_fiqa
+
+    from .conftest import reference_forward
+
+    sd = {k: v * 10 if k.endswith("attn.qkv.weight") else v for k, v in official_state_dict("token").items()}
+    src = tmp_path / "vit_4heads.pt"
+    torch.save(sd, src)
+    x = torch.randn(2, 3, 112, 112)
+    ref_emb, ref_q = reference_forward(sd, x, "token", heads=4)
+    res = runner.invoke(_root(), ["weights", "convert", str(src), "--out", str(tmp_path / "no.safetensors")])
+    assert res.exit_code == 2 and "cannot tell the attention head count" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "no.safetensors").exists()
+    for args in (
+        ["weights", "convert", str(src), "--out", str(tmp_path / "a.safetensors"), "--set", "num_heads=4"],
+        ["fiqa", "convert", str(src), "--out", str(tmp_path / "b.safetensors"), "--num-heads", "4"],
+    ):
+        res = runner.invoke(_root(), args)
+        assert res.exit_code == 0, res.output
+        assert "num_heads=4 (given)" in res.output
+        model, side = load_fiqa(Path(args[4]))
+        assert side["backbone_kwargs"]["num_heads"] == 4 and side["num_heads_source"] == "given"
+        with torch.no_grad():
+            emb, q = model(x)
+        torch.testing.assert_close(emb, ref_emb, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(q, ref_q, atol=1e-4, rtol=1e-4)
+
+
+def test_scoring_is_rgb_and_the_readme_says_how_the_official_script_differs(tmp_path: Path) -> None:
+    """README: the official ViT-FIQA scoring script feeds BGR by default, medvit RGB; the RGB part is checked."""
+    from medvit.apps.fiqa.model import model_from_official, preprocess_faces
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Face-image quality") :]
+    section = section[: section.index("\n## ")]
+    for phrase in ("getQualityScore.py", "--color_channel BGR", "--color_channel RGB", "medvit uses RGB throughout"):
+        assert phrase in section, phrase
+    sd = official_state_dict("token")
+    save_official(tmp_path / "model.pt", sd)
+    face = np.zeros((112, 112, 3), np.uint8)
+    face[:, :56, 0], face[:, 56:, 2], face[40:70, :, 1] = 230, 120, 60  # red left, blue right: order matters
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "face.png"), cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+    res = invoke("score", tmp_path / "in", "--weights", tmp_path / "model.pt", "--out", tmp_path / "out", "--aligned")
+    assert res.exit_code == 0, res.output
+    scored = float(_read(tmp_path / "out" / "scores.csv")[0]["quality"])
+    model = model_from_official({k.removeprefix("module."): v for k, v in sd.items()}, num_heads=8)
+    with torch.no_grad():
+        q_rgb = float(model(preprocess_faces(face[None]))[1])
+        q_bgr = float(model(preprocess_faces(np.ascontiguousarray(face[None, ..., ::-1])))[1])
+    assert scored == pytest.approx(q_rgb, abs=1e-5) and abs(q_rgb - q_bgr) > 1e-3
 
 
 def test_bin_extract_and_evaluate(loop: dict[str, Path], tmp_path: Path) -> None:

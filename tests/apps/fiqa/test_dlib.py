@@ -103,13 +103,12 @@ def test_evaluate_with_dlib_embeddings(crop: np.ndarray, tmp_path: Path) -> None
 
 
 def test_score_photos_with_the_dlib_detector(tmp_path: Path) -> None:
-    import torch
 
     from medvit import cli
 
-    from .conftest import official_state_dict
+    from .conftest import official_state_dict, save_official
 
-    torch.save(official_state_dict("token"), tmp_path / "model.pt")  # any weights: this checks detection
+    save_official(tmp_path / "model.pt", official_state_dict("token"))  # any weights: this checks detection
     photos = tmp_path / "photos"
     photos.mkdir()
     cv2.imwrite(str(photos / "astronaut.png"), cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
@@ -124,7 +123,67 @@ def test_score_photos_with_the_dlib_detector(tmp_path: Path) -> None:
     with open(out / "scores.csv", newline="") as fh:
         rows = {Path(r["path"]).name: r for r in csv.DictReader(fh)}
     assert rows["wall.png"]["status"] == "no_face"
+    assert rows["wall.png"]["detector"] == rows["astronaut.png"]["detector"] == "dlib"  # every row names it
     face = rows["astronaut.png"]
     assert face["status"] == "ok" and np.isfinite(float(face["quality"]))
     box = np.array([float(face[k]) for k in ("x1", "y1", "x2", "y2")])
     np.testing.assert_allclose(box, [175, 76, 265, 166], atol=2)  # dlib HOG's box on this photo
+
+
+def _score_astronaut(tmp_path: Path, *extra: str) -> tuple[object, list[dict[str, str]]]:
+    from medvit import cli
+
+    from .conftest import official_state_dict, save_official
+
+    save_official(tmp_path / "model.pt", official_state_dict("token"))
+    photos = tmp_path / "photos"
+    photos.mkdir(exist_ok=True)
+    cv2.imwrite(str(photos / "astronaut.png"), cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
+    out = tmp_path / f"out{len(extra)}"
+    res = CliRunner().invoke(
+        cli.app,
+        ["fiqa", "score", str(photos), "--weights", str(tmp_path / "model.pt"), "--out", str(out),
+         "--detector", "dlib", "--all-faces", "--quiet", *extra],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with open(out / "scores.csv", newline="") as fh:
+        return res, list(csv.DictReader(fh))
+
+
+def test_min_face_score_keeps_the_badge_on_a_portrait_out_of_the_scores(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """dlib finds the round embroidered patch on the astronaut's suit (score 0.117) besides her face (1.164)."""
+    from .conftest import ASTRONAUT_FACE
+
+    with caplog.at_level("INFO", logger="medvit.apps.fiqa.api"):
+        _, rows = _score_astronaut(tmp_path)
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["detector"] == "dlib"
+    box = [float(rows[0][k]) for k in ("x1", "y1", "x2", "y2")]
+    np.testing.assert_allclose(box, ASTRONAUT_FACE, atol=2)
+    assert float(rows[0]["det_score"]) > 1.0
+    assert "rejected a dlib detection with score 0.117 < --min-face-score 0.3" in caplog.text
+    # dlib's own threshold (0) lets the badge through as a second "face": the option is what keeps it out.
+    _, rows = _score_astronaut(tmp_path, "--min-face-score", "0")
+    assert sorted(round(float(r["det_score"]), 2) for r in rows) == [0.12, 1.16]
+
+
+def test_default_min_face_score_keeps_every_face_of_a_group_photo() -> None:
+    """A group photo of real faces (3 astronauts, 100 LFW crops): the astronauts and every LFW face dlib scores above
+    the badges are kept; every detection on the suits (badges, name tags) is rejected."""
+    from .conftest import box_kind, group_photo
+
+    img, boxes = group_photo()
+    aligner = FaceAligner(DlibDetector(threshold=-0.5))  # report candidates down to -0.5, keep >= the default
+    assert aligner.min_score == DlibDetector.default_min_score == 0.3
+    faces, rejected = aligner.detect_faces(img, all_faces=True)
+    kept = [box_kind(f.box, boxes) for f in faces]
+    dropped = [(box_kind(r.box, boxes), r.score) for r in rejected]
+    assert kept.count("astronaut") == 3 and "suit" not in kept and None not in kept
+    suit = [score for kind, score in dropped if kind == "suit"]
+    assert sum(score >= 0 for score in suit) >= 3  # dlib's own threshold (0) would have scored these as faces
+    # LFW crops (25 px upscaled to 80, tight): 92 found at dlib's threshold 0, 88 kept at 0.3; the few lost ones
+    # score no higher than a badge, so no score threshold could keep them and drop the badges.
+    lfw_found = kept.count("lfw") + sum(kind == "lfw" and score >= 0 for kind, score in dropped)
+    assert lfw_found >= 90 and kept.count("lfw") >= 85
+    assert all(score <= max(suit) for kind, score in dropped if kind == "lfw")

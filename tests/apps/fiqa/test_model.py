@@ -20,7 +20,7 @@ from medvit.apps.fiqa.model import (
 )
 from medvit.shared.errors import WeightsError
 
-from .conftest import official_state_dict
+from .conftest import official_state_dict, reference_forward
 
 
 @pytest.fixture(scope="module")
@@ -131,62 +131,22 @@ def test_save_load_roundtrip(tmp_path, tiny: ViTFIQA) -> None:
     assert not list(tmp_path.glob(".*tmp*"))
 
 
-def _reference_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, head: str, depth: int = 2) -> tuple:
-    """The official forward (eval mode) written out with plain ops, for comparison."""
-    import torch.nn.functional as F
-
-    sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    d = sd["patch_embed.proj.weight"].shape[0]
-    b = x.shape[0]
-    t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=9).flatten(2).transpose(1, 2)
-    if head != "crfiqa":
-        t = torch.cat([sd["qs_token"].expand(b, -1, -1), t], 1)
-    t = t + sd["pos_embed"]
-    for i in range(depth):
-        p = f"blocks.{i}."
-        h = F.layer_norm(t, (d,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], eps=1e-5)
-        qkv = F.linear(h, sd[p + "attn.qkv.weight"]).reshape(b, -1, 3, 8, d // 8).permute(2, 0, 3, 1, 4)
-        att = (qkv[0] @ qkv[1].transpose(-2, -1)) * (d // 8) ** -0.5
-        o = (att.softmax(-1) @ qkv[2]).transpose(1, 2).reshape(b, -1, d)
-        t = t + F.linear(o, sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
-        h = F.layer_norm(t, (d,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], eps=1e-5)
-        h = F.relu6(F.linear(h, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"]))
-        t = t + F.linear(h, sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
-    t = F.layer_norm(t, (d,), sd["norm.weight"], sd["norm.bias"], eps=1e-5)
-
-    def bn(v: torch.Tensor, pre: str) -> torch.Tensor:
-        return F.batch_norm(v, sd[pre + "running_mean"], sd[pre + "running_var"], sd[pre + "weight"], sd[pre + "bias"],
-                            eps=2e-5)  # fmt: skip
-
-    def feature(v: torch.Tensor) -> torch.Tensor:
-        v = bn(F.linear(v, sd["feature.0.weight"]), "feature.1.")
-        return bn(F.linear(v, sd["feature.2.weight"]), "feature.3.")
-
-    if head == "token":
-        emb, qin = feature(t[:, 1:].reshape(b, -1)), t[:, 0]
-    else:
-        emb = feature(t.reshape(b, -1))
-        qin = emb
-    q = F.linear(bn(qin, "head_qs.0."), sd["head_qs.1.weight"])
-    return emb, q.squeeze(1)
-
-
 @pytest.mark.parametrize("head", ["token", "full", "crfiqa"])
-def test_official_checkpoint_import_matches_reference_forward(tmp_path, head: str) -> None:
+def test_official_checkpoint_import_matchesreference_forward(tmp_path, head: str) -> None:
     sd = official_state_dict(head)
     path = tmp_path / "model.pt"
     torch.save(sd, path)  # DataParallel `module.` prefixes, as the official evaluation loads them
     read = read_foreign_state_dict(path)
     assert "qs_token" in read or head == "crfiqa"
-    ours, desc = convert_official_state_dict(read)
+    ours, desc = convert_official_state_dict(read, num_heads=8)
     assert desc["head"] == head and desc["backbone_kwargs"]["depth"] == 2
     if head != "crfiqa":
         assert "backbone.quality_token" in ours
-    model = model_from_official(read)
+    model = model_from_official(read, num_heads=8)
     x = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
         emb, q = model(x)
-        ref_emb, ref_q = _reference_forward(sd, x, head)
+        ref_emb, ref_q = reference_forward(sd, x, head)
     torch.testing.assert_close(emb, ref_emb, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(q, ref_q, atol=1e-4, rtol=1e-4)
 
@@ -194,14 +154,14 @@ def test_official_checkpoint_import_matches_reference_forward(tmp_path, head: st
 def test_arcface_torch_training_checkpoint_wrapper(tmp_path) -> None:
     sd = official_state_dict("token")
     torch.save({"epoch": 3, "state_dict_backbone": sd, "state_optimizer": {"lr": 0.1}}, tmp_path / "ckpt.pt")
-    model = model_from_official(read_foreign_state_dict(tmp_path / "ckpt.pt"))
+    model = model_from_official(read_foreign_state_dict(tmp_path / "ckpt.pt"), num_heads=8)
     assert model.head == "token"
 
 
 def test_recognition_only_vit_is_refused_for_scoring() -> None:
     sd = {k.removeprefix("module."): v for k, v in official_state_dict("crfiqa", fr_only=True).items()}
     with pytest.raises(WeightsError, match="without a quality head"):
-        model_from_official(sd)
+        model_from_official(sd, num_heads=8)
 
 
 def test_unknown_keys_and_bn_variant_are_errors() -> None:
@@ -211,3 +171,59 @@ def test_unknown_keys_and_bn_variant_are_errors() -> None:
     bn = {**sd, "blocks.0.norm1.bn.weight": torch.zeros(145)}
     with pytest.raises(WeightsError, match="BatchNorm"):
         convert_official_state_dict(bn)
+
+
+def _strip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+@pytest.mark.parametrize("where", ["given", "json beside", "config inside"])
+def test_head_count_comes_from_the_caller_or_the_checkpoint(tmp_path, where: str) -> None:
+    """A 4-head face ViT: the head count is given, or read from model.json / a config saved in the checkpoint."""
+    from medvit.apps.fiqa.model import read_foreign_checkpoint
+
+    sd = official_state_dict("token")  # width 32: 4 heads of 8 channels fit as well as 8 heads of 4
+    # Sharper attention than the fixture's near-uniform one, so that the head split visibly matters.
+    sd = {k: v * 10 if k.endswith("attn.qkv.weight") else v for k, v in sd.items()}
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": sd, "config": {"num_heads": 4}} if where == "config inside" else sd, path)
+    if where == "json beside":
+        path.with_suffix(".json").write_text(json.dumps({"num_heads": 4}))
+    read, config = read_foreign_checkpoint(path)
+    model = model_from_official(read, num_heads=4 if where == "given" else None, config=config)
+    assert model.backbone.num_heads == 4
+    assert model.num_heads_source == ("given" if where == "given" else "checkpoint config")
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        emb, q = model(x)
+        ref_emb, ref_q = reference_forward(sd, x, "token", heads=4)
+        wrong_emb, _ = reference_forward(sd, x, "token", heads=8)
+    torch.testing.assert_close(emb, ref_emb, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(q, ref_q, atol=1e-4, rtol=1e-4)
+    assert (emb - wrong_emb).abs().max() > 0.1  # the count matters: 8 heads would be silently wrong
+
+
+def test_unknown_head_count_is_refused_not_guessed() -> None:
+    """Width 32, depth 2 is no published architecture: nothing says how many heads it has."""
+    sd = _strip(official_state_dict("token"))
+    with pytest.raises(WeightsError, match=r"cannot tell the attention head count.*--set num_heads=N"):
+        convert_official_state_dict(sd)
+    with pytest.raises(WeightsError, match="does not divide the width 32"):
+        convert_official_state_dict(sd, num_heads=5)
+
+
+def test_published_shape_assumes_8_heads_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """arcface_torch vit_t (width 256, depth 12, patch 9): 8 heads, logged as an assumption and recorded."""
+    shapes = {k: tuple(v.shape) for k, v in _strip(official_state_dict("token", depth=1, d=4)).items()}
+
+    def grow(shape: tuple[int, ...]) -> tuple[int, ...]:  # width 4 -> 256 (144 * width inputs for feature.0)
+        return tuple(s * 64 if s in (4, 16, 4 * 144) else s for s in shape)
+
+    sd = {k: torch.empty(grow(s), device="meta") for k, s in shapes.items()}  # shapes only: nothing allocated
+    blocks = {k: v for k, v in sd.items() if k.startswith("blocks.0.")}
+    sd |= {k.replace("blocks.0.", f"blocks.{i}."): v for i in range(1, 12) for k, v in blocks.items()}
+    with caplog.at_level("WARNING", logger="medvit.apps.fiqa.model"):
+        _, desc = convert_official_state_dict(sd)
+    assert desc["backbone_kwargs"]["embed_dim"] == 256 and desc["backbone_kwargs"]["num_heads"] == 8
+    assert desc["num_heads_source"] == "assumed: arcface_torch vit_t has 8"
+    assert "does not record its attention head count" in caplog.text and "--set num_heads=N" in caplog.text

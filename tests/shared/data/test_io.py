@@ -381,6 +381,98 @@ def test_no_patient_identifiers_in_logs_errors_or_meta(tmp_path: Path, write_ser
         assert ident not in joined
 
 
+# ------------------------------------------------------------------------------------------------ unknown spacing
+
+
+def _spacing_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "voxel spacing unknown" in r.getMessage()]
+
+
+def _cr_with_spacing(ct_small_path: Path, path: Path, **elements: list[str]) -> Path:
+    """CT_small saved as a CR image with the given spacing elements (DS strings, e.g. PixelSpacing=["0.000", ...])."""
+    ds = pydicom.dcmread(ct_small_path)
+    ds.Modality = "CR"
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("value", [["0.000", "0.000"], ["-0.5", "0.5"]], ids=["zero", "negative"])
+def test_dicom_zero_or_negative_pixel_spacing_is_unknown_and_warned_once(
+    ct_small_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, value: list[str]
+) -> None:
+    """PixelSpacing 0.000\\0.000 (seen in real CR files) is "unknown", never a zero spacing."""
+    path = _cr_with_spacing(ct_small_path, tmp_path / "cr.dcm", PixelSpacing=value)
+    with caplog.at_level(logging.WARNING, logger="medvit.shared.data.io"):
+        for _ in range(2):  # read twice (loader threads, epochs): warned once
+            _, meta = read_dicom_image(path)
+            assert meta.spacing == ()
+    warned = _spacing_warnings(caplog)
+    assert len(warned) == 1 and "cr.dcm" in warned[0] and f"PixelSpacing {float(value[0]):g}" in warned[0]
+    assert CT_SMALL_PATIENT_NAME not in caplog.text and CT_SMALL_PATIENT_ID not in caplog.text  # PHI stays out
+
+
+def test_dicom_zero_pixel_spacing_falls_back_to_imager_pixel_spacing(ct_small_path: Path, tmp_path: Path) -> None:
+    path = _cr_with_spacing(
+        ct_small_path, tmp_path / "cr.dcm", PixelSpacing=["0.000", "0.000"], ImagerPixelSpacing=["0.139", "0.139"]
+    )
+    _, meta = read_dicom_image(path)
+    assert meta.spacing == pytest.approx((0.139, 0.139))
+
+
+def test_dicom_series_with_zero_pixel_spacing_has_unknown_spacing_and_a_usable_affine(
+    tmp_path: Path, write_series, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = write_series(tmp_path / "s", [(0.0, 0.0, 2.0 * k) for k in range(3)])
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.PixelSpacing = ["0.000", "0.000"]
+        ds.save_as(f, enforce_file_format=True)
+    with caplog.at_level(logging.WARNING, logger="medvit.shared.data.io"):
+        arr, meta = read_dicom_series(tmp_path / "s")
+    assert arr.shape == (128, 128, 3) and meta.spacing == ()
+    assert len(_spacing_warnings(caplog)) == 1  # one series, one warning (not one per slice)
+    # The affine stays invertible (1 mm in-plane, the slice step from the positions): nothing divides by zero.
+    np.testing.assert_allclose(np.linalg.norm(meta.affine[:3, :3], axis=0), [1.0, 1.0, 2.0])
+
+
+def _nifti_with_pixdim(path: Path, pixdim: tuple[float, float, float], qform: int, sform: int) -> Path:
+    """A NIfTI-1 whose stored pixdim[1:4] is ``pixdim`` (written into the header bytes: nibabel would fix it)."""
+    img = nib.Nifti1Image(np.arange(60, dtype=np.int16).reshape(3, 4, 5), np.diag([2.0, 3.0, 4.0, 1.0]))
+    img.header.set_qform(img.affine, code=qform)
+    img.header.set_sform(img.affine, code=sform)
+    plain = path.with_name("plain.nii")
+    nib.save(img, plain)
+    raw = bytearray(plain.read_bytes())
+    struct.pack_into("<3f", raw, 80, *pixdim)  # pixdim[1..3] (pixdim starts at byte 76)
+    path.write_bytes(gzip.compress(bytes(raw)) if path.name.endswith(".gz") else bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("pixdim", "qform", "sform"),
+    [((0.0, 0.0, 0.0), 1, 0), ((2.0, 3.0, -4.0), 1, 0), ((0.0, 3.0, 4.0), 0, 2)],
+    ids=["zero-qform", "negative-qform", "zero-with-sform"],
+)
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti_zero_or_negative_pixdim_is_unknown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, pixdim, qform: int, sform: int, suffix: str
+) -> None:
+    """nibabel silently turns pixdim 0 into 1 mm and -4 into 4 mm; the reader reports the spacing as unknown."""
+    path = _nifti_with_pixdim(tmp_path / f"v{suffix}", pixdim, qform, sform)
+    with caplog.at_level(logging.WARNING, logger="medvit.shared.data.io"):
+        arr, meta = read_nifti(path)
+        read_nifti(path)
+    np.testing.assert_array_equal(arr, np.arange(60).reshape(3, 4, 5))
+    assert meta.spacing == ()
+    warned = _spacing_warnings(caplog)
+    assert len(warned) == 1 and "pixdim" in warned[0] and path.name in warned[0]
+    assert np.isfinite(meta.affine).all() and abs(np.linalg.det(meta.affine[:3, :3])) > 0
+    if sform:  # the sform still gives the geometry
+        np.testing.assert_allclose(meta.affine, np.diag([2.0, 3.0, 4.0, 1.0]))
+
+
 # ------------------------------------------------------------------------------------------------ 2D images
 
 
