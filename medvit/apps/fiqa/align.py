@@ -28,8 +28,8 @@ under the 100 face crops of ``lfw_subset()`` upscaled to 80 px (``python benchma
 * ``dlib`` 0.3 (HOG SVM score; dlib's own threshold is 0). Faces: the astronaut 0.91-1.51 at 0.5-1.5x, alone and
   in the group photo (at 0.25x her 22 px face is not found); 92 of the 100 LFW crops score >= 0 and 88 >= 0.3
   (the 4 in between: 0.02-0.22). Non-faces: the round embroidered badge and the name tag on the astronaut's suit
-  0.12-0.22 (the "second face" of a portrait), nothing else above -0.11. 0.3 rejects every non-face seen; the
-  weakest LFW faces score inside the badge's range, where no threshold can separate them.
+  0.12-0.22 (the "second face" of a portrait); all others below 0 (highest -0.108). 0.3 rejects every non-face
+  seen; the weakest LFW faces score inside the badge's range, where no threshold can separate them.
 * ``mtcnn`` 0.9 (face probability). Faces 0.918-1.0: at 0.9 all 100 LFW crops and the 9 other faces are kept
   (0.95 would lose 2). Non-faces: a motorcycle wheel at 0.929 and 0.716; the first is inside the range of real
   faces.
