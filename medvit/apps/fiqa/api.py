@@ -432,9 +432,23 @@ class _ScoreJob:
     def load(self, item: Path) -> list[Any]:
         from medvit.apps.fiqa.align import given_crop
         from medvit.apps.fiqa.data import read_face_file
+        from medvit.shared.data.cards import MIN_FACE_SIZE
+        from medvit.shared.data.io import ReadError, list_folder
 
+        if item.is_dir():  # only a folder the scan could not list is an item (see _unlistable)
+            try:
+                list_folder(item)
+            except ReadError as err:
+                raise DataError(f"{err}; the images in it were not scored") from None
+            raise DataError(f"{item}: is a folder, expected an image file")
         img = read_face_file(item)
         if self.aligner is None:
+            h, w = img.shape[:2]
+            if min(h, w) < MIN_FACE_SIZE:
+                raise DataError(
+                    f"{item}: {w}x{h} px is below the minimum face size of {MIN_FACE_SIZE} px; "
+                    "--aligned expects face crops (112x112)"
+                )
             return [given_crop(img)]
         return self.aligner.detect_align(img, all_faces=self.all_faces)
 
@@ -479,6 +493,16 @@ class _ScoreJob:
                 k += 1
             results.append({"faces": len(faces), "faces_json": json.dumps(recs, separators=(",", ":"))})
         return results
+
+
+def _unlistable(folder: Path) -> bool:
+    """True for a folder that cannot be listed: it becomes one input with an ``error`` row instead of vanishing
+    from the scan (``os.walk`` skips such folders without a word)."""
+    try:
+        os.scandir(folder).close()
+    except OSError:
+        return True
+    return False
 
 
 def _score_rows(manifest: Path) -> list[dict[str, Any]]:
@@ -571,8 +595,8 @@ def score(
     import torch
 
     from medvit.apps.fiqa.align import FaceAligner
-    from medvit.apps.fiqa.data import IMAGE_EXTS
     from medvit.apps.fiqa.evaluate import plot_contact_sheet, plot_histogram, write_csv_atomic
+    from medvit.shared.data.io import IMAGE_SUFFIXES
     from medvit.shared.engine import distributed as D
     from medvit.shared.engine.batch import resolve_inputs, run_batch
     from medvit.shared.engine.fit import resolve_device
@@ -585,7 +609,7 @@ def score(
     model, info = load_scoring_model(weights)
     model = model.to(dev).eval()
     aligner = None if aligned else FaceAligner.create(detector, models)
-    items = resolve_inputs(inp, IMAGE_EXTS)
+    items = resolve_inputs(inp, IMAGE_SUFFIXES, dirs_as_items=_unlistable)
     D.init_distributed(str(dev))
     job = _ScoreJob(model, aligner=aligner, all_faces=all_faces, batch_size=batch_size, device=dev)
     summary = run_batch(
