@@ -524,7 +524,7 @@ def _read_volume(path: Path, *, quick: bool, label: bool) -> _Volume:
     import nibabel as nib
     import numpy as np
 
-    from medvit.shared.data.io import check_file, read_nifti
+    from medvit.shared.data.io import check_file, nifti_header_problem, read_nifti
 
     if not quick:
         arr, meta = read_nifti(path, ndim=3, check_finite=not label)
@@ -536,6 +536,9 @@ def _read_volume(path: Path, *, quick: bool, label: bool) -> _Volume:
         raise ReadError(f"{path}: not a readable NIfTI header ({type(err).__name__}: {err})") from None
     if not isinstance(img, nib.Nifti1Image):  # Nifti2Image subclasses it
         raise ReadError(f"{path}: not a NIfTI image ({type(img).__name__})")
+    problem = nifti_header_problem(img)
+    if problem is not None:
+        raise ReadError(f"{path}: {problem}")
     shape = tuple(int(x) for x in img.shape)
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]

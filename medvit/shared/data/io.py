@@ -254,6 +254,23 @@ def _axcodes(affine: np.ndarray) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def nifti_header_problem(img: Any) -> str | None:
+    """What in a loaded NIfTI header (``nibabel`` image, no voxels read) makes it unusable, or ``None``.
+
+    Checked: the voxel type (complex and RGB voxels are refused: ``get_fdata`` would keep the real part of a
+    complex image without a word) and the affine (NaN/Inf entries, which otherwise surface as
+    ``LinAlgError: SVD did not converge``).
+    """
+    stored = img.get_data_dtype()
+    if stored.kind == "c":
+        return f"complex-valued voxels ({stored.name}); expected real values (save the magnitude instead)"
+    if stored.kind not in "biuf":
+        return f"unsupported voxel type {stored} (e.g. RGB); expected one real value per voxel"
+    if not np.isfinite(np.asarray(img.affine, dtype=np.float64)).all():
+        return "the header's affine (sform/qform) has NaN or Inf entries: the voxel-to-world grid is unknown"
+    return None
+
+
 def read_nifti(
     path: PathLike,
     *,
@@ -301,14 +318,9 @@ def read_nifti(
         raise _fail(p, f"truncated or corrupt header ({type(exc).__name__}: {exc})") from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise _fail(p, f"not a NIfTI file (nibabel read it as {type(img).__name__})")
-    stored = img.get_data_dtype()
-    if stored.kind == "c":
-        # get_fdata would silently keep the real part only: a complex image is phase/k-space data, not a CT volume.
-        raise _fail(p, f"complex-valued voxels ({stored.name}); expected real values (save the magnitude instead)")
-    if stored.kind not in "biuf":
-        raise _fail(p, f"unsupported voxel type {stored} (e.g. RGB); expected one real value per voxel")
-    if not np.isfinite(np.asarray(img.affine, dtype=np.float64)).all():
-        raise _fail(p, "the header's affine (sform/qform) has NaN or Inf entries: the voxel-to-world grid is unknown")
+    problem = nifti_header_problem(img)
+    if problem is not None:
+        raise _fail(p, problem)
 
     shape = tuple(int(s) for s in img.shape)
     n_vox = math.prod(shape)
