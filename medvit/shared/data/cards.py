@@ -23,6 +23,7 @@ install the project uses; a wheel install does not carry them, so pass a card fi
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -746,9 +747,14 @@ def _validate_nnunet_raw(
     return problems, counts
 
 
+def _listed(path: Path) -> bool:
+    """The file is there, even if broken: whether it reads is the identity-folder check's line, not a pair's."""
+    return os.path.lexists(path) and not path.is_dir()
+
+
 def _pair_files(root: Path, name: str, number: int) -> bool:
     stem = root / name / f"{name}_{number:04d}"
-    return any(stem.with_name(stem.name + ext).is_file() for ext in IMAGE_SUFFIXES)
+    return any(_listed(stem.with_name(stem.name + ext)) for ext in IMAGE_SUFFIXES)
 
 
 def _validate_pairs(root: Path, problems: list[str], counts: dict[str, int]) -> None:
@@ -776,7 +782,7 @@ def _validate_pairs(root: Path, problems: list[str], counts: dict[str, int]) -> 
             missing = [f"{nm}_{i:04d}" for nm, i in sides if not _pair_files(root, nm, i)]
             impostor += 1
         elif len(parts) == 3 and parts[2] in ("0", "1"):
-            missing = [p for p in parts[:2] if not (root / p).is_file()]
+            missing = [p for p in parts[:2] if not _listed(root / p)]
             if parts[2] == "1":
                 genuine += 1
             else:
