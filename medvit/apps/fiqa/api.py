@@ -574,10 +574,11 @@ def score(
     """Score face images (one quality per face, higher = better).
 
     Args:
-        inp: image file, folder (recursive) or ``.txt`` list.
+        inp: image file, folder (recursive) or ``.txt`` list; a sub-folder that cannot be listed is an ``error`` row.
         out: output folder: ``scores.csv``, ``manifest.csv``, ``quality_hist.png``, ``contact_sheet.png``.
         weights: see :func:`load_scoring_model`.
-        aligned: inputs are aligned crops (resized to 112 if needed): no detection.
+        aligned: inputs are aligned crops (resized to 112 if needed): no detection; an image whose shorter side
+            is below :data:`~medvit.shared.data.cards.MIN_FACE_SIZE` is an ``error`` row.
         all_faces: score every detected face, not only the largest.
         models: insightface model folder (SCRFD detector).
         detector: ``auto``, ``scrfd``, ``mtcnn``, ``dlib``.
