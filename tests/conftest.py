@@ -1,11 +1,65 @@
-"""Fixtures shared by the test tiers: simulated kills of a training run."""
+"""Fixtures shared by every test folder: unreadable paths (even as root), simulated kills of a training run."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import builtins
+import errno
+import io
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+
+def _still_readable(path: Path) -> bool:
+    try:
+        if path.is_dir():
+            os.listdir(path)
+        else:
+            with open(path, "rb") as fh:
+                fh.read(1)
+    except PermissionError:
+        return False
+    return True
+
+
+@pytest.fixture
+def unreadable(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path], Path]]:
+    """``unreadable(path)``: take the read permission of a file or folder away (mode 000).
+
+    Under a normal user the kernel then refuses every read. Root ignores mode bits, so where the path still
+    reads after the chmod (and only there), the kernel's refusal is reproduced in this process: ``os.open``,
+    ``os.listdir``, ``os.scandir`` and ``open`` raise the same ``PermissionError`` for that path. Modes are put
+    back afterwards so that pytest can remove ``tmp_path``.
+    """
+    changed: list[tuple[Path, int]] = []
+    denied: set[str] = set()
+
+    def deny(*names: str) -> None:
+        for mod, name in ((os, "open"), (os, "listdir"), (os, "scandir"), (builtins, "open"), (io, "open")):
+            original = getattr(mod, name)
+
+            def refusing(target: object, *args: object, _original: Callable = original, **kwargs: object) -> object:
+                if isinstance(target, (str, bytes, os.PathLike)) and os.path.realpath(os.fsdecode(target)) in denied:
+                    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(target))
+                return _original(target, *args, **kwargs)
+
+            monkeypatch.setattr(mod, name, refusing)
+
+    def make(path: Path) -> Path:
+        changed.append((path, path.stat().st_mode & 0o7777))
+        path.chmod(0)
+        if _still_readable(path):
+            if not denied:
+                deny()
+            denied.add(os.path.realpath(path))
+        return path
+
+    yield make
+    for path, mode in reversed(changed):
+        path.chmod(mode)
 
 
 class _KillAt:

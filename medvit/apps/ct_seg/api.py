@@ -1189,17 +1189,21 @@ def _is_series_dir(path: Path) -> bool:
     try:
         return any(f.is_file() and _is_dicom_candidate(f) for f in path.iterdir())
     except OSError:
-        return False
+        # A folder that cannot be listed becomes one input: its reader reports it in the manifest as an error
+        # row, where the folder scan would skip it without a word.
+        return True
 
 
 # ===================================================================================================== evaluate
 def _nifti_files(folder: Path, what: str) -> dict[str, Path]:
+    from medvit.shared.data.io import list_folder
+
     if not folder.is_dir():
         raise DataError(f"{folder}: {what} folder not found")
     out: dict[str, Path] = {}
-    for f in sorted(folder.iterdir()):
-        if f.name.startswith(".") or not f.is_file() or not f.name.lower().endswith(NIFTI_SUFFIXES):
-            continue
+    for f in list_folder(folder):
+        if f.is_dir() or not f.name.lower().endswith(NIFTI_SUFFIXES):
+            continue  # a FIFO or broken link with a NIfTI name stays: its reader names the problem
         cid = case_id_of(f)
         if cid in out:
             raise DataError(f"{folder}: case {cid} appears twice ({out[cid].name}, {f.name})")
@@ -1210,9 +1214,12 @@ def _nifti_files(folder: Path, what: str) -> dict[str, Path]:
 
 
 def _read_labels(cid: str, path: Path, allowed: Mapping[int, str] | None) -> tuple[np.ndarray, np.ndarray, ImageMeta]:
-    from medvit.shared.data.io import read_nifti
+    from medvit.shared.data.io import affine_problem, read_nifti
 
     arr, meta = read_nifti(path, check_finite=False)
+    problem = affine_problem(meta.affine)
+    if problem is not None:  # the affine comparison and HD95's spacing need a usable grid
+        raise DataError(f"case {cid}: {path}: {problem}")
     values = check_label_values(cid, path, arr, allowed)
     return arr.round().astype(np.int64), values, meta
 

@@ -23,7 +23,6 @@ centre equally often, background with its own weight), then flips / rot90 / inte
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from medvit.shared.data.augment import reseed
-from medvit.shared.data.io import NIFTI_SUFFIXES, ReadError
+from medvit.shared.data.io import NIFTI_SUFFIXES, ReadError, affine_problem, list_folder, read_json_object
 from medvit.shared.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -122,16 +121,13 @@ def labels_from_json(path: str | Path) -> dict[int, str]:
         value -> name, background 0 included.
 
     Raises:
-        DataError: unreadable file, no ``labels``, region-based (list) labels, or values that are not integers.
+        DataError: unreadable file, not JSON or not a JSON object, no ``labels``, region-based (list) labels, or
+            values that are not integers.
     """
     p = Path(path)
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{p}: dataset.json not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{p}: not a readable dataset.json ({err})") from None
-    raw = doc.get("labels") if isinstance(doc, dict) else None
+    if not p.exists() and not p.is_symlink():
+        raise DataError(f"{p}: dataset.json not found")
+    raw = read_json_object(p).get("labels")
     if not isinstance(raw, dict) or not raw:
         raise DataError(f"{p}: no 'labels' mapping")
     out: dict[int, str] = {}
@@ -164,10 +160,10 @@ def _pair_folder(images: Path, labels: Path, ending: str | None = None) -> list[
         if not folder.is_dir():
             raise DataError(f"{folder}: {what} folder not found")
         out: dict[str, Path] = {}
-        for f in sorted(folder.iterdir()):
+        for f in list_folder(folder):
             low = f.name.lower()
-            if f.name.startswith(".") or not f.is_file() or not low.endswith(ending or NIFTI_SUFFIXES):
-                continue
+            if f.is_dir() or not low.endswith(ending or NIFTI_SUFFIXES):
+                continue  # a FIFO or broken link with a NIfTI name stays: its reader names the problem
             stem = _strip_ext(f.name)
             m = _CHANNEL.match(stem) if what == "images" else None
             if m is not None and m.group("ch") != "0000":
@@ -234,9 +230,9 @@ def load_dataset(
     if not r.is_dir():
         raise DataError(f"{r}: dataset folder not found")
     js = Path(dataset_json) if dataset_json else r / "dataset.json"
-    if not js.is_file():
+    if not js.exists() and not js.is_symlink():
         raise DataError(f"{r}: no dataset.json (nnU-Net raw / MSD layout); or pass --images DIR --labels DIR")
-    doc = json.loads(js.read_text(encoding="utf-8"))
+    doc = read_json_object(js)
     _channels(doc, js)
     lab = labels_from_json(js)
     ending = doc.get("file_ending")
@@ -246,8 +242,8 @@ def load_dataset(
     elif isinstance(training, list) and training:
         cases = []
         for entry in training:
-            if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-                raise DataError(f"{js}: 'training' entries need 'image' and 'label' (got {entry!r})")
+            if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("image", "label")):
+                raise DataError(f"{js}: 'training' entries need 'image' and 'label' paths (got {entry!r})")
             img, seg = (r / entry["image"]).resolve(), (r / entry["label"]).resolve()
             cid = case_id_of(seg)
             for p, what in ((img, "image"), (seg, "label map")):
@@ -295,6 +291,10 @@ def check_pair_header(case_id: str, image: Path, label: Path, *, what: str = "im
     """
     s1, a1 = _header(image)
     s2, a2 = _header(label)
+    for path, affine in ((image, a1), (label, a2)):
+        problem = affine_problem(affine)
+        if problem is not None:
+            raise DataError(f"case {case_id}: {path}: {problem}")
     if s1 != s2:
         raise DataError(f"case {case_id}: {what} differ in shape: {image.name} {s1} vs {label.name} {s2}")
     if not affines_match(a1, a2):
@@ -344,6 +344,10 @@ def read_case(case: CTCase, allowed: Mapping[int, str] | None) -> dict[str, Any]
 
     img, img_meta = read_volume(case.image)
     lab, lab_meta = read_nifti(case.label, check_finite=False)
+    for path, meta in ((case.image, img_meta), (case.label, lab_meta)):
+        problem = None if meta.affine is None else affine_problem(meta.affine)
+        if problem is not None:  # before the comparison below, which a zero spacing turns into NaN
+            raise DataError(f"case {case.case_id}: {path}: {problem}")
     if img.shape != lab.shape:
         raise DataError(f"case {case.case_id}: image and label map differ in shape: {img.shape} vs {lab.shape}")
     if (

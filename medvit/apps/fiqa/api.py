@@ -449,9 +449,23 @@ class _ScoreJob:
         """(faces to score, detections rejected below ``--min-face-score``)."""
         from medvit.apps.fiqa.align import given_crop
         from medvit.apps.fiqa.data import read_face_file
+        from medvit.shared.data.cards import MIN_FACE_SIZE
+        from medvit.shared.data.io import ReadError, list_folder
 
+        if item.is_dir():  # only a folder the scan could not list is an item (see _unlistable)
+            try:
+                list_folder(item)
+            except ReadError as err:
+                raise DataError(f"{err}; the images in it were not scored") from None
+            raise DataError(f"{item}: is a folder, expected an image file")
         img = read_face_file(item)
         if self.aligner is None:
+            h, w = img.shape[:2]
+            if min(h, w) < MIN_FACE_SIZE:
+                raise DataError(
+                    f"{item}: {w}x{h} px is below the minimum face size of {MIN_FACE_SIZE} px; "
+                    "--aligned expects face crops (112x112)"
+                )
             return [given_crop(img)], []
         faces, rejected = self.aligner.detect_faces(img, all_faces=self.all_faces)
         for r in rejected:
@@ -514,6 +528,16 @@ class _ScoreJob:
                 }
             )
         return results
+
+
+def _unlistable(folder: Path) -> bool:
+    """True for a folder that cannot be listed: it becomes one input with an ``error`` row instead of vanishing
+    from the scan (``os.walk`` skips such folders without a word)."""
+    try:
+        os.scandir(folder).close()
+    except OSError:
+        return True
+    return False
 
 
 def _score_rows(manifest: Path, detector: str) -> list[dict[str, Any]]:
@@ -596,10 +620,11 @@ def score(
     """Score face images (one quality per face, higher = better).
 
     Args:
-        inp: image file, folder (recursive) or ``.txt`` list.
+        inp: image file, folder (recursive) or ``.txt`` list; a sub-folder that cannot be listed is an ``error`` row.
         out: output folder: ``scores.csv``, ``manifest.csv``, ``quality_hist.png``, ``contact_sheet.png``.
         weights: see :func:`load_scoring_model`.
-        aligned: inputs are aligned crops (resized to 112 if needed): no detection.
+        aligned: inputs are aligned crops (resized to 112 if needed): no detection; an image whose shorter side
+            is below :data:`~medvit.shared.data.cards.MIN_FACE_SIZE` is an ``error`` row.
         all_faces: score every detected face, not only the largest.
         models: insightface model folder (SCRFD detector).
         detector: ``auto``, ``scrfd``, ``mtcnn``, ``dlib``.
@@ -619,8 +644,8 @@ def score(
     import torch
 
     from medvit.apps.fiqa.align import FaceAligner
-    from medvit.apps.fiqa.data import IMAGE_EXTS
     from medvit.apps.fiqa.evaluate import plot_contact_sheet, plot_histogram, write_csv_atomic
+    from medvit.shared.data.io import IMAGE_SUFFIXES
     from medvit.shared.engine import distributed as D
     from medvit.shared.engine.batch import resolve_inputs, run_batch
     from medvit.shared.engine.fit import resolve_device
@@ -637,7 +662,7 @@ def score(
     aligner = None if aligned else FaceAligner.create(detector, models, min_score=min_face_score)
     if aligner is not None:
         logger.info("face detector %s, --min-face-score %g", aligner.detector_name, aligner.min_score)
-    items = resolve_inputs(inp, IMAGE_EXTS)
+    items = resolve_inputs(inp, IMAGE_SUFFIXES, dirs_as_items=_unlistable)
     D.init_distributed(str(dev), required=False)  # RANK/WORLD_SIZE alone shard the inputs (a Slurm array)
     job = _ScoreJob(model, aligner=aligner, all_faces=all_faces, batch_size=batch_size, device=dev)
     summary = run_batch(

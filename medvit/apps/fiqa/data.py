@@ -41,12 +41,12 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from medvit.shared.data.augment import SeededAlbumentations, reseed
+from medvit.shared.data.io import IMAGE_SUFFIXES, check_file, list_folder
 from medvit.shared.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "IMAGE_EXTS",
     "IRHeader",
     "IdentityFolderDataset",
     "PairSet",
@@ -61,7 +61,6 @@ __all__ = [
     "unpack_record",
 ]
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 FACE_SIZE = 112
 RECORDIO_MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", RECORDIO_MAGIC)
@@ -415,8 +414,9 @@ class IdentityFolderDataset(_FaceDataset):
             raise DataError(f"{self.root}: not a folder")
         self.items: list[tuple[str, int]] = []
         self.class_names: list[str] = []
-        for d in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            files = sorted(str(f) for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTS and not f.name.startswith("."))
+        for d in (p for p in list_folder(self.root) if p.is_dir()):
+            # check_file: an unreadable or dangling entry is named now, not by a loader worker midway through a run
+            files = [str(check_file(f)) for f in list_folder(d) if f.name.lower().endswith(IMAGE_SUFFIXES)]
             if len(files) < max(1, min_images):
                 continue
             label = len(self.class_names)
@@ -424,7 +424,7 @@ class IdentityFolderDataset(_FaceDataset):
             self.items += [(f, label) for f in files]
         if not self.items:
             raise DataError(
-                f"{self.root}: no identity folders with images ({', '.join(IMAGE_EXTS)}); "
+                f"{self.root}: no identity folders with images ({', '.join(IMAGE_SUFFIXES)}); "
                 "expected DATA/<identity>/*.jpg"
             )
         self.num_classes = len(self.class_names)
@@ -594,7 +594,7 @@ class PairSet:
 
 
 def _find_image(root: Path, stem: str) -> str:
-    for ext in (".jpg", ".png", ".jpeg", ".bmp"):
+    for ext in IMAGE_SUFFIXES:
         cand = root / f"{stem}{ext}"
         if cand.is_file():
             return str(cand)

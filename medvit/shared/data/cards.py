@@ -10,6 +10,10 @@ files follow on disk, and which methods and apps use it; ``data_cards/README.md`
 * ``identity-folders``: ``ROOT/<identity>/<image>`` (ImageFolder-style, as insightface's and CR-FIQA's
   tools read it) with an optional LFW-style ``pairs.txt``.
 
+Files are read with the readers of :mod:`medvit.shared.data.io` that training uses, voxels and pixels included, so
+that a folder found OK will train; ``quick=True`` reads headers only (faster, but blind to truncated data, NaN
+voxels, corrupt JPEG data and label values).
+
 Where the cards live: ``data_cards/`` at the repository root, found relative to the installed package
 (``Path(medvit.__file__).parents[1] / "data_cards"``). This works for the source checkout and the editable
 install the project uses; a wheel install does not carry them, so pass a card file path instead of an id
@@ -18,14 +22,15 @@ install the project uses; a wheel install does not carry them, so pass a card fi
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from medvit.shared.data.io import IMAGE_SUFFIXES, ReadError, affine_problem, list_folder
 from medvit.shared.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -43,8 +48,10 @@ LAYOUTS: tuple[str, ...] = (
 """Layouts a card may declare. ``catalog`` cards list datasets (``datasets``) instead of describing a folder;
 :func:`validate_dir` checks ``nnunet-raw`` and ``identity-folders`` folders (other layouts: later issues)."""
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-"""Extensions accepted as images in ``identity-folders`` (compared case-insensitively)."""
+MIN_FACE_SIZE: int = 32
+"""Smallest side, in pixels, of an image that can hold a usable face: aligned crops are 112x112, and below 32 px
+(the smallest ``medvit data synth faces --size``) a crop would be upsampled more than 3.5 times. Smaller images are
+problems in ``identity-folders`` and ``error`` rows in ``medvit fiqa score --aligned``."""
 
 NNUNET_REQUIRED_KEYS: tuple[str, ...] = ("channel_names", "labels", "numTraining", "file_ending")
 """Keys nnU-Net v2 requires in ``dataset.json``."""
@@ -431,7 +438,11 @@ class ValidationReport:
 
 
 def validate_dir(
-    card: DataCard | str | Path, root: str | Path, progress: Callable[[int, int], None] | None = None
+    card: DataCard | str | Path,
+    root: str | Path,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    quick: bool = False,
 ) -> ValidationReport:
     """Check a dataset folder against a card's layout.
 
@@ -439,12 +450,14 @@ def validate_dir(
         card: A card, or a card id / path for :func:`load_card`.
         root: The dataset folder.
         progress: Optional ``progress(done, total)`` callback, called after each case (nnunet-raw: per split).
+        quick: Read file headers only. The default decodes every file with the readers the training commands use
+            (truncation, corrupt data, NaN voxels and label values are only found that way).
 
     Returns:
         The report; problems are collected, not raised, so one run lists them all.
 
     Raises:
-        DataError: ``root`` is missing or not a folder.
+        DataError: ``root`` is missing, not a folder or cannot be listed.
         ConfigError: The card's layout has no validator (``catalog`` and layouts of later issues).
     """
     if not isinstance(card, DataCard):
@@ -458,7 +471,7 @@ def validate_dir(
         if card.layout == "catalog":
             raise ConfigError(f"card {card.id!r} is a catalog of datasets; validate against a layout card instead")
         raise ConfigError(f"card {card.id!r}: no validator for layout {card.layout!r} yet")
-    problems, counts = validator(card, root_path, progress)
+    problems, counts = validator(card, root_path, progress, quick)
     report = ValidationReport(card.id, root_path, tuple(problems), counts)
     logger.debug("validate %s against %s: %d problems", root_path, card.id, len(problems))
     return report
@@ -487,13 +500,64 @@ def _label_values(labels: Mapping[str, Any]) -> set[int] | None:
     return values
 
 
-def _load_nifti(path: Path) -> Any:
-    import nibabel as nib
+def _problem(err: ReadError, path: Path) -> str:
+    """A reader's message without the leading path: the validator's lines start with the case or file instead."""
+    text = str(err)
+    prefix = f"{path}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
 
-    img = nib.load(str(path))
+
+@dataclass
+class _Volume:
+    """What the validator learnt about one NIfTI file: its 3-D shape, affine and (full mode) voxels."""
+
+    shape: tuple[int, ...]
+    affine: Any
+    data: Any = None
+
+
+def _read_volume(path: Path, *, quick: bool, label: bool) -> _Volume:
+    """Read a NIfTI file as ``ct-seg train`` does (images: NaN/Inf refused; labels: any values), or its header.
+
+    Raises:
+        ReadError: From :func:`medvit.shared.data.io.read_nifti`, or (quick) from the header checks.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    from medvit.shared.data.io import check_file, nifti_header_problem, read_nifti
+
+    if not quick:
+        arr, meta = read_nifti(path, ndim=3, check_finite=not label)
+        return _Volume(tuple(arr.shape), meta.affine, arr)
+    check_file(path)
+    try:
+        img = nib.load(str(path))
+    except Exception as err:  # noqa: BLE001 - any nibabel failure on a header is a bad file
+        raise ReadError(f"{path}: not a readable NIfTI header ({type(err).__name__}: {err})") from None
     if not isinstance(img, nib.Nifti1Image):  # Nifti2Image subclasses it
-        raise ValueError(f"not a NIfTI image ({type(img).__name__})")
-    return img
+        raise ReadError(f"{path}: not a NIfTI image ({type(img).__name__})")
+    problem = nifti_header_problem(img)
+    if problem is not None:
+        raise ReadError(f"{path}: {problem}")
+    shape = tuple(int(x) for x in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise ReadError(f"{path}: expected a 3D volume, got shape {tuple(img.shape)}")
+    return _Volume(shape, np.asarray(img.affine, dtype=np.float64))
+
+
+def _listing(root: Path, folder: str, problems: list[str]) -> list[Path]:
+    """Entries of ``root/folder`` ([] when absent); a folder that cannot be listed is a problem, not a crash."""
+    path = root / folder
+    if not path.is_dir():
+        return []
+    try:
+        return list_folder(path)
+    except ReadError as err:
+        problems.append(f"{folder}: {_problem(err, path)}")
+        return []
 
 
 def _check_split(
@@ -506,26 +570,23 @@ def _check_split(
     problems: list[str],
     label_hist: dict[int, int],
     progress: Callable[[int, int], None] | None = None,
+    quick: bool = False,
 ) -> int:
     """Check one ``imagesXx``/``labelsXx`` pair of folders; returns the number of complete cases."""
     import numpy as np
 
     img_root, lab_root = root / images_dir, root / labels_dir
     channels: dict[str, set[int]] = {}
-    for p in sorted(img_root.iterdir()) if img_root.is_dir() else []:
-        if p.name.startswith("."):
-            continue
+    for p in _listing(root, images_dir, problems):
         parsed = _split_channel(p.name, ending)
-        if parsed is None or not p.is_file():
+        if parsed is None:
             problems.append(f"{images_dir}/{p.name}: not named CASE_XXXX{ending} (nnU-Net channel suffix)")
             continue
-        channels.setdefault(parsed[0], set()).add(parsed[1])
+        channels.setdefault(parsed[0], set()).add(parsed[1])  # not a regular file: the reader says so below
     labels: dict[str, Path] = {}
     has_labels = lab_root.is_dir()
-    for p in sorted(lab_root.iterdir()) if has_labels else []:
-        if p.name.startswith("."):
-            continue
-        if not p.name.endswith(ending) or not p.is_file():
+    for p in _listing(root, labels_dir, problems):
+        if not p.name.endswith(ending):
             problems.append(f"{labels_dir}/{p.name}: not a {ending} label file")
             continue
         labels[p.name[: -len(ending)]] = p
@@ -550,53 +611,52 @@ def _check_split(
         if has_labels and case not in labels:
             problems.append(f"{case}: image {images_dir}/{case}_0000{ending} has no label {labels_dir}/{case}{ending}")
             continue
-        if not has_labels:
-            complete += chans == expected
-            continue
-        # geometry and values
-        try:
-            lab_img = _load_nifti(labels[case])
-            lab = np.asanyarray(lab_img.dataobj)
-        except Exception as err:  # any reader failure is a problem with this case, not a crash of the check
-            problems.append(f"{case}: label {labels_dir}/{case}{ending} unreadable: {type(err).__name__}: {err}")
-            continue
-        if lab.ndim == 4 and lab.shape[-1] == 1:
-            lab = lab[..., 0]
-        if lab.ndim != 3:
-            problems.append(f"{case}: label {labels_dir}/{case}{ending} is {lab.ndim}-D, expected 3-D")
-            continue
         case_ok = chans == expected
+        lab: _Volume | None = None
+        lab_rel = f"{labels_dir}/{case}{ending}"
+        if has_labels:
+            try:
+                lab = _read_volume(labels[case], quick=quick, label=True)
+            except ReadError as err:  # a bad label is a problem of this case, not a crash of the check
+                problems.append(f"{case}: label {lab_rel}: {_problem(err, labels[case])}")
+                continue
         for c in sorted(chans & expected):
             rel = f"{images_dir}/{case}_{c:04d}{ending}"
+            path = img_root / f"{case}_{c:04d}{ending}"
             try:
-                img = _load_nifti(img_root / f"{case}_{c:04d}{ending}")
-            except Exception as err:  # header unreadable: report and go on with the next case
-                problems.append(f"{case}: image {rel} unreadable: {type(err).__name__}: {err}")
+                img = _read_volume(path, quick=quick, label=False)
+            except ReadError as err:
+                problems.append(f"{case}: image {rel}: {_problem(err, path)}")
                 case_ok = False
                 continue
-            shape = tuple(img.shape[:3]) if len(img.shape) == 4 and img.shape[3] == 1 else tuple(img.shape)
-            if shape != lab.shape:
-                problems.append(f"{case}: image {rel} shape {shape} != label shape {tuple(lab.shape)}")
+            geometry = affine_problem(img.affine)
+            if geometry is not None:  # training resamples every image: a zero spacing stops it
+                problems.append(f"{case}: image {rel}: {geometry}")
                 case_ok = False
-            elif not np.allclose(img.affine, lab_img.affine, atol=1e-4):
+            elif lab is not None and img.shape != lab.shape:
+                problems.append(f"{case}: image {rel} shape {img.shape} != label shape {lab.shape}")
+                case_ok = False
+            elif lab is not None and not np.allclose(img.affine, lab.affine, atol=1e-4):
                 problems.append(f"{case}: image {rel} and its label have different affines (atol 1e-4)")
                 case_ok = False
-        if not np.issubdtype(lab.dtype, np.integer):
-            if not np.all(np.isfinite(lab)) or not np.array_equal(lab, np.round(lab)):
-                problems.append(f"{case}: label {labels_dir}/{case}{ending} has non-integer values")
+        if lab is None:
+            complete += case_ok
+            continue
+        if lab.data is not None:  # quick mode reads no label values
+            values_arr = lab.data
+            if not np.all(np.isfinite(values_arr)) or not np.array_equal(values_arr, np.round(values_arr)):
+                problems.append(f"{case}: label {lab_rel} has non-integer values")
                 continue
-            lab = lab.astype(np.int64)
-        values = [int(x) for x in np.unique(lab)]
-        for x in values:
-            label_hist[x] = label_hist.get(x, 0) + 1
-        if allowed is not None:
-            bad = [x for x in values if x not in allowed]
-            if bad:
-                problems.append(
-                    f"{case}: label {labels_dir}/{case}{ending} has value(s) {bad} not in dataset.json labels "
-                    f"{sorted(allowed)}"
-                )
-                case_ok = False
+            values = [int(x) for x in np.unique(values_arr)]
+            for x in values:
+                label_hist[x] = label_hist.get(x, 0) + 1
+            if allowed is not None:
+                bad = [x for x in values if x not in allowed]
+                if bad:
+                    problems.append(
+                        f"{case}: label {lab_rel} has value(s) {bad} not in dataset.json labels {sorted(allowed)}"
+                    )
+                    case_ok = False
         complete += case_ok
     if progress is not None and cases:
         progress(len(cases), len(cases))
@@ -604,25 +664,22 @@ def _check_split(
 
 
 def _validate_nnunet_raw(
-    card: DataCard, root: Path, progress: Callable[[int, int], None] | None
+    card: DataCard, root: Path, progress: Callable[[int, int], None] | None, quick: bool = False
 ) -> tuple[list[str], dict[str, int]]:
+    from medvit.shared.data.io import read_json_object
+
     problems: list[str] = []
     counts: dict[str, int] = {}
     ds_path = root / "dataset.json"
     dataset: dict[str, Any] = {}
-    if not ds_path.is_file():
+    if not ds_path.exists() and not ds_path.is_symlink():
         problems.append("dataset.json: missing")
     else:
         try:
-            loaded = json.loads(ds_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            problems.append(f"dataset.json: not valid JSON: {err}")
-        else:
-            if isinstance(loaded, dict):
-                dataset = loaded
-            else:
-                problems.append("dataset.json: top level must be an object")
-    if ds_path.is_file() and dataset:
+            dataset = read_json_object(ds_path)
+        except ReadError as err:
+            problems.append(f"dataset.json: {_problem(err, ds_path)}")
+    if dataset:
         missing = [k for k in NNUNET_REQUIRED_KEYS if k not in dataset]
         if missing:
             problems.append(f"dataset.json: missing required key(s) {', '.join(missing)}")
@@ -668,7 +725,9 @@ def _validate_nnunet_raw(
         problems.append("labelsTr: folder missing")
     label_hist: dict[int, int] = {}
     n_channels = len(channel_names)
-    n_train = _check_split(root, "imagesTr", "labelsTr", ending, n_channels, allowed, problems, label_hist, progress)
+    n_train = _check_split(
+        root, "imagesTr", "labelsTr", ending, n_channels, allowed, problems, label_hist, progress, quick
+    )
     counts["cases"] = n_train
     num_training = dataset.get("numTraining")
     n_found = len(list((root / "labelsTr").glob(f"[!.]*{ending}"))) if (root / "labelsTr").is_dir() else 0
@@ -677,7 +736,9 @@ def _validate_nnunet_raw(
     elif num_training is not None and not isinstance(num_training, int):
         problems.append(f"dataset.json: numTraining must be an integer, got {num_training!r}")
     if (root / "imagesTs").is_dir():
-        n_test = _check_split(root, "imagesTs", "labelsTs", ending, n_channels, allowed, problems, label_hist, progress)
+        n_test = _check_split(
+            root, "imagesTs", "labelsTs", ending, n_channels, allowed, problems, label_hist, progress, quick
+        )
         counts["test_cases"] = n_test
     if isinstance(labels, dict) and allowed is not None:
         for name, value in labels.items():
@@ -686,9 +747,14 @@ def _validate_nnunet_raw(
     return problems, counts
 
 
+def _listed(path: Path) -> bool:
+    """The file is there, even if broken: whether it reads is the identity-folder check's line, not a pair's."""
+    return os.path.lexists(path) and not path.is_dir()
+
+
 def _pair_files(root: Path, name: str, number: int) -> bool:
     stem = root / name / f"{name}_{number:04d}"
-    return any(stem.with_name(stem.name + ext).is_file() for ext in IMAGE_EXTENSIONS)
+    return any(_listed(stem.with_name(stem.name + ext)) for ext in IMAGE_SUFFIXES)
 
 
 def _validate_pairs(root: Path, problems: list[str], counts: dict[str, int]) -> None:
@@ -716,7 +782,7 @@ def _validate_pairs(root: Path, problems: list[str], counts: dict[str, int]) -> 
             missing = [f"{nm}_{i:04d}" for nm, i in sides if not _pair_files(root, nm, i)]
             impostor += 1
         elif len(parts) == 3 and parts[2] in ("0", "1"):
-            missing = [p for p in parts[:2] if not (root / p).is_file()]
+            missing = [p for p in parts[:2] if not _listed(root / p)]
             if parts[2] == "1":
                 genuine += 1
             else:
@@ -730,31 +796,58 @@ def _validate_pairs(root: Path, problems: list[str], counts: dict[str, int]) -> 
     counts["impostor_pairs"] = impostor
 
 
-def _validate_identity_folders(
-    card: DataCard, root: Path, progress: Callable[[int, int], None] | None
-) -> tuple[list[str], dict[str, int]]:
-    import cv2
+def _face_image_problem(path: Path, quick: bool) -> str | None:
+    """Why an identity-folder image will not train, or ``None``.
 
+    Full mode decodes it with :func:`medvit.shared.data.io.read_image`, the reader behind ``fiqa train``, so
+    truncated and corrupt files are found; quick mode reads the header only. Either way an image smaller than
+    :data:`MIN_FACE_SIZE` is a problem: no face detector or aligner can use it.
+    """
+    from medvit.shared.data.io import read_image, read_image_header
+
+    try:
+        if quick:
+            size = read_image_header(path)
+        else:
+            img, _ = read_image(path, mode="rgb")
+            size = (int(img.shape[1]), int(img.shape[0]))
+    except ReadError as err:
+        return _problem(err, path)
+    if size is not None and min(size) < MIN_FACE_SIZE:
+        return f"{size[0]}x{size[1]} px, below the minimum face size of {MIN_FACE_SIZE} px"
+    return None
+
+
+def _validate_identity_folders(
+    card: DataCard, root: Path, progress: Callable[[int, int], None] | None, quick: bool = False
+) -> tuple[list[str], dict[str, int]]:
     problems: list[str] = []
-    identities = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    entries = list_folder(root)  # the root itself unreadable: a DataError for the whole command
+    for p in entries:
+        if p.is_symlink() and not p.exists():
+            problems.append(f"{p.name}: broken symbolic link (its target does not exist)")
+    identities = [p for p in entries if p.is_dir()]
     n_images = 0
     for done, ident in enumerate(identities):
         count = 0
-        for p in sorted(ident.iterdir()):
-            if p.name.startswith("."):
-                continue
+        try:
+            files = list_folder(ident)
+        except ReadError as err:
+            problems.append(f"{ident.name}: {_problem(err, ident)}")
+            files = None
+        for p in files or []:
             rel = f"{ident.name}/{p.name}"
             if p.is_dir():
                 problems.append(f"{rel}: nested folder inside an identity folder")
-            elif p.suffix.lower() not in IMAGE_EXTENSIONS:
-                problems.append(f"{rel}: not an image extension ({', '.join(IMAGE_EXTENSIONS)})")
-            elif p.stat().st_size == 0:
-                problems.append(f"{rel}: empty file (0 bytes)")
-            elif not cv2.haveImageReader(str(p)):  # reads the signature only, not the pixels
-                problems.append(f"{rel}: not a readable image (unknown file signature)")
+            elif not p.name.lower().endswith(IMAGE_SUFFIXES):
+                problems.append(f"{rel}: not an image extension ({', '.join(IMAGE_SUFFIXES)})")
             else:
-                count += 1
-        if count == 0:
+                problem = _face_image_problem(p, quick)
+                if problem is None:
+                    count += 1
+                else:
+                    problems.append(f"{rel}: {problem}")
+        if count == 0 and files is not None:
             problems.append(f"{ident.name}: identity folder has no readable image")
         n_images += count
         if progress is not None:

@@ -134,8 +134,14 @@ def synth(
 def validate(
     card: str = typer.Argument(..., help="Card id (see `medvit data cards`) or a card .yaml path."),
     directory: Path = typer.Argument(..., metavar="DIR", help="Dataset folder to check."),
+    quick: bool = typer.Option(
+        False, "--quick", help="Read headers only: faster, but truncated data, NaN voxels and label values go unseen."
+    ),
 ) -> None:
-    """Check a dataset folder against a data card; prints every problem, exit code 1 if there is any."""
+    """Check a dataset folder against a data card; prints every problem, exit code 1 if there is any.
+
+    Every file is decoded with the readers training uses, so OK means the data will load; --quick reads headers.
+    """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -147,7 +153,10 @@ def validate(
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("validate", total=None)
         report = validate_dir(
-            loaded, directory, progress=lambda done, total: bar.update(task, completed=done, total=total)
+            loaded,
+            directory,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            quick=quick,
         )
     for problem in report.problems:
         typer.echo(problem)  # plain echo: problem text may contain [brackets] that rich would eat as markup

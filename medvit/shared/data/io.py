@@ -4,8 +4,9 @@ Every reader returns ``(array, meta)`` where ``meta`` is an :class:`ImageMeta`, 
 :class:`ReadError`, whose message names the file and the problem (missing, zero bytes, truncated or corrupt,
 wrong dimensionality, NaN/Inf values, unsupported format, too many pixels).
 
-Libraries: nibabel (NIfTI), pydicom (DICOM), opencv (PNG/JPEG/TIFF/BMP and video). They are imported inside the
-functions so that importing this module (and ``medvit --help``) stays cheap.
+Libraries: nibabel (NIfTI), pydicom (DICOM), opencv (PNG/JPEG/TIFF/BMP/WebP and video), simplejpeg (libjpeg-turbo's
+corrupt-data warnings as errors, which opencv only prints). They are imported inside the functions so that importing
+this module (and ``medvit --help``) stays cheap.
 
 Conventions:
     * Volumes are indexed like nibabel arrays: ``[X, Y, Z]`` in the file's voxel order, with a 4x4 ``affine`` that
@@ -30,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import stat
 import struct
 import threading
 import warnings
@@ -57,7 +59,8 @@ MAX_GZIP_RATIO = 1100
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+"""Suffixes :func:`read_image` reads: the one list that folder scans, data cards and apps use for 2D images."""
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
 # Relative tolerance on slice spacing before a DICOM series is declared to have gaps (dcm2niix warns at a
@@ -144,16 +147,126 @@ def _dicom_pixel_spacing(path: PathLike, ds: Any) -> tuple[float, float] | None:
     return None
 
 
+def _missing(p: Path) -> str:
+    """Why ``p`` cannot be found: a broken symbolic link or a path that does not exist."""
+    if p.is_symlink():
+        try:
+            target = os.readlink(p)
+        except OSError:
+            target = "?"
+        return f"broken symbolic link (its target {target} does not exist)"
+    return "file not found"
+
+
+def _os_problem(exc: OSError, what: str) -> str:
+    """One phrase for an ``OSError`` met while opening or listing ``what`` ("the file", "the folder")."""
+    if isinstance(exc, PermissionError):
+        return f"permission denied: cannot read {what}"
+    return f"cannot read {what} ({exc.strerror or type(exc).__name__})"
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
 def _check_file(path: PathLike) -> Path:
-    """Raise for a missing path, a folder, or an empty file; return the path."""
+    """Raise for a missing path, a broken link, a folder, a FIFO or device, an empty or an unreadable file.
+
+    The file is opened once (and closed): a permission problem is reported here, by name, instead of as an
+    ``OSError`` from deep inside a decoder. Only regular files are opened, so a FIFO never blocks the caller.
+
+    Returns:
+        The path.
+    """
     p = Path(path)
-    if not p.exists():
-        raise _fail(p, "file not found")
-    if p.is_dir():
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise _fail(p, _missing(p)) from None
+    except OSError as exc:
+        raise _fail(p, _os_problem(exc, "the file")) from None
+    if stat.S_ISDIR(st.st_mode):
         raise _fail(p, "is a folder, expected a file")
-    if p.stat().st_size == 0:
+    if not stat.S_ISREG(st.st_mode):
+        raise _fail(p, f"is {_special_kind(st.st_mode)}, not a regular file")
+    if st.st_size == 0:
         raise _fail(p, "empty file (0 bytes)")
+    try:
+        fd = os.open(p, os.O_RDONLY)
+    except OSError as exc:
+        raise _fail(p, _os_problem(exc, "the file")) from None
+    os.close(fd)
     return p
+
+
+def check_file(path: PathLike) -> Path:
+    """Check that ``path`` is a non-empty regular file this process can read, as every reader does first.
+
+    For callers that list files before reading them (training sets, validators): a bad file is named at once
+    instead of midway through a run.
+
+    Returns:
+        The path.
+
+    Raises:
+        ReadError: Missing, broken symbolic link, folder, FIFO/socket/device, empty, or not readable.
+    """
+    return _check_file(path)
+
+
+def list_folder(folder: PathLike) -> list[Path]:
+    """The entries of a folder, hidden ones (leading ``.``) left out, sorted by name.
+
+    Raises:
+        ReadError: The folder is missing, not a folder, or cannot be listed (permission denied, I/O error).
+    """
+    d = Path(folder)
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        raise _fail(d, "folder not found") from None
+    except NotADirectoryError:
+        raise _fail(d, "is a file, expected a folder") from None
+    except OSError as exc:
+        raise _fail(d, _os_problem(exc, "the folder")) from None
+    return [d / n for n in sorted(names) if not n.startswith(".")]
+
+
+def affine_problem(affine: np.ndarray) -> str | None:
+    """What makes a voxel-to-world affine unusable for orienting and resampling, or ``None`` when it is usable.
+
+    MONAI's ``Orientation``/``Spacing`` invert the affine; a NaN entry or a zero voxel axis makes them fail with a
+    message that names neither the file nor the cause, so callers check here first.
+
+    Args:
+        affine: 4x4 voxel-to-world matrix.
+
+    Returns:
+        A phrase such as ``"voxel spacing is 0 along axis 2 ..."``, or ``None``.
+    """
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4):
+        return f"affine of shape {a.shape}, expected 4x4"
+    if not np.isfinite(a).all():
+        return "the affine (sform/qform) has NaN or Inf entries: the voxel-to-world geometry is unknown"
+    zooms = np.linalg.norm(a[:3, :3], axis=0)
+    zero = [i for i in range(3) if zooms[i] == 0.0]
+    if zero:
+        axes = ", ".join(map(str, zero))
+        return (
+            f"voxel spacing is 0 along axis {axes} (zero column in the affine): the volume cannot be oriented or "
+            "resampled; fix pixdim/sform in the header"
+        )
+    # Relative to the zooms, so that a 0.1 mm grid is not called singular.
+    if abs(np.linalg.det(a[:3, :3] / zooms)) < 1e-6:
+        return "the affine is singular (two voxel axes point the same way): the volume cannot be resampled"
+    return None
 
 
 def _has_suffix(path: PathLike, suffixes: Sequence[str]) -> bool:
@@ -224,6 +337,23 @@ def _check_nifti_data_size(p: Path, img: Any, n_vox: int) -> None:
         )
 
 
+def nifti_header_problem(img: Any) -> str | None:
+    """What in a loaded NIfTI header (``nibabel`` image, no voxels read) makes it unusable, or ``None``.
+
+    Checked: the voxel type (complex and RGB voxels are refused: ``get_fdata`` would keep the real part of a
+    complex image without a word) and the affine (NaN/Inf entries, which otherwise surface as
+    ``LinAlgError: SVD did not converge``).
+    """
+    stored = img.get_data_dtype()
+    if stored.kind == "c":
+        return f"complex-valued voxels ({stored.name}); expected real values (save the magnitude instead)"
+    if stored.kind not in "biuf":
+        return f"unsupported voxel type {stored} (e.g. RGB); expected one real value per voxel"
+    if not np.isfinite(np.asarray(img.affine, dtype=np.float64)).all():
+        return "the header's affine (sform/qform) has NaN or Inf entries: the voxel-to-world grid is unknown"
+    return None
+
+
 def read_nifti(
     path: PathLike,
     *,
@@ -251,7 +381,8 @@ def read_nifti(
         the header zooms of the spatial axes, or is empty when the header's pixdim is zero or negative (unknown).
 
     Raises:
-        ReadError: Missing, empty, not NIfTI, truncated or corrupt, wrong dimensionality, too large, NaN/Inf.
+        ReadError: Missing, empty, unreadable, not NIfTI, truncated or corrupt, wrong dimensionality, too large,
+            NaN/Inf voxels, complex or RGB voxels, NaN/Inf in the affine.
     """
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
@@ -271,6 +402,9 @@ def read_nifti(
         raise _fail(p, f"truncated or corrupt header ({type(exc).__name__}: {exc})") from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise _fail(p, f"not a NIfTI file (nibabel read it as {type(img).__name__})")
+    problem = nifti_header_problem(img)
+    if problem is not None:
+        raise _fail(p, problem)
 
     shape = tuple(int(s) for s in img.shape)
     n_vox = math.prod(shape)
@@ -403,6 +537,8 @@ def _read_dicom_files(files: Sequence[Path], label: Path, *, max_voxels: int) ->
         except InvalidDicomError:
             n_skipped += 1
             continue
+        except PermissionError as exc:
+            raise _fail(f, _os_problem(exc, "the file")) from None
         except Exception as exc:  # a damaged file: name it, keep pydicom's text out (PHI)
             raise _fail(f, f"truncated or corrupt DICOM file ({type(exc).__name__})") from None
         if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -534,7 +670,7 @@ def read_dicom_series(folder: PathLike, *, max_voxels: int = MAX_VOXELS) -> tupl
         raise _fail(d, "folder not found")
     if not d.is_dir():
         raise _fail(d, "is a file, expected a folder holding one DICOM series")
-    files = sorted(f for f in d.iterdir() if f.is_file() and not f.name.startswith(".") and f.stat().st_size > 0)
+    files = [f for f in list_folder(d) if f.is_file() and f.stat().st_size > 0]
     return _read_dicom_files(files, d, max_voxels=max_voxels)
 
 
@@ -601,9 +737,37 @@ def read_dicom_image(path: PathLike, *, max_pixels: int = MAX_PIXELS) -> tuple[n
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
+def _webp_size(b: bytes) -> tuple[int, int] | None:
+    """(width, height) of a RIFF/WebP file from its first chunk (VP8X canvas, VP8 key frame or VP8L header)."""
+    if len(b) < 30 or b[:4] != b"RIFF" or b[8:12] != b"WEBP":
+        return None
+    chunk = b[12:16]
+    if chunk == b"VP8X":
+        return 1 + int.from_bytes(b[24:27], "little"), 1 + int.from_bytes(b[27:30], "little")
+    if chunk == b"VP8 " and b[23:26] == b"\x9d\x01\x2a":
+        w, h = struct.unpack("<HH", b[26:30])
+        return w & 0x3FFF, h & 0x3FFF
+    if chunk == b"VP8L" and b[20] == 0x2F:
+        bits = int.from_bytes(b[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    return None
+
+
+def _known_signature(head: bytes) -> bool:
+    """True when the first bytes are those of a PNG, JPEG, BMP, TIFF or WebP file (the formats of IMAGE_SUFFIXES)."""
+    return (
+        head[:8] == b"\x89PNG\r\n\x1a\n"
+        or head[:2] in (b"\xff\xd8", b"BM")
+        or head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+        or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+    )
+
+
 def _header_size(data: np.ndarray) -> tuple[int, int] | None:
-    """(width, height) from a PNG, JPEG or BMP header without decoding, or ``None`` if not found (e.g. TIFF)."""
+    """(width, height) from a PNG, JPEG, BMP or WebP header without decoding, or ``None`` if not found (TIFF)."""
     b = data[:65536].tobytes()
+    if b[:4] == b"RIFF":
+        return _webp_size(b)
     if b[:8] == b"\x89PNG\r\n\x1a\n" and b[12:16] == b"IHDR" and len(b) >= 24:
         return struct.unpack(">II", b[16:24])
     if b[:2] == b"BM" and len(b) >= 26:
@@ -634,13 +798,70 @@ def _header_size(data: np.ndarray) -> tuple[int, int] | None:
     return None
 
 
+def read_image_header(path: PathLike, *, max_pixels: int = MAX_PIXELS) -> tuple[int, int] | None:
+    """Check an image file without decoding its pixels: readable, a known suffix and file signature, size.
+
+    The quick counterpart of :func:`read_image`: it does not find truncated or corrupt pixel data.
+
+    Args:
+        path: The image file.
+        max_pixels: Largest accepted width x height.
+
+    Returns:
+        ``(width, height)`` from the header (PNG, JPEG, BMP, WebP), or ``None`` where it is not parsed (TIFF).
+
+    Raises:
+        ReadError: Missing, empty, unreadable, unsupported suffix, unknown file signature, too many pixels.
+    """
+    p = _check_file(path)
+    if not _has_suffix(p, IMAGE_SUFFIXES):
+        raise _fail(p, f"unsupported format '{p.suffix}' (expected one of {', '.join(IMAGE_SUFFIXES)})")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(65536)
+    except OSError as exc:
+        raise _fail(p, _os_problem(exc, "the file")) from None
+    if not _known_signature(head):
+        raise _fail(p, "not a readable image (unknown file signature)")
+    size = _header_size(np.frombuffer(head, dtype=np.uint8))
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise _fail(p, f"too large: {size[0]}x{size[1]} = {size[0] * size[1]} pixels, limit is {max_pixels}")
+    return size
+
+
+def jpeg_problem(data: bytes | np.ndarray) -> str | None:
+    """libjpeg's complaint about a JPEG stream, or ``None`` when it decodes without one.
+
+    A JPEG whose entropy-coded data is damaged (bytes overwritten in the middle, a cut file with an end marker
+    appended) still decodes: libjpeg fills the rest with grey and only *warns* ("Corrupt JPEG data: premature end
+    of data segment"), and opencv and Pillow print or drop that warning. simplejpeg runs libjpeg-turbo with
+    warnings raised (``strict=True``), so the damage is seen. Decoding to grey keeps this check cheap (about half
+    a colour decode) while every component's data is still entropy-decoded.
+
+    Args:
+        data: The whole file's bytes.
+
+    Returns:
+        libjpeg's message (``"Premature end of JPEG file"``, ``"Corrupt JPEG data: ..."``), or ``None``.
+    """
+    import simplejpeg
+
+    buf = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
+    try:
+        simplejpeg.decode_jpeg(buf, colorspace="GRAY", strict=True)
+    except ValueError as exc:
+        return str(exc).strip() or "undecodable JPEG data"
+    return None
+
+
 def read_image(path: PathLike, mode: str = "rgb", *, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, ImageMeta]:
-    """Read a PNG, JPEG, TIFF or BMP image with opencv, in an explicit colour order.
+    """Read a PNG, JPEG, TIFF, BMP or WebP image with opencv, in an explicit colour order.
 
     The bit depth is kept in every mode (uint8 stays uint8, 16-bit PNG/TIFF stays uint16); ``meta.dtype`` tells
     which, so callers normalise by 255 or 65535. The pixel limit is checked from the header before decoding for
-    PNG (IHDR), JPEG (SOF marker) and BMP; for TIFF it is checked after decoding (opencv's own
-    ``OPENCV_IO_MAX_IMAGE_PIXELS`` limit, 2**30 by default, still applies during the decode).
+    PNG (IHDR), JPEG (SOF marker), BMP and WebP; for TIFF it is checked after decoding (opencv's own
+    ``OPENCV_IO_MAX_IMAGE_PIXELS`` limit, 2**30 by default, still applies during the decode). A JPEG is first
+    decoded by :func:`jpeg_problem`, so a truncated or damaged one is an error rather than a partly grey image.
 
     Args:
         path: The image file.
@@ -652,7 +873,8 @@ def read_image(path: PathLike, mode: str = "rgb", *, max_pixels: int = MAX_PIXEL
         ``(array, meta)`` with the array as uint8 or uint16; ``meta.extra`` has ``channels`` and ``color_order``.
 
     Raises:
-        ReadError: Missing, empty, unsupported suffix, truncated or corrupt, too many pixels.
+        ReadError: Missing, empty, unreadable, unsupported suffix, truncated or corrupt (JPEG data libjpeg warns
+            about included), too many pixels.
     """
     import cv2
 
@@ -661,13 +883,21 @@ def read_image(path: PathLike, mode: str = "rgb", *, max_pixels: int = MAX_PIXEL
     p = _check_file(path)
     if not _has_suffix(p, IMAGE_SUFFIXES):
         raise _fail(p, f"unsupported format '{p.suffix}' (expected one of {', '.join(IMAGE_SUFFIXES)})")
-    data = np.fromfile(p, dtype=np.uint8)
+    try:
+        data = np.fromfile(p, dtype=np.uint8)
+    except OSError as exc:
+        raise _fail(p, _os_problem(exc, "the file")) from None
+    if not _known_signature(data[:16].tobytes()):
+        raise _fail(p, "not a readable image (unknown file signature)")
     size = _header_size(data)
     if size is not None and size[0] * size[1] > max_pixels:
         raise _fail(p, f"too large: {size[0]}x{size[1]} = {size[0] * size[1]} pixels, limit is {max_pixels}")
-    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:].tobytes():
-        # libjpeg decodes a cut JPEG into a grey-filled image with only a warning: catch it by the missing EOI.
-        raise _fail(p, "truncated or corrupt JPEG (no end-of-image marker)")
+    if data[:2].tobytes() == b"\xff\xd8":
+        if b"\xff\xd9" not in data[-4096:].tobytes():
+            raise _fail(p, "truncated JPEG (no end-of-image marker)")
+        problem = jpeg_problem(data)
+        if problem is not None:
+            raise _fail(p, f"truncated or corrupt JPEG data (libjpeg: {problem})")
     flags = {
         "rgb": cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH,
         "gray": cv2.IMREAD_GRAYSCALE | cv2.IMREAD_ANYDEPTH,
@@ -829,7 +1059,7 @@ def read_volume(
     """
     p = Path(path)
     if not p.exists():
-        raise _fail(p, "file or folder not found")
+        raise _fail(p, "file or folder not found" if not p.is_symlink() else _missing(p))
     if p.is_dir():
         return read_dicom_series(p, max_voxels=max_voxels)
     if _has_suffix(p, NIFTI_SUFFIXES):
@@ -849,3 +1079,42 @@ def read_volume(
     raise _fail(
         p, f"unsupported format '{suffix or p.name}' (expected .nii, .nii.gz, .dcm or a folder of DICOM slices)"
     )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# JSON side files
+# --------------------------------------------------------------------------------------------------------------
+
+
+def read_json_object(path: PathLike) -> dict[str, Any]:
+    """Read a JSON file whose top level must be an object (``dataset.json``, run specs).
+
+    Args:
+        path: The JSON file.
+
+    Returns:
+        The parsed object.
+
+    Raises:
+        ReadError: Missing, unreadable (as :func:`check_file`), not UTF-8, not valid JSON (with the line and
+            column), or a top level that is not an object (a list, a number...).
+    """
+    import json
+
+    p = _check_file(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise _fail(p, "not valid JSON (not UTF-8 text)") from None
+    except OSError as exc:
+        raise _fail(p, _os_problem(exc, "the file")) from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _fail(p, f"not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})") from None
+    except RecursionError:
+        raise _fail(p, "not valid JSON (nested too deeply)") from None
+    if not isinstance(doc, dict):
+        kind = {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(type(doc), "a number")
+        raise _fail(p, f"top level must be a JSON object {{...}}, got {kind}")
+    return doc

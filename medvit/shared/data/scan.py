@@ -9,7 +9,9 @@ Layouts understood by :func:`find_volumes`:
       DICOM Part 10 magic ``b"DICM"`` at byte 128, is one series (see :func:`medvit.shared.data.io.read_dicom_series`).
 
 Hidden files and folders (leading ``.``) are ignored and symlinked folders are not followed. Results are sorted by
-path so that every rank of a distributed job sees the same order.
+path so that every rank of a distributed job sees the same order. A folder that cannot be listed (permission denied)
+is never skipped in silence: :func:`find_volumes` returns it as an ``"unreadable"`` source, so that its reader names
+the problem in the caller's report, and :func:`find_files` raises.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from medvit.shared.data.io import DICOM_SUFFIXES, NIFTI_SUFFIXES, is_dicom_file
+from medvit.shared.data.io import DICOM_SUFFIXES, NIFTI_SUFFIXES, is_dicom_file, list_folder
 from medvit.shared.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -41,7 +43,8 @@ class VolumeSource:
 
     Attributes:
         path: The NIfTI file, the DICOM file, or the folder holding one DICOM series.
-        kind: ``"nifti"``, ``"dicom_series"`` or ``"dicom"`` (a single DICOM file given as the root).
+        kind: ``"nifti"``, ``"dicom_series"``, ``"dicom"`` (a single DICOM file given as the root) or
+            ``"unreadable"`` (a folder that cannot be listed; reading it raises a ``ReadError`` naming it).
         case_id: Unique, filesystem-safe name for outputs (nnU-Net channel suffix removed).
         rel: ``path`` relative to the searched root, POSIX style (``"."`` when the root folder is itself a series,
             the file name when the root is a file).
@@ -95,7 +98,8 @@ def find_volumes(root: PathLike) -> list[VolumeSource]:
         else:
             raise DataError(f"{r}: unsupported format (expected .nii, .nii.gz, .dcm or a folder)")
     else:
-        for dirpath, dirnames, filenames in os.walk(r):
+        unlisted: list[OSError] = []
+        for dirpath, dirnames, filenames in os.walk(r, onerror=unlisted.append):
             d = Path(dirpath)
             dirnames[:] = sorted(n for n in dirnames if not n.startswith(".") and n not in NNUNET_LABEL_DIRS)
             files = [d / n for n in sorted(filenames) if not n.startswith(".")]
@@ -113,6 +117,10 @@ def find_volumes(root: PathLike) -> list[VolumeSource]:
                     has_dicom = True
             if has_dicom:
                 found.append((d, "dicom_series", d.name if d != r else (r.resolve().name or "series")))
+        for err in unlisted:
+            d = Path(err.filename) if err.filename else r
+            logger.warning("%s: cannot list the folder (%s); reported as an unreadable input", d, err.strerror or err)
+            found.append((d, "unreadable", d.name if d != r else (r.resolve().name or "unreadable")))
     if not found:
         raise DataError(f"no volumes found in {r} (looked for .nii, .nii.gz and DICOM series folders)")
     found.sort(key=lambda t: t[0].as_posix())
@@ -163,7 +171,8 @@ def find_files(
         Matching files sorted by path.
 
     Raises:
-        DataError: ``root`` is missing, a file with another extension, or (unless ``allow_empty``) nothing matches.
+        DataError: ``root`` is missing, a file with another extension, a folder under it cannot be listed, or
+            (unless ``allow_empty``) nothing matches.
     """
     r = Path(root)
     suffixes = _norm_exts(exts)
@@ -175,14 +184,16 @@ def find_files(
         raise DataError(f"{r}: unsupported format (expected {', '.join(suffixes)})")
     out: list[Path] = []
     if recursive:
-        for dirpath, dirnames, filenames in os.walk(r):
+
+        def unlisted(err: OSError) -> None:
+            raise DataError(f"{err.filename or r}: cannot list the folder ({err.strerror or err})")
+
+        for dirpath, dirnames, filenames in os.walk(r, onerror=unlisted):
             dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
             d = Path(dirpath)
             out.extend(d / n for n in filenames if not n.startswith(".") and n.lower().endswith(suffixes))
     else:
-        out = [
-            f for f in r.iterdir() if f.is_file() and not f.name.startswith(".") and f.name.lower().endswith(suffixes)
-        ]
+        out = [f for f in list_folder(r) if f.is_file() and f.name.lower().endswith(suffixes)]
     out.sort(key=lambda p: p.as_posix())
     if not out and not allow_empty:
         raise DataError(f"no files with extension {', '.join(suffixes)} found in {r}")

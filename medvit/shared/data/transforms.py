@@ -52,7 +52,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from medvit.shared.data.io import MAX_VOXELS, ImageMeta, read_volume
+from medvit.shared.data.io import MAX_VOXELS, ImageMeta, ReadError, affine_problem, read_volume
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +75,16 @@ def volume_to_metatensor(array: np.ndarray, meta: ImageMeta) -> MetaTensor:
     Returns:
         float32 MetaTensor of the same shape with ``affine``, ``filename_or_obj``, ``original_channel_dim``
         (``"no_channel"`` or ``-1``), ``spatial_shape`` and ``original_affine`` set.
+
+    Raises:
+        ReadError: An affine that cannot be oriented or resampled (NaN/Inf, a zero voxel spacing, singular).
     """
     if array.ndim not in (3, 4):
         raise ValueError(f"{meta.path}: expected a [X, Y, Z] or [X, Y, Z, C] volume, got shape {tuple(array.shape)}")
     affine = np.asarray(meta.affine if meta.affine is not None else np.eye(4), dtype=np.float64)
+    problem = affine_problem(affine)
+    if problem is not None:  # MONAI's Orientation/Spacing would fail later without naming the file or the cause
+        raise ReadError(f"{meta.path}: {problem}")
     data = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     md = {
         "filename_or_obj": meta.path,
