@@ -995,8 +995,9 @@ def run_batch(
         raise DataError(f"no inputs to process for output folder {out}")
 
     rank, world = _rank_world()
-    log_base, log_ext = split_ext(job.log_name)
-    log_path = out / (job.log_name if world == 1 else f"{log_base}.rank{rank}{log_ext}")
+    log_name = getattr(job, "log_name", BatchJob.log_name)  # duck-typed jobs too
+    log_base, log_ext = split_ext(log_name)
+    log_path = out / (log_name if world == 1 else f"{log_base}.rank{rank}{log_ext}")
     with FolderLock(out, job.description, rank=rank, world=world), log_to_file(log_path):
         counts, manifest_path, final = _run_in_folder(
             job,

@@ -11,14 +11,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 import typer
 from typer.testing import CliRunner
 
 from medvit.apps.fiqa.cli import app as fiqa_app
 from medvit.shared.data.cards import MIN_FACE_SIZE
 
-from .conftest import official_state_dict
+from .conftest import official_state_dict, save_official
 
 runner = CliRunner()
 
@@ -36,7 +35,7 @@ def _invoke(*args: object) -> object:
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("fiqa_weights") / "model.pt"
-    torch.save(official_state_dict("token"), path)
+    save_official(path, official_state_dict("token"))
     return path
 
 

@@ -172,7 +172,7 @@ def test_convert_official_checkpoint_then_score(tmp_path: Path) -> None:
 
 def test_scores_of_later_runs_and_shards_add_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two runs with other inputs into one --out keep both; RANK/WORLD_SIZE alone (a Slurm array) shard a run."""
-    torch.save(official_state_dict("token"), tmp_path / "model.pt")
+    save_official(tmp_path / "model.pt", official_state_dict("token"))
     for folder, n in (("a", 3), ("b", 4)):
         (tmp_path / folder).mkdir()
         for i in range(n):
