@@ -17,9 +17,9 @@ from medvit import __version__
 from medvit.apps.ct_seg.cli import app as ct_seg_app
 from medvit.apps.fiqa.cli import app as fiqa_app
 from medvit.pretrain.cli import pretrain_command
-from medvit.shared.cli_weights import app as weights_app
 from medvit.shared.data.cli import app as data_app
 from medvit.shared.errors import MedvitError
+from medvit.weights_cli import app as weights_app
 
 _typer_display_type = TyperOption.display_type_rich
 

@@ -115,10 +115,19 @@ def test_cli_and_config_modules_import_nothing_heavy_at_import_time(module: str)
 
 
 def test_the_rules_catch_what_they_forbid() -> None:
-    assert _forbidden("medvit.shared.cli_weights", "medvit.apps.fiqa.api")
+    assert _forbidden("medvit.shared.backbone.weights", "medvit.apps.fiqa.api")
+    assert not _forbidden("medvit.weights_cli", "medvit.apps.fiqa")
     assert _forbidden("medvit.apps.fiqa.api", "medvit.apps.ct_seg.data")
     assert _forbidden("medvit.apps.ct_seg.api", "medvit.pretrain.api")
     assert _forbidden("medvit.pretrain.api", "medvit.apps.ct_seg.model")
     assert not _forbidden("medvit.apps.fiqa.api", "medvit.apps.fiqa.model")
     assert not _forbidden("medvit.cli", "medvit.apps.fiqa.cli")
     assert not _forbidden("medvit.apps.fiqa.api", "medvit.shared.engine.fit")
+
+
+def test_weights_cli_lists_the_backbone_formats_the_shared_layer_converts() -> None:
+    from medvit import weights_cli
+    from medvit.shared.backbone.weights import FORMATS
+
+    assert weights_cli._BACKBONE_FORMATS == FORMATS
+    assert "vit-fiqa" in weights_cli._format_names()  # registered by the fiqa package

@@ -6,3 +6,6 @@ regressing the online CR-FIQA certainty ratio. Modules: ``model`` (network, weig
 ``data`` (identity folders, RecordIO, pair lists), ``bin_reader`` (insightface .bin), ``align`` (detection and
 alignment), ``evaluate`` (EDC plumbing), ``api`` / ``cli`` (commands), ``config`` (+ ``presets/``).
 """
+
+# Registers the ViT-FIQA checkpoint layout with the shared weights layer (torch-free).
+from medvit.apps.fiqa import formats as _formats  # noqa: E402, F401

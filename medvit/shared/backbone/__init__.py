@@ -1,26 +1,31 @@
 """The shared ViT backbone (2D and 3D), its registry and weight IO.
 
-Importing this package imports torch; the CLI imports it lazily.
+Re-exports are lazy: importing the package (e.g. for the torch-free :mod:`~medvit.shared.backbone.formats`
+registry) does not import torch; the first use of a re-exported name does.
 """
 
-from medvit.shared.backbone.features import evenly_spaced_taps, take_indices, tokens_to_spatial
-from medvit.shared.backbone.registry import (
-    PretrainedCfg,
-    backbone_kwargs,
-    create_backbone,
-    list_backbones,
-    register_backbone,
-)
-from medvit.shared.backbone.vit import VisionTransformer
+from __future__ import annotations
 
-__all__ = [
-    "PretrainedCfg",
-    "VisionTransformer",
-    "backbone_kwargs",
-    "create_backbone",
-    "evenly_spaced_taps",
-    "list_backbones",
-    "register_backbone",
-    "take_indices",
-    "tokens_to_spatial",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "evenly_spaced_taps": "medvit.shared.backbone.features",
+    "take_indices": "medvit.shared.backbone.features",
+    "tokens_to_spatial": "medvit.shared.backbone.features",
+    "PretrainedCfg": "medvit.shared.backbone.registry",
+    "backbone_kwargs": "medvit.shared.backbone.registry",
+    "create_backbone": "medvit.shared.backbone.registry",
+    "list_backbones": "medvit.shared.backbone.registry",
+    "register_backbone": "medvit.shared.backbone.registry",
+    "VisionTransformer": "medvit.shared.backbone.vit",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'medvit.shared.backbone' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

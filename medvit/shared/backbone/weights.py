@@ -11,10 +11,11 @@ small rename tables:
   ``mlp.linear1/2``; perceptron patch weights are reordered from ``(p1 p2 p3 c)`` to Conv order
   ``(c p1 p2 p3)``; MONAI>=1.4's unused ``cross_attn`` / ``norm_cross_attn`` keys are dropped.
 * ``medvit``     our own safetensors files (architecture in the sidecar).
-* ``vit-fiqa``   ViT-FIQA / insightface arcface_torch face ViTs (``qs_token``, ``feature.*``, ``head_qs.*``):
-  a whole face model, not a bare backbone. Recognised here so that :func:`convert_checkpoint` can refuse it
-  with :class:`WholeModelCheckpointError`; ``medvit weights convert`` then hands the file to the FIQA importer
-  (``medvit.apps.fiqa``), which keeps the quality token and heads.
+
+Whole task models (a backbone with an app's heads, e.g. ViT-FIQA face models) are formats that apps register
+(:mod:`medvit.shared.backbone.formats`): :func:`detect_format` names them by the app's key signature, the
+backbone-only loaders refuse them with :class:`WholeModelCheckpointError` naming the command that imports them,
+and ``medvit weights convert`` hands them to the app's importer, which keeps the heads.
 
 Position embeddings are copied as tensors, never regenerated: sin-cos channel layouts differ between
 codebases. Every load returns a :class:`LoadReport`; keys that are missing and were not declared
@@ -50,6 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medvit.shared.backbone import formats
 from medvit.shared.backbone.pos_embed import resample_pos_embed
 from medvit.shared.backbone.vit import VisionTransformer
 from medvit.shared.errors import ConfigError, WeightsError
@@ -58,8 +60,6 @@ from medvit.shared.schema import SchemaError, SidecarSchema, check_arch_kwargs, 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("timm", "mae", "hi-end-mae", "monai", "medvit")
-# Formats that hold a whole task model; an app imports them (the backbone layer does not know the heads).
-WHOLE_MODEL_FORMATS = ("vit-fiqa",)
 SIDECAR_FORMAT_VERSION = 1
 # Heads per width for the standard sizes; a state dict cannot tell the head count.
 _KNOWN_HEADS = {192: 3, 384: 6, 512: 8, 768: 12, 1024: 16, 1280: 16, 1536: 16}
@@ -71,7 +71,7 @@ class WholeModelCheckpointError(WeightsError):
     """The file is a whole task model (backbone + heads) that an app's importer owns, not a backbone.
 
     Attributes:
-        source_format: one of ``WHOLE_MODEL_FORMATS``.
+        source_format: the name of a registered whole-model format (:mod:`medvit.shared.backbone.formats`).
         state_dict: the state dict already read from the file (None when the caller passed one in), so whoever
             hands the file to the app's importer does not read it a second time.
         info: the reader's info dict of that file (``config``: settings stored beside the weights), or None.
@@ -393,8 +393,9 @@ def detect_format(sd: Mapping[str, torch.Tensor], info: Mapping[str, Any] | None
     if side.get("format") == "medvit":
         return "medvit"
     keys = set(sd)
-    if "patch_embed.proj.weight" in keys and ("feature.0.weight" in keys or "qs_token" in keys):
-        return "vit-fiqa"
+    whole = formats.recognise(keys)  # an app's whole-model layout wins over the backbone signatures it contains
+    if whole is not None:
+        return whole.name
     if "encoder_pos_embed" in keys or any(k.startswith("encoder.blocks.") for k in keys):
         return "hi-end-mae"
     if any(k.startswith(("patch_embedding.", "vit.patch_embedding.")) for k in keys):
@@ -503,9 +504,12 @@ def _whole_model_error(
     state_dict: dict[str, torch.Tensor] | None = None,
     info: dict[str, Any] | None = None,
 ) -> WholeModelCheckpointError:
+    fmt = formats.get_format(source_format)
+    what = fmt.description if fmt is not None else f"a {source_format} whole model"
+    also = f" (or `{fmt.command}`)" if fmt is not None and fmt.command else ""
     return WholeModelCheckpointError(
-        f"{where} is a ViT-FIQA / arcface_torch face model (quality token and heads), not a bare backbone: import "
-        "it with `medvit weights convert FILE --out F.safetensors` (or `medvit fiqa convert`), which keeps the heads",
+        f"{where} is {what}, not a bare backbone: import it with `medvit weights convert FILE --out "
+        f"F.safetensors`{also}, which keeps the heads",
         source_format,
         state_dict,
         info,
@@ -525,7 +529,7 @@ def convert_state_dict(
     Returns:
         (converted state dict, keys dropped on purpose).
     """
-    if source_format in WHOLE_MODEL_FORMATS:
+    if formats.get_format(source_format) is not None:
         raise _whole_model_error("the state dict", source_format)
     if source_format not in _CONVERTERS:
         raise WeightsError(f"unknown format {source_format!r}; choose one of {', '.join(FORMATS)}")
@@ -901,7 +905,7 @@ def convert_checkpoint(
     """
     sd, info = read_checkpoint(src)
     fmt = detect_format(sd, info) if source_format == "auto" else source_format
-    if fmt in WHOLE_MODEL_FORMATS:
+    if formats.get_format(fmt) is not None:
         raise _whole_model_error(str(src), fmt, sd, info)
     if fmt == "medvit" and info.get("sidecar"):
         kwargs = dict(info["sidecar"]["kwargs"])
@@ -952,8 +956,8 @@ def inspect_checkpoint(path: str | Path) -> dict[str, Any]:
     if fmt == "medvit" and info.get("sidecar"):
         result["architecture"] = info["sidecar"].get("kwargs")
         result["sidecar"] = {k: v for k, v in info["sidecar"].items() if k != "kwargs"}
-    elif fmt in WHOLE_MODEL_FORMATS:
-        result["architecture"] = "a whole face model (ViT-FIQA layout): `medvit weights convert` imports it, heads kept"
+    elif (whole := formats.get_format(fmt)) is not None:
+        result["architecture"] = f"{whole.description}: `medvit weights convert` imports it, heads kept"
     else:
         try:
             converted, dropped = convert_state_dict(sd, fmt, _safe_monai_hints(sd))

@@ -1,24 +1,28 @@
-"""``medvit weights``: list backbones, inspect and convert checkpoints. No torch import at module top."""
+"""``medvit weights``: list backbones, inspect and convert checkpoints. No torch import at module top.
+
+An entry point (ARCHITECTURE.md, "Layers"): it imports the app packages so that the whole-model checkpoint formats
+they register (:mod:`medvit.shared.backbone.formats`) are known to ``inspect`` and ``convert``.
+"""
 
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 
 import typer
 
+import medvit.apps.fiqa  # noqa: F401 - registers the ViT-FIQA checkpoint format
+
 app = typer.Typer(no_args_is_help=True)
 
+# Backbone formats the shared layer converts itself (medvit.shared.backbone.weights.FORMATS, without importing torch).
+_BACKBONE_FORMATS = ("timm", "mae", "hi-end-mae", "monai", "medvit")
 
-class Format(str, Enum):
-    auto = "auto"
-    timm = "timm"
-    mae = "mae"
-    hi_end_mae = "hi-end-mae"
-    monai = "monai"
-    medvit = "medvit"
-    vit_fiqa = "vit-fiqa"
+
+def _format_names() -> list[str]:
+    from medvit.shared.backbone.formats import whole_model_formats
+
+    return ["auto", *_BACKBONE_FORMATS, *(f.name for f in whole_model_formats())]
 
 
 @app.command("list")
@@ -84,7 +88,9 @@ def convert(
         ..., help="Foreign checkpoint (timm, MAE, Hi-End-MAE, MONAI ViT/UNETR, ViT-FIQA / arcface_torch face ViT)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors (a .json sidecar is written beside it)."),
-    fmt: Format = typer.Option(Format.auto, "--format", help="Source format; auto detects it from the keys."),
+    fmt: str = typer.Option(
+        "auto", "--format", help="Source format: auto (from the keys), timm, mae, hi-end-mae, monai, medvit, vit-fiqa."
+    ),
     set_: list[str] = typer.Option(
         [], "--set", help="Architecture override KEY=VALUE (YAML value), e.g. --set num_heads=16."
     ),
@@ -97,6 +103,8 @@ def convert(
     """
     from medvit.shared.errors import ConfigError, WeightsError
 
+    if fmt not in _format_names():
+        raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(_format_names())}")
     if out.suffix != ".safetensors":
         raise WeightsError(f"{out}: the output must end in .safetensors")
     if out.exists() and not overwrite:
@@ -104,40 +112,18 @@ def convert(
     from medvit.shared.schema import parse_arch_overrides
 
     overrides = parse_arch_overrides(set_)
+    from medvit.shared.backbone.formats import WholeModelImport, get_format
     from medvit.shared.backbone.weights import WholeModelCheckpointError, convert_checkpoint
 
     try:
-        report, kwargs = convert_checkpoint(file, out, source_format=fmt.value, arch_overrides=overrides)
+        report, kwargs = convert_checkpoint(file, out, source_format=fmt, arch_overrides=overrides)
     except WholeModelCheckpointError as err:
-        # The app owns the heads, so its importer writes the file (the backbone layer does not import apps).
-        if err.source_format != "vit-fiqa":
+        # The app owns the heads, so its registered importer writes the file (the shared layer imports no app).
+        whole = get_format(err.source_format)
+        if whole is None or err.state_dict is None:
             raise
-        # Weights give every shape but the head count, so num_heads is the one override that applies.
-        if set(overrides) - {"num_heads"}:
-            raise ConfigError(
-                f"{file}: only --set num_heads=N applies to a ViT-FIQA checkpoint (its weights give every other "
-                f"shape); got {', '.join(sorted(set(overrides) - {'num_heads'}))}"
-            ) from None
-        heads = overrides.get("num_heads")
-        if heads is not None and (not isinstance(heads, int) or isinstance(heads, bool) or heads < 1):
-            raise ConfigError(f"--set num_heads={heads!r}: expected a positive integer") from None
-        from medvit.apps.fiqa.api import convert as convert_fiqa
-        from medvit.apps.fiqa.model import checkpoint_config
-
-        side = convert_fiqa(
-            file,
-            out,
-            overwrite=overwrite,
-            state_dict=err.state_dict,
-            num_heads=heads,
-            config=checkpoint_config(file, err.info),
-        )
-        kw = side["backbone_kwargs"]
-        typer.echo(
-            f"wrote {out} (ViT-FIQA, head {side['head']}, width {kw['embed_dim']}, depth {kw['depth']}, "
-            f"num_heads={kw['num_heads']} ({side['num_heads_source']})); "
-            f"score with `medvit fiqa score DIR --weights {out}`"
-        )
+        job = WholeModelImport(file, out, err.state_dict, err.info or {}, overrides, overwrite)
+        typer.echo(whole.importer(job))
         return
     typer.echo(f"wrote {out} ({report.summary()})")
     if report.dropped:
