@@ -39,15 +39,15 @@ def _test_helpers() -> object:
 
 
 def dlib_detect(threshold: float = -0.5) -> Callable[[np.ndarray], list[tuple[np.ndarray, float]]]:
-    from medvit.apps.fiqa.align import DlibDetector
+    from medvit.shared.faces.align import DlibDetector
 
     det = DlibDetector(threshold=threshold)
     return lambda img: [(box, score) for box, score, _ in det.detect(img)]
 
 
 def mtcnn_detect() -> Callable[[np.ndarray], list[tuple[np.ndarray, float]]] | None:
-    from medvit.apps.fiqa.align import MTCNNDetector
     from medvit.shared.errors import ConfigError
+    from medvit.shared.faces.align import MTCNNDetector
 
     try:
         det = MTCNNDetector(threshold=0.0)

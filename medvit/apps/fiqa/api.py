@@ -222,7 +222,7 @@ class _VerificationHook:
     """``on_eval``: verification accuracy (flip-augmented embeddings, 10 folds) and mean quality per pair set."""
 
     def __init__(self, pair_sets: Sequence[Any], batch_size: int) -> None:
-        from medvit.apps.fiqa.align import given_crop
+        from medvit.shared.faces.align import given_crop
 
         self.sets = []
         for ps in pair_sets:
@@ -447,10 +447,10 @@ class _ScoreJob:
 
     def load(self, item: Path) -> tuple[list[Any], list[Any]]:
         """(faces to score, detections rejected below ``--min-face-score``)."""
-        from medvit.apps.fiqa.align import given_crop
         from medvit.apps.fiqa.data import read_face_file
         from medvit.shared.data.cards import MIN_FACE_SIZE
         from medvit.shared.data.io import ReadError, list_folder
+        from medvit.shared.faces.align import given_crop
 
         if item.is_dir():  # only a folder the scan could not list is an item (see _unlistable)
             try:
@@ -578,8 +578,8 @@ def _score_rows(manifest: Path, detector: str) -> list[dict[str, Any]]:
 
 def _contact_faces(rows: list[dict[str, Any]], n: int) -> tuple[list, list]:
     """Re-read and re-align the n lowest and n highest scored faces for the contact sheet."""
-    from medvit.apps.fiqa.align import align_face
     from medvit.apps.fiqa.data import read_face_file
+    from medvit.shared.faces.align import align_face
 
     ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: float(r["quality"]))
     lo, hi = ok[:n], ok[::-1][:n]
@@ -629,7 +629,7 @@ def score(
         models: insightface model folder (SCRFD detector).
         detector: ``auto``, ``scrfd``, ``mtcnn``, ``dlib``.
         min_face_score: detections scoring below it are not scored, only logged; None: the detector's default
-            (:mod:`medvit.apps.fiqa.align`: scrfd 0.5, mtcnn 0.9, dlib 0.3).
+            (:mod:`medvit.shared.faces.align`: scrfd 0.5, mtcnn 0.9, dlib 0.3).
         batch_size: faces per forward pass.
         workers: loader threads (decode + detect + align ahead of the forward pass).
         threads: torch intra-op threads (default: torch's).
@@ -643,12 +643,12 @@ def score(
     """
     import torch
 
-    from medvit.apps.fiqa.align import FaceAligner
     from medvit.apps.fiqa.evaluate import plot_contact_sheet, plot_histogram, write_csv_atomic
     from medvit.shared.data.io import IMAGE_SUFFIXES
     from medvit.shared.engine import distributed as D
     from medvit.shared.engine.batch import resolve_inputs, run_batch
     from medvit.shared.engine.fit import resolve_device
+    from medvit.shared.faces.align import FaceAligner
 
     if batch_size < 1 or workers < 0:
         raise ConfigError(f"need --batch-size >= 1 and --workers >= 0, got {batch_size}, {workers}")
@@ -712,7 +712,7 @@ class EvaluateResult:
 
 
 def _crops_of(pairs: Any, aligner: Any = None) -> list[np.ndarray]:
-    from medvit.apps.fiqa.align import given_crop
+    from medvit.shared.faces.align import given_crop
 
     crops = []
     for i in range(len(pairs.refs)):

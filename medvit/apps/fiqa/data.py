@@ -350,7 +350,7 @@ class _FaceDataset:
     def _aligner(self) -> Any:
         al = getattr(self, "_aligner_obj", None)
         if al is None or getattr(self, "_aligner_pid", -1) != os.getpid():
-            from medvit.apps.fiqa.align import FaceAligner
+            from medvit.shared.faces.align import FaceAligner
 
             al = FaceAligner.create(models=self.models)
             self._aligner_obj, self._aligner_pid = al, os.getpid()

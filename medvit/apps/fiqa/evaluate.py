@@ -159,7 +159,7 @@ def _template_face_box(size: int = 112) -> tuple[int, int, int, int]:
     on frontal photos the HOG box is ~2.09 inter-eye distances wide, centred on the eyes, its top 0.29 box widths
     above them ((19, 30, 93, 104) at 112 px; the detector itself finds (22, 31, 97, 105) on an aligned crop).
     """
-    from medvit.apps.fiqa.align import ARCFACE_TEMPLATE
+    from medvit.shared.faces.align import ARCFACE_TEMPLATE
 
     tmpl = ARCFACE_TEMPLATE * (size / 112.0)
     eyes = tmpl[:2]
@@ -179,7 +179,7 @@ def dlib_embedder() -> Callable[[np.ndarray], np.ndarray]:
     Raises:
         ConfigError: dlib or its model files are not installed (``pip install medvit[face]``).
     """
-    from medvit.apps.fiqa.align import dlib_model_file, import_dlib
+    from medvit.shared.faces.align import dlib_model_file, import_dlib
 
     dlib = import_dlib("--embeddings dlib")
     predictor = dlib.shape_predictor(str(dlib_model_file("shape_predictor_5_face_landmarks.dat")))

@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from medvit.apps.fiqa.align import (
+from medvit.shared.errors import ConfigError, DataError
+from medvit.shared.faces.align import (
     ARCFACE_TEMPLATE,
     FaceAligner,
     align_face,
@@ -21,7 +22,6 @@ from medvit.apps.fiqa.align import (
     transform_points,
     umeyama_similarity,
 )
-from medvit.shared.errors import ConfigError, DataError
 
 from .conftest import FAKE_BOX, FAKE_LANDMARKS, face_photo
 

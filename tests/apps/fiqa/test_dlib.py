@@ -16,9 +16,9 @@ import pytest
 from skimage.data import astronaut
 from typer.testing import CliRunner
 
-from medvit.apps.fiqa.align import ARCFACE_TEMPLATE, DlibDetector, FaceAligner, transform_points
 from medvit.apps.fiqa.evaluate import _template_face_box, dlib_embedder
 from medvit.shared.data.synth import synth_faces
+from medvit.shared.faces.align import ARCFACE_TEMPLATE, DlibDetector, FaceAligner, transform_points
 
 # dlib's own verification threshold for its ResNet descriptors (Euclidean distance).
 DLIB_SAME_PERSON = 0.6
