@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from medvit.shared.engine.section import OptimSection
 from medvit.shared.errors import ConfigError
 
 __all__ = ["AugmentCfg", "DataCfg", "ModelCfg", "PretrainConfig", "TrainCfg"]
@@ -87,50 +88,23 @@ class DataCfg:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainCfg:
-    """Optimisation (mapped onto :class:`medvit.shared.engine.fit.TrainConfig`).
+class TrainCfg(OptimSection):
+    """Optimisation (the shared :class:`~medvit.shared.engine.section.OptimSection`; the ``train:`` section).
+
+    ``steps`` or ``epochs`` (neither = 100 epochs); ``batch_size`` counts volumes per step and process, each giving
+    ``data.crops_per_volume`` crops; ``lr`` null = the preset's (1e-4; tiny 1e-3), not scaled with the batch (as
+    official); ``grad_clip`` off as official; ``seed`` seeds weights, masks, crops and data order.
 
     Attributes:
-        steps: optimizer steps; or set ``epochs`` (one of them; neither = 100 epochs).
-        epochs: passes over the volumes.
-        batch_size: volumes per step per process; each gives ``data.crops_per_volume`` crops.
-        workers: DataLoader worker processes per rank.
-        lr: peak learning rate; None = the preset's (1e-4; tiny 1e-3). Not scaled with the batch (as official).
-        min_lr: learning rate at the end of the cosine.
-        weight_decay: AdamW decay on weights only (not biases, norms, tokens, position tables).
-        betas: AdamW betas.
-        warmup_fraction: linear warmup as a fraction of the run (official: 10 of 1000 epochs).
-        grad_accum: micro-batches per optimizer step.
-        grad_clip: max gradient norm (None: off, as official).
-        precision: ``auto`` (fp32 on CPU, bf16/fp16 autocast on CUDA), ``fp32``, ``bf16``, ``fp16``.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
-        seed: seed of weights, masks, crops and data order.
-        log_every: steps between metric lines.
-        ckpt_every: steps between checkpoints (0: only at the end).
-        keep_last: step checkpoints kept besides ``last.pt``.
         preview_every: steps between reconstruction previews (0: only at the end).
-        compile: ``torch.compile`` the model (opt-in).
     """
 
-    steps: int | None = None
-    epochs: int | None = None
+    APP_FIELDS = ("preview_every",)
+
     batch_size: int = 2
-    workers: int = 0
-    lr: float | None = None
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_fraction: float = 0.01
-    grad_accum: int = 1
-    grad_clip: float | None = None
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    device: str = "auto"
-    seed: int = 0
-    log_every: int = 10
-    ckpt_every: int = 500
-    keep_last: int = 2
     preview_every: int = 200
-    compile: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

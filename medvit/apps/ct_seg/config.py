@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from medvit.shared.engine.section import OptimSection
+
 __all__ = [
     "DEFAULT_HU_WINDOW",
     "DEFAULT_SPACING",
@@ -190,43 +192,23 @@ class InferCfg:
 
 
 @dataclass(frozen=True, kw_only=True)
-class OptimCfg:
-    """Optimisation (mapped onto the engine's ``TrainConfig``).
+class OptimCfg(OptimSection):
+    """Optimisation (the shared :class:`~medvit.shared.engine.section.OptimSection`, ct-seg's defaults).
 
-    Attributes:
-        steps: optimizer steps.
-        batch_size: volumes per rank and step (each gives ``data.samples_per_volume`` crops).
-        lr: peak learning rate (decoder; encoder blocks get ``lr * layer_decay ** (depth + 1 - layer)``).
-        min_lr: final learning rate.
-        weight_decay: AdamW weight decay.
-        layer_decay: layer-wise LR decay of the encoder (``null``: off).
-        warmup_fraction: linear warmup as a fraction of the steps.
-        schedule: ``cosine``, ``linear`` or ``constant``.
-        grad_clip: global gradient-norm clip (``null``: off).
-        precision: ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32``, ``bf16``, ``fp16``.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
-        workers: DataLoader workers.
-        seed: seed of weights, sampling and augmentation.
-        log_every: steps between metrics lines.
-        ckpt_every: steps between checkpoints.
-        eval_every: steps between validations (0: only at the end).
+    ``lr`` is the decoder's peak learning rate; encoder blocks get ``lr * layer_decay ** (depth + 1 - layer)``.
+    ``batch_size`` counts volumes per rank and step (each gives ``data.samples_per_volume`` crops); ``seed`` seeds
+    weights, sampling and augmentation; ``eval_every`` is the validation interval.
     """
 
-    steps: int = 25000
+    steps: int | None = 25000
     batch_size: int = 1
-    lr: float = 1e-4
-    min_lr: float = 0.0
+    lr: float | None = 1e-4
     weight_decay: float = 1e-5
     layer_decay: float | None = 0.75
     warmup_fraction: float = 0.02
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
     grad_clip: float | None = 1.0
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    device: str = "auto"
     workers: int = 2
-    seed: int = 0
     log_every: int = 50
-    ckpt_every: int = 500
     eval_every: int = 1000
 
 

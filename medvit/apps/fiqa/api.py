@@ -380,7 +380,7 @@ def train(
     meta = {"preset": cfg.preset, "identities": ds.num_classes, "train_images": len(ds), "data": str(data)}
     hooks.append(_ExportHook(weights, meta))
     best = f"val/{read_pairs(cfg.val_pairs[0]).name}_acc" if cfg.val_pairs else None
-    tc = TrainConfig.from_section(o, epochs=None if o.steps is not None else o.epochs, best_metric=best, drop_last=True)
+    tc = TrainConfig.from_section(o, best_metric=best, drop_last=True)
     logger.info(
         "fiqa train: %d images of %d identities, %s (%s head), class centres %s",
         len(ds),

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from medvit.shared.engine.section import OptimSection
+
 __all__ = [
     "PRESETS",
     "DataCfg",
@@ -113,39 +115,19 @@ class DataCfg:
 
 
 @dataclass(frozen=True, kw_only=True)
-class OptimCfg:
-    """Optimisation (mapped onto the engine's ``TrainConfig``).
+class OptimCfg(OptimSection):
+    """Optimisation (the shared :class:`~medvit.shared.engine.section.OptimSection`, ViT-FIQA's recipe).
 
-    Attributes:
-        epochs: training length in epochs (ignored when ``steps`` is set).
-        steps: training length in optimizer steps.
-        batch_size: samples per rank and micro-batch.
-        lr: peak learning rate.
-        min_lr: final learning rate.
-        weight_decay: AdamW weight decay.
-        warmup_fraction: warmup as a fraction of the run (reference: 2 of 20 epochs).
-        schedule: ``linear`` (reference: ``PolynomialLRWarmup`` with power 1), ``cosine``, ``constant``.
-        grad_clip: global gradient-norm clip.
-        precision: ``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32``, ``bf16``, ``fp16``.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
-        workers: DataLoader workers.
-        seed: seed (reference: 2048).
-        log_every: steps between metrics lines.
-        ckpt_every: steps between checkpoints.
-        eval_every: steps between verification evaluations (0 = only at the end).
+    Reference recipe: AdamW 1e-3, wd 0.05, 20 epochs with 2 of warmup then a linear decay (``PolynomialLRWarmup``
+    with power 1), gradient clip 5, seed 2048; ``eval_every`` is the verification interval.
     """
 
-    epochs: int = 20
-    steps: int | None = None
+    epochs: int | None = 20
     batch_size: int = 256
-    lr: float = 1e-3
-    min_lr: float = 0.0
-    weight_decay: float = 0.05
+    lr: float | None = 1e-3
     warmup_fraction: float = 0.1
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    schedule: Literal["cosine", "linear", "constant"] = "linear"
     grad_clip: float | None = 5.0
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    device: str = "auto"
     workers: int = 2
     seed: int = 2048
     log_every: int = 50

@@ -52,6 +52,7 @@ from medvit.shared.engine.lock import FolderLock
 from medvit.shared.engine.optim import build_param_groups, lr_at
 from medvit.shared.engine.progress import TrainProgress
 from medvit.shared.engine.rundir import RunDir
+from medvit.shared.engine.section import OptimSection
 from medvit.shared.engine.task import check_output
 from medvit.shared.errors import ConfigError, DataError, TrainingError
 from medvit.shared.files import log_to_file
@@ -190,27 +191,46 @@ class TrainConfig:
             raise bad("best_mode", "must be max or min")
 
     @classmethod
-    def from_section(cls, section: Any, **overrides: Any) -> TrainConfig:
-        """Map an app's optimisation section (a config dataclass) onto the loop's config.
+    def from_section(cls, section: OptimSection, **overrides: Any) -> TrainConfig:
+        """Map an app's optimisation section onto the loop's config.
 
-        Every field of ``section`` that :class:`TrainConfig` also has is copied under the same name; fields the
-        loop does not know (e.g. ``preview_every``) are left to the app. ``overrides`` then set or replace fields
-        the app derives (``best_metric``, ``drop_last``, an ``lr`` taken from a preset, ...).
+        Every field of :class:`~medvit.shared.engine.section.OptimSection` is copied under its name (``steps``
+        wins over ``epochs``); a field the section adds must be declared in its ``APP_FIELDS`` (the app's own,
+        e.g. ``preview_every``), so that a misspelt or unmapped setting is an error instead of being dropped.
+        ``overrides`` then set or replace fields the app derives (``best_metric``, ``drop_last``, an ``lr`` taken
+        from a preset, ...).
 
         Args:
-            section: dataclass instance, e.g. ``cfg.optim``.
+            section: the app's section, an ``OptimSection`` (subclass) instance, e.g. ``cfg.optim``.
             **overrides: TrainConfig fields that win over the section's.
 
         Returns:
             The validated :class:`TrainConfig`.
 
         Raises:
-            ConfigError: a value the loop refuses (see ``__post_init__``).
-            TypeError: an override that is not a TrainConfig field.
+            ConfigError: a value the loop refuses (see ``__post_init__``), or no learning rate at all.
+            TypeError: ``section`` is no ``OptimSection``, declares fields the loop does not know, or an override
+                is not a TrainConfig field.
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.name in known}
-        return cls(**{**values, **overrides})
+        if not isinstance(section, OptimSection):
+            raise TypeError(f"from_section needs an OptimSection, got {type(section).__name__}")
+        shared = [f.name for f in dataclasses.fields(OptimSection)]
+        extra = [f.name for f in dataclasses.fields(section) if f.name not in shared]
+        undeclared = sorted(set(extra) - set(section.APP_FIELDS))
+        if undeclared:
+            raise TypeError(
+                f"{type(section).__name__} adds {undeclared} to the optimisation section without declaring them in "
+                "APP_FIELDS: the training loop would ignore them"
+            )
+        values = {name: getattr(section, name) for name in shared}
+        if values["steps"] is not None:
+            values["epochs"] = None
+        values = {**values, **overrides}
+        if values["lr"] is None:
+            raise ConfigError("optim.lr: no learning rate given and none taken from a preset")
+        if isinstance(values["betas"], list):
+            values["betas"] = tuple(values["betas"])
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (tuples as lists) for YAML/JSON and checkpoints."""

@@ -27,6 +27,7 @@ from medvit.shared.engine.fit import (
     resolve_precision,
 )
 from medvit.shared.engine.optim import lr_at
+from medvit.shared.engine.section import OptimSection
 from medvit.shared.errors import ConfigError, DataError, TrainingError
 
 
@@ -353,23 +354,45 @@ def test_config_validation(kwargs: dict[str, Any], match: str) -> None:
         TrainConfig(**kwargs)
 
 
-def test_train_config_from_section_copies_shared_fields_and_applies_overrides() -> None:
-    @dataclasses.dataclass(frozen=True)
-    class Optim:
-        steps: int = 40
-        lr: float = 3e-4
+def test_train_config_from_section_maps_every_field_and_refuses_undeclared_ones() -> None:
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Optim(OptimSection):
+        APP_FIELDS = ("preview_every",)
+
+        steps: int | None = 40
+        epochs: int | None = 3  # steps win
+        lr: float | None = 3e-4
         betas: tuple[float, float] = (0.8, 0.9)
         eval_every: int = 10
-        preview_every: int = 7  # not a TrainConfig field: left to the app
+        preview_every: int = 7  # the app's own: declared, never reaches the loop
 
     tc = TrainConfig.from_section(Optim(), eval_every=0, best_metric="val/dice")
-    assert (tc.steps, tc.lr, tc.betas) == (40, 3e-4, (0.8, 0.9))
+    assert (tc.steps, tc.epochs, tc.lr, tc.betas) == (40, None, 3e-4, (0.8, 0.9))
     assert (tc.eval_every, tc.best_metric) == (0, "val/dice")  # overrides win
-    assert tc.batch_size == TrainConfig(steps=1).batch_size  # fields the section lacks keep the loop's defaults
+    assert TrainConfig.from_section(Optim(steps=None)).epochs == 3
     with pytest.raises(ConfigError, match="train.lr"):
         TrainConfig.from_section(Optim(lr=-1.0))
+    with pytest.raises(ConfigError, match="no learning rate"):
+        TrainConfig.from_section(Optim(lr=None))
     with pytest.raises(TypeError):
         TrainConfig.from_section(Optim(), preview_every=3)
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Misspelt(OptimSection):
+        warmup_frac: float = 0.1  # a typo: would be dropped silently by a copy-by-name
+
+    with pytest.raises(TypeError, match=r"adds \['warmup_frac'\] .* APP_FIELDS"):
+        TrainConfig.from_section(Misspelt(lr=1e-3, steps=2))
+
+
+def test_every_app_section_maps_onto_the_loop() -> None:
+    from medvit.apps.ct_seg.config import OptimCfg as SegOptim
+    from medvit.apps.fiqa.config import OptimCfg as FiqaOptim
+    from medvit.pretrain.config import TrainCfg
+
+    assert TrainConfig.from_section(SegOptim()).steps == 25000
+    assert TrainConfig.from_section(FiqaOptim()).epochs == 20
+    assert TrainConfig.from_section(TrainCfg(steps=5), lr=1e-4).betas == (0.9, 0.95)
 
 
 def test_precision_and_device_resolution() -> None:
