@@ -273,18 +273,6 @@ def fiqa_sidecar_schema() -> SidecarSchema:
 
 
 # ============================================================================= our format
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_fiqa(model: ViTFIQA, path: str | os.PathLike[str], *, metadata: Mapping[str, Any] | None = None) -> Path:
     """Write the whole model (encoder + heads + BN statistics) as safetensors + a JSON sidecar, atomically.
 
@@ -296,28 +284,11 @@ def save_fiqa(model: ViTFIQA, path: str | os.PathLike[str], *, metadata: Mapping
     Returns:
         The weight file path.
     """
-    from safetensors.torch import save
-
-    from medvit import __version__
-    from medvit.shared.backbone.weights import unwrap_model
+    from medvit.shared.backbone.weights import save_model_file, unwrap_model
 
     model = unwrap_model(model)  # type: ignore[assignment]
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise WeightsError(f"{path}: FIQA weight files end in .safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    side = {
-        "format": FIQA_FORMAT,
-        "format_version": FIQA_FORMAT_VERSION,
-        "medvit_version": __version__,
-        "architecture": "ViTFIQA",
-        **model.describe(),
-        **dict(metadata or {}),
-    }
-    _atomic_bytes(path, save(sd, metadata={"format": FIQA_FORMAT}))
-    _atomic_bytes(path.with_suffix(".json"), (json.dumps(side, indent=2, default=str) + "\n").encode())
-    return path
+    side = {"architecture": "ViTFIQA", **model.describe(), **dict(metadata or {})}
+    return save_model_file(path, model.state_dict(), side, format=FIQA_FORMAT, format_version=FIQA_FORMAT_VERSION)
 
 
 def load_fiqa(path: str | os.PathLike[str]) -> tuple[ViTFIQA, dict[str, Any]]:

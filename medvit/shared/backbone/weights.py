@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import io
-import json
 import logging
 import math
 import os
@@ -55,6 +54,7 @@ from medvit.shared.backbone import formats
 from medvit.shared.backbone.pos_embed import resample_pos_embed
 from medvit.shared.backbone.vit import VisionTransformer
 from medvit.shared.errors import ConfigError, WeightsError
+from medvit.shared.files import write_bytes_atomic, write_json_atomic
 from medvit.shared.schema import SchemaError, SidecarSchema, check_arch_kwargs, read_json_sidecar, validate_sidecar
 
 logger = logging.getLogger(__name__)
@@ -810,13 +810,47 @@ def load_pretrained(
 
 
 # ============================================================================= our format
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def save_model_file(
+    path: str | os.PathLike[str],
+    state_dict: Mapping[str, torch.Tensor],
+    sidecar: Mapping[str, Any],
+    *,
+    format: str,  # noqa: A002 - the sidecar's own key name
+    format_version: int,
+) -> Path:
+    """Write a medvit model file: ``path`` (safetensors) + ``path.json`` (sidecar), both atomically.
+
+    The one writer of every model file medvit makes (backbone exports, whole app models): the sidecar starts with
+    ``format``, ``format_version`` and ``medvit_version``, then ``sidecar``'s fields; the safetensors metadata
+    names the format too. The weights are written before the sidecar, so a sidecar always describes complete
+    weights.
+
+    Args:
+        path: target ``.safetensors`` file (folders are created).
+        state_dict: tensors to store (moved to the CPU, made contiguous).
+        sidecar: the architecture and metadata fields of the format.
+        format: the format's name (``medvit`` for a backbone, ``medvit-fiqa``, ``medvit-ct-seg``, ...).
+        format_version: the version of that format's sidecar.
+
+    Returns:
+        The weight file path.
+
+    Raises:
+        WeightsError: ``path`` does not end in ``.safetensors``.
+    """
+    from safetensors.torch import save
+
+    from medvit import __version__
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"{path}: medvit weight files end in .safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    side = {"format": format, "format_version": format_version, "medvit_version": __version__, **dict(sidecar)}
+    write_bytes_atomic(path, save(tensors, metadata={"format": format}))
+    write_json_atomic(_sidecar_path(path), side)
+    return path
 
 
 def save_backbone(
@@ -837,19 +871,7 @@ def save_backbone(
     Returns:
         The weight file path.
     """
-    from safetensors.torch import save
-
-    from medvit import __version__
-
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise WeightsError(f"{path}: our weight files end in .safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     side = {
-        "format": "medvit",
-        "format_version": SIDECAR_FORMAT_VERSION,
-        "medvit_version": __version__,
         "architecture": "VisionTransformer",
         "kwargs": model.arch_kwargs,
         "spatial_dims": model.spatial_dims,
@@ -859,9 +881,7 @@ def save_backbone(
         "source": source,
         **dict(metadata or {}),
     }
-    _atomic_write_bytes(path, save(sd, metadata={"format": "medvit"}))
-    _atomic_write_bytes(_sidecar_path(path), (json.dumps(side, indent=2, default=str) + "\n").encode())
-    return path
+    return save_model_file(path, model.state_dict(), side, format="medvit", format_version=SIDECAR_FORMAT_VERSION)
 
 
 def load_backbone(
