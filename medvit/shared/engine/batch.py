@@ -48,6 +48,7 @@ from typing import Any, TextIO
 
 from medvit.shared.engine import distributed
 from medvit.shared.engine.lock import FolderLock
+from medvit.shared.engine.progress import ItemProgress
 from medvit.shared.errors import DataError, MedvitError
 from medvit.shared.files import TEMP_RE, log_to_file, split_ext, temp_path, write_csv_atomic
 
@@ -515,60 +516,6 @@ def _try_merge_without_group(main: Path, world: int) -> bool:
 # ------------------------------------------------------------------------------------------- progress
 
 
-class _Progress:
-    """A rich bar with rate and ETA on a terminal, INFO log lines otherwise, nothing when disabled."""
-
-    def __init__(self, total: int, description: str, *, enabled: bool) -> None:
-        self.total = total
-        self.done = 0
-        self.description = description
-        self._enabled = enabled and total > 0
-        self._bar: Any = None
-        self._t0 = time.perf_counter()
-        self._next_log = self._t0 + 30.0
-        self._log_every = max(1, total // 10)
-        if self._enabled and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
-            self._task = self._bar.add_task(description, total=total, rate="")
-            self._bar.start()
-
-    def advance(self) -> None:
-        self.done += 1
-        if not self._enabled:
-            return
-        elapsed = time.perf_counter() - self._t0
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        if self._bar is not None:
-            self._bar.update(self._task, advance=1, rate=f"{rate:.2f} it/s")
-        elif self.done % self._log_every == 0 or self.done == self.total or time.perf_counter() > self._next_log:
-            self._next_log = time.perf_counter() + 30.0
-            eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-            logger.info("%s: %d/%d (%.2f it/s, ETA %.0f s)", self.description, self.done, self.total, rate, eta)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
-
-
 # --------------------------------------------------------------------------------------------- runner
 
 
@@ -629,7 +576,7 @@ class _Runner:
         plan: dict[Path, list[Path] | BaseException],
         out_dir: Path,
         manifest: _Manifest,
-        progress: _Progress,
+        progress: ItemProgress,
     ) -> None:
         self.job = job
         self.plan = plan
@@ -904,11 +851,11 @@ def _run_in_folder(
     manifest.rows = {k: previous[k] for k in manifest.order if k in previous}
     manifest.start()
 
-    runner = _Runner(job, plan, out, manifest, _Progress(0, job.description, enabled=False))
+    runner = _Runner(job, plan, out, manifest, ItemProgress(0, job.description, enabled=False))
     todo = _plan_todo(mine, plan, previous, runner, overwrite)
     n_skipped = len(mine) - len(todo)
     label = job.description + (f" ({n_skipped} skipped)" if n_skipped else "")
-    runner.progress = _Progress(len(todo), label, enabled=not quiet and rank == 0)
+    runner.progress = ItemProgress(len(todo), label, enabled=not quiet and rank == 0)
 
     finished = False
     try:

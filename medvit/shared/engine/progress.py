@@ -1,7 +1,9 @@
-"""Training progress: a rich bar (loss, rate, ETA) on a terminal, plain ``logging`` lines otherwise.
+"""Progress of every command: a rich bar on stderr when it is a terminal, plain ``logging`` lines otherwise.
 
-The bar is off with ``quiet``, on non-main ranks, and when stdout is not a terminal (CI logs, ``nohup``,
-``> file``), where a redrawn bar would be noise; then one INFO line is logged every ``log_every`` steps.
+:class:`TrainProgress` follows optimizer steps (loss, rate, ETA); :class:`ItemProgress` follows items of a batch
+or a preprocessing pass (rate, ETA). Bars are off with ``quiet``, on non-main ranks, and when stderr is not a
+terminal (CI logs, ``nohup``, ``2> file``), where a redrawn bar would be noise; then INFO lines are logged.
+Progress and logs go to stderr; results go to stdout.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import sys
 import time
 from collections.abc import Mapping
 from types import TracebackType
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainProgress", "format_duration"]
+__all__ = ["ItemProgress", "TrainProgress", "format_duration"]
 
 
 def format_duration(seconds: float) -> str:
@@ -43,13 +46,14 @@ class TrainProgress:
         self.initial = initial
         self.main = main
         self.description = description
-        self.use_bar = main and not quiet and sys.stdout.isatty()
+        self.use_bar = main and not quiet and sys.stderr.isatty()
         self._bar = None
         self._task_id = None
         self._t0 = time.perf_counter()
 
     def __enter__(self) -> TrainProgress:
         if self.use_bar:
+            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -68,6 +72,7 @@ class TrainProgress:
                 TimeElapsedColumn(),
                 TextColumn("eta"),
                 TimeRemainingColumn(),
+                console=Console(stderr=True),  # progress on stderr, results on stdout
             )
             self._bar.start()
             self._task_id = self._bar.add_task(
@@ -124,3 +129,72 @@ class TrainProgress:
         if eta == eta:  # not NaN
             parts.append(f"eta {format_duration(eta)}")
         logger.info(" | ".join(parts))
+
+
+class ItemProgress:
+    """Progress over items (files, cases, volumes): a rich bar with rate and ETA on stderr when it is a terminal,
+    INFO log lines otherwise (every tenth of the work or 30 s), nothing when disabled.
+
+    Use as a context manager (or call :meth:`close`); call :meth:`advance` once per finished item.
+
+    Args:
+        total: Number of items.
+        description: Label of the bar and the log lines.
+        enabled: False for ``--quiet`` and non-main ranks.
+    """
+
+    def __init__(self, total: int, description: str, *, enabled: bool) -> None:
+        self.total = total
+        self.done = 0
+        self.description = description
+        self._enabled = enabled and total > 0
+        self._bar: Any = None
+        self._t0 = time.perf_counter()
+        self._next_log = self._t0 + 30.0
+        self._log_every = max(1, total // 10)
+        if self._enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self._task = self._bar.add_task(description, total=total, rate="")
+            self._bar.start()
+
+    def advance(self) -> None:
+        self.done += 1
+        if not self._enabled:
+            return
+        elapsed = time.perf_counter() - self._t0
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, rate=f"{rate:.2f} it/s")
+        elif self.done % self._log_every == 0 or self.done == self.total or time.perf_counter() > self._next_log:
+            self._next_log = time.perf_counter() + 30.0
+            eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+            logger.info("%s: %d/%d (%.2f it/s, ETA %.0f s)", self.description, self.done, self.total, rate, eta)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def __enter__(self) -> ItemProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
