@@ -8,7 +8,8 @@ is first used.
 from __future__ import annotations
 
 import os
-from typing import Any
+
+from medvit.shared.lazy import lazy_getattr
 
 # albumentations checks PyPI for updates on import; medvit never reaches the network at run time.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -24,13 +25,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    # Lazy re-exports keep `medvit --help` free of the torch import (PEP 562).
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'medvit' has no attribute {name!r}")
-
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 __all__ = ["__version__", *_LAZY]

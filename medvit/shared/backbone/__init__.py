@@ -6,8 +6,7 @@ registry) does not import torch; the first use of a re-exported name does.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medvit.shared.lazy import lazy_getattr
 
 _LAZY = {
     "evenly_spaced_taps": "medvit.shared.backbone.features",
@@ -22,10 +21,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'medvit.shared.backbone' has no attribute {name!r}")
-
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 __all__ = sorted(_LAZY)

@@ -5,7 +5,7 @@ Re-exports are lazy so that importing ``medvit.shared.engine.batch`` does not im
 
 from __future__ import annotations
 
-from typing import Any
+from medvit.shared.lazy import lazy_getattr
 
 _LAZY = {
     "fit": "medvit.shared.engine.fit",
@@ -20,12 +20,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'medvit.shared.engine' has no attribute {name!r}")
-
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 __all__ = list(_LAZY)

@@ -28,6 +28,23 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
+def _rich_bar(description: str, *fields: str, eta_label: bool = False) -> Any:
+    """A rich ``Progress`` on stderr: description, bar, n/total, the given text fields, elapsed time, ETA."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [TextColumn(description), BarColumn(), MofNCompleteColumn(), *(TextColumn(f) for f in fields)]
+    columns += [TimeElapsedColumn(), *([TextColumn("eta")] if eta_label else []), TimeRemainingColumn()]
+    return Progress(*columns, console=Console(stderr=True))  # progress on stderr, results on stdout
+
+
 class TrainProgress:
     """Progress of a fit over optimizer steps.
 
@@ -53,26 +70,8 @@ class TrainProgress:
 
     def __enter__(self) -> TrainProgress:
         if self.use_bar:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),  # progress on stderr, results on stdout
+            self._bar = _rich_bar(
+                "[bold]{task.description}", "loss {task.fields[loss]}", "{task.fields[rate]}", eta_label=True
             )
             self._bar.start()
             self._task_id = self._bar.add_task(
@@ -153,25 +152,7 @@ class ItemProgress:
         self._next_log = self._t0 + 30.0
         self._log_every = max(1, total // 10)
         if self._enabled and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
+            self._bar = _rich_bar("{task.description}", "{task.fields[rate]}")
             self._task = self._bar.add_task(description, total=total, rate="")
             self._bar.start()
 
