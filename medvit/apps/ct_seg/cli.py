@@ -7,6 +7,7 @@ Thin layer over :mod:`medvit.apps.ct_seg.api`; torch, MONAI and nibabel are impo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -54,22 +55,16 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Fine-tune on one fold (5-fold split in RUN/splits.json); the best checkpoint by mean foreground Dice."""
-    from rich.console import Console
-    from rich.table import Table
-
     from medvit.apps.ct_seg.api import train as train_api
+    from medvit.apps.ct_seg.config import load_train_config
 
-    res = train_api(
-        data,
-        out=out,
-        images=images,
-        labels=labels,
-        dataset_json=dataset_json,
+    run = out
+    cfg = load_train_config(
+        run,
+        resume=resume,
         preset=preset,
         config_file=config,
         overrides=set_,
-        resume=resume,
-        quiet=quiet,
         **{
             "model.weights": str(weights) if weights else None,
             "data.fold": _fold(fold),
@@ -81,6 +76,17 @@ def train(
             "optim.workers": workers,
         },
     )
+    res = train_api(
+        cfg, data, out=run, images=images, labels=labels, dataset_json=dataset_json, resume=resume, quiet=quiet
+    )
+    _print_train_result(res)
+
+
+def _print_train_result(res: Any) -> None:
+    """The last validation's Dice per class, the best mean Dice and the model file (stdout)."""
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console()
     if res.val_dice:
         table = Table(title=f"validation Dice, fold {res.fold} (step {res.steps})")
