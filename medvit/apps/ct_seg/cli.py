@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from medvit.shared.errors import ConfigError
+from medvit.shared.paths import runs_dir
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -34,7 +35,11 @@ def train(
     data: Path | None = typer.Argument(
         None, help="Dataset folder: nnU-Net raw / MSD layout (dataset.json, imagesTr/, labelsTr/)."
     ),
-    out: Path = typer.Option(..., "--out", help="Run directory (config, checkpoints, model.safetensors)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Run directory (config, checkpoints, model.safetensors); default $MEDVIT_RUNS/ct-seg (./runs/ct-seg).",
+    ),
     images: Path | None = typer.Option(None, "--images", help="Images folder (instead of DATA)."),
     labels: Path | None = typer.Option(None, "--labels", help="Label-map folder, with --images."),
     dataset_json: Path | None = typer.Option(None, "--dataset-json", help="Label set for --images/--labels."),
@@ -58,7 +63,7 @@ def train(
     from medvit.apps.ct_seg.api import train as train_api
     from medvit.apps.ct_seg.config import load_train_config
 
-    run = out
+    run = out if out is not None else default_run_dir()
     cfg = load_train_config(
         run,
         resume=resume,
@@ -80,6 +85,11 @@ def train(
         cfg, data, out=run, images=images, labels=labels, dataset_json=dataset_json, resume=resume, quiet=quiet
     )
     _print_train_result(res)
+
+
+def default_run_dir() -> Path:
+    """Run directory of ``ct-seg train`` without ``--out``: ``ct-seg`` in :func:`medvit.shared.paths.runs_dir`."""
+    return runs_dir() / "ct-seg"
 
 
 def _print_train_result(res: Any) -> None:
