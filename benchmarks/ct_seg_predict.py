@@ -153,8 +153,8 @@ def setup(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import torch
     from monai.networks.nets import UNETR as MonaiUNETR  # noqa: N811
 
-    from medvit.apps.ct_seg.api import MODEL_FORMAT
     from medvit.apps.ct_seg.model import UNETR
+    from medvit.apps.ct_seg.model_file import MODEL_FORMAT, MODEL_FORMAT_VERSION, save_run_model
     from medvit.shared.data.synth import synth_ct
 
     shape = tuple(int(s) for s in args.shape.split(","))
@@ -179,7 +179,7 @@ def setup(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         diff = float((ours(x) - ref(x)).abs().max())
     spec = {
         "format": MODEL_FORMAT,
-        "format_version": 1,
+        "format_version": MODEL_FORMAT_VERSION,
         "encoder": ours.encoder.arch_kwargs,
         "decoder": ours.decoder_kwargs(),
         "labels": {str(k): v for k, v in LABELS.items()},
@@ -193,11 +193,7 @@ def setup(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "infer": {"overlap": args.overlap, "sw_batch_size": args.sw_batch, "blend": "gaussian"},
     }
     run = work / "run"
-    run.mkdir()
-    (run / "model.json").write_text(json.dumps(spec))
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in ours.state_dict().items()}, str(run / "model.safetensors"))
+    save_run_model(run / "model.safetensors", ours.state_dict(), spec)  # model.safetensors + model.json
     return {"fp32_max_abs_diff": diff, "shape": shape, "params": sum(p.numel() for p in ours.parameters())}
 
 

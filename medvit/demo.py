@@ -69,6 +69,7 @@ def _ct_part(out: Path, console: Any, timings: dict[str, float], *, quiet: bool)
     from rich.table import Table
 
     from medvit.apps.ct_seg import api as ct_seg
+    from medvit.apps.ct_seg.config import load_ct_seg_config
     from medvit.pretrain.api import run_pretrain
     from medvit.pretrain.config import PretrainConfig
     from medvit.shared.config import load_config
@@ -103,7 +104,8 @@ def _ct_part(out: Path, console: Any, timings: dict[str, float], *, quiet: bool)
     console.print("[bold]ct-seg 3/3[/bold] fine-tune from the exported encoder, predict, evaluate")
     t = time.perf_counter()
     seg_run = out / "runs" / "ct-seg"
-    ct_seg.train(ct, out=seg_run, preset="tiny", quiet=quiet, **{"model.weights": encoder, **SEG_OPTIONS})
+    seg_cfg = load_ct_seg_config("tiny", **{"model.weights": encoder, **SEG_OPTIONS})
+    ct_seg.train(seg_cfg, ct, out=seg_run, quiet=quiet)
     pred = out / "predictions" / "ct-seg"
     ct_seg.predict(seg_run, ct / "imagesTs", pred, quiet=quiet)
     summary = ct_seg.evaluate(pred, ct / "labelsTs", labels_json=ct / "dataset.json", quiet=quiet)

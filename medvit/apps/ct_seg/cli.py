@@ -7,10 +7,12 @@ Thin layer over :mod:`medvit.apps.ct_seg.api`; torch, MONAI and nibabel are impo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from medvit.shared.errors import ConfigError
+from medvit.shared.paths import runs_dir
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -33,7 +35,11 @@ def train(
     data: Path | None = typer.Argument(
         None, help="Dataset folder: nnU-Net raw / MSD layout (dataset.json, imagesTr/, labelsTr/)."
     ),
-    out: Path = typer.Option(..., "--out", help="Run directory (config, checkpoints, model.safetensors)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Run directory (config, checkpoints, model.safetensors); default $MEDVIT_RUNS/ct-seg (./runs/ct-seg).",
+    ),
     images: Path | None = typer.Option(None, "--images", help="Images folder (instead of DATA)."),
     labels: Path | None = typer.Option(None, "--labels", help="Label-map folder, with --images."),
     dataset_json: Path | None = typer.Option(None, "--dataset-json", help="Label set for --images/--labels."),
@@ -54,22 +60,16 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Fine-tune on one fold (5-fold split in RUN/splits.json); the best checkpoint by mean foreground Dice."""
-    from rich.console import Console
-    from rich.table import Table
-
     from medvit.apps.ct_seg.api import train as train_api
+    from medvit.apps.ct_seg.config import load_train_config
 
-    res = train_api(
-        data,
-        out=out,
-        images=images,
-        labels=labels,
-        dataset_json=dataset_json,
+    run = out if out is not None else default_run_dir()
+    cfg = load_train_config(
+        run,
+        resume=resume,
         preset=preset,
         config_file=config,
         overrides=set_,
-        resume=resume,
-        quiet=quiet,
         **{
             "model.weights": str(weights) if weights else None,
             "data.fold": _fold(fold),
@@ -81,6 +81,22 @@ def train(
             "optim.workers": workers,
         },
     )
+    res = train_api(
+        cfg, data, out=run, images=images, labels=labels, dataset_json=dataset_json, resume=resume, quiet=quiet
+    )
+    _print_train_result(res)
+
+
+def default_run_dir() -> Path:
+    """Run directory of ``ct-seg train`` without ``--out``: ``ct-seg`` in :func:`medvit.shared.paths.runs_dir`."""
+    return runs_dir() / "ct-seg"
+
+
+def _print_train_result(res: Any) -> None:
+    """The last validation's Dice per class, the best mean Dice and the model file (stdout)."""
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console()
     if res.val_dice:
         table = Table(title=f"validation Dice, fold {res.fold} (step {res.steps})")

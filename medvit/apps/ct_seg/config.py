@@ -38,6 +38,7 @@ __all__ = [
     "ModelCfg",
     "OptimCfg",
     "load_ct_seg_config",
+    "load_train_config",
     "preset_path",
 ]
 
@@ -275,3 +276,28 @@ def load_ct_seg_config(
         name = preset or "base"
         layer = preset_layer(preset_path(name), name)
     return load_config(CTSegConfig, config_file, list(overrides), preset=layer, **options)
+
+
+def load_train_config(
+    run: str | Path,
+    *,
+    resume: bool = False,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: tuple[str, ...] | list[str] = (),
+    **options: Any,
+) -> CTSegConfig:
+    """The config of ``ct-seg train`` into ``run``: :func:`load_ct_seg_config`, except that a resumed run
+    (``resume`` without ``preset`` or ``config_file``) starts from its stored ``RUN/config.yaml`` instead of the
+    ``base`` preset, so that it keeps its settings; ``overrides`` and ``options`` still apply over it.
+
+    Raises:
+        ConfigError: unknown preset, key or value (naming the layer that set it), or an unreadable stored config.
+    """
+    from medvit.shared.config import read_yaml
+
+    stored = Path(run) / "config.yaml"
+    base = None
+    if resume and stored.is_file() and preset is None and config_file is None:
+        base = read_yaml(stored) or None
+    return load_ct_seg_config(preset, config_file, overrides, base=base, **options)

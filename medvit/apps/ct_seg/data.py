@@ -30,10 +30,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
+import torch
+from monai.transforms import Compose, RandCropByLabelClassesd, SpatialPadd
 
 from medvit.shared.data.augment import reseed
-from medvit.shared.data.io import NIFTI_SUFFIXES, ReadError, affine_problem, list_folder, read_json_object
+from medvit.shared.data.io import (
+    NIFTI_SUFFIXES,
+    ReadError,
+    affine_problem,
+    list_folder,
+    read_json_object,
+    read_nifti,
+    read_volume,
+)
+from medvit.shared.data.transforms import ct_augment, volume_to_metatensor
 from medvit.shared.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -261,8 +273,6 @@ def load_dataset(
 
 # --------------------------------------------------------------------------------------------------- checks
 def _header(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
-    import nibabel as nib
-
     try:
         img = nib.load(path)
     except Exception as err:  # noqa: BLE001 - any nibabel failure is a bad file
@@ -339,9 +349,6 @@ def check_label_values(case_id: str, path: Path, arr: np.ndarray, allowed: Mappi
 
 def read_case(case: CTCase, allowed: Mapping[int, str] | None) -> dict[str, Any]:
     """Read and check one pair into MetaTensors (``{"image", "label", "case_id"}``) for the preprocessing."""
-    from medvit.shared.data.io import read_nifti, read_volume
-    from medvit.shared.data.transforms import volume_to_metatensor
-
     img, img_meta = read_volume(case.image)
     lab, lab_meta = read_nifti(case.label, check_finite=False)
     for path, meta in ((case.image, img_meta), (case.label, lab_meta)):
@@ -415,10 +422,6 @@ def crop_transform(
     intensity_prob: float = 0.1,
 ) -> Any:
     """Pad to the crop, draw label-balanced crops, augment. Maps a preprocessed dict to a list of crop dicts."""
-    from monai.transforms import Compose, RandCropByLabelClassesd, SpatialPadd
-
-    from medvit.shared.data.transforms import ct_augment
-
     roi = tuple(int(c) for c in crop_size)
     fg = foreground / max(num_classes - 1, 1)
     ratios = [background] + [fg] * (num_classes - 1)
@@ -505,8 +508,6 @@ class SegCropDataset:
 
 def collate_crops(items: Sequence[Any]) -> dict[str, Any]:
     """Flatten lists of crops into one batch of plain tensors ``{"image": [N, 1, *crop], "label": [N, 1, *crop]}``."""
-    import torch
-
     flat: list[Mapping[str, Any]] = []
     for it in items:
         flat.extend(it if isinstance(it, list) else [it])

@@ -465,16 +465,29 @@ class UNETR(nn.Module):
             **kwargs,
         )
         report.dropped = sorted(set(report.dropped) - {k for k in decoder_sd})
-        target = model.state_dict()
+        model._load_monai_decoder(decoder_sd, report, take=load_decoder)
+        model.load_report = report  # type: ignore[attr-defined]
+        return model
+
+    def _load_monai_decoder(self, decoder_sd: Mapping[str, torch.Tensor], report: Any, *, take: bool) -> None:
+        """Load the MONAI decoder tensors whose name and shape match ours (``take``), and complete ``report``.
+
+        Args:
+            decoder_sd: the checkpoint's decoder tensors (``encoder1..4``, ``decoder2..5``, ``out``).
+            report: the encoder's load report: the decoder tensors not taken join ``dropped``, ours left random
+                join ``missing``.
+            take: load them (else all are dropped).
+        """
+        target = self.state_dict()
         decoder_keys = sorted(k for k in target if not k.startswith("encoder."))
         taken: list[str] = []
-        if load_decoder and decoder_sd:
+        if take and decoder_sd:
             for k, v in decoder_sd.items():
                 if k in target and tuple(target[k].shape) == tuple(v.shape):
                     taken.append(k)
                 else:
                     report.dropped.append(k)
-            model.load_state_dict({k: decoder_sd[k].to(target[k].dtype) for k in taken}, strict=False)
+            self.load_state_dict({k: decoder_sd[k].to(target[k].dtype) for k in taken}, strict=False)
         else:
             report.dropped.extend(decoder_sd)
         report.dropped.sort()
@@ -486,8 +499,6 @@ class UNETR(nn.Module):
             len(decoder_keys),
             len(decoder_keys) - len(taken),
         )
-        model.load_report = report  # type: ignore[attr-defined]
-        return model
 
 
 def official_downstream_encoder(encoder: VisionTransformer) -> VisionTransformer:

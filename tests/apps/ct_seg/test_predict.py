@@ -112,7 +112,7 @@ def test_predict_reads_a_dicom_series(tmp_path: Path, cli) -> None:
 
 
 def test_predict_resumes_after_an_interruption_and_reports_bad_files(tmp_path: Path, write_nifti, monkeypatch) -> None:
-    from medvit.apps.ct_seg import api
+    from medvit.apps.ct_seg.predict import PredictJob
 
     run = _tiny_run(tmp_path)
     inputs = tmp_path / "in"
@@ -122,7 +122,7 @@ def test_predict_resumes_after_an_interruption_and_reports_bad_files(tmp_path: P
     (inputs / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     out = tmp_path / "pred"
 
-    real = api._PredictJob.process
+    real = PredictJob.process
 
     def interrupted(self, item, loaded, tmps):  # the "kill" lands while case b is being written
         if item.name == "b.nii.gz":
@@ -130,14 +130,14 @@ def test_predict_resumes_after_an_interruption_and_reports_bad_files(tmp_path: P
             raise KeyboardInterrupt
         return real(self, item, loaded, tmps)
 
-    monkeypatch.setattr(api._PredictJob, "process", interrupted)
+    monkeypatch.setattr(PredictJob, "process", interrupted)
     with pytest.raises(KeyboardInterrupt):
         predict(run, inputs, out, quiet=True, workers=0)
     assert (out / "a.nii.gz").is_file() and not (out / "b.nii.gz").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".b.")]  # no temp left behind
     mtime_a = os.stat(out / "a.nii.gz").st_mtime_ns
 
-    monkeypatch.setattr(api._PredictJob, "process", real)
+    monkeypatch.setattr(PredictJob, "process", real)
     summary = predict(run, inputs, out, quiet=True)
     assert (summary.ok, summary.skipped, summary.error) == (2, 1, 1) and summary.exit_code == 1
     assert os.stat(out / "a.nii.gz").st_mtime_ns == mtime_a  # finished work is not redone
