@@ -821,8 +821,9 @@ def save_model_file(
     """Write a medvit model file: ``path`` (safetensors) + ``path.json`` (sidecar), both atomically.
 
     The one writer of every model file medvit makes (backbone exports, whole app models): the sidecar starts with
-    ``format``, ``format_version`` and ``medvit_version``, then ``sidecar``'s fields; the safetensors metadata
-    names the format too. The weights are written before the sidecar, so a sidecar always describes complete
+    ``format``, ``format_version`` and ``medvit_version``, then ``sidecar``'s fields (which may set those three
+    themselves, e.g. a resumed run keeping the version that started it); the safetensors metadata names the format
+    too. The weights are written before the sidecar, so a sidecar always describes complete
     weights.
 
     Args:
