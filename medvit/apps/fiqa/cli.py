@@ -1,7 +1,8 @@
 """``medvit fiqa``: face-image quality with ViT-FIQA (train, score, evaluate, convert, extract-bin).
 
-Thin layer over :mod:`medvit.apps.fiqa.api`; torch, insightface and OpenCV are imported inside the commands so
-that ``medvit --help`` stays fast. Mounted by the root CLI as ``fiqa``.
+Thin layer over :mod:`medvit.apps.fiqa.api`: each command parses its options (``train`` resolves them into a
+``FiqaConfig``) and calls the API; torch, insightface and OpenCV are imported inside the commands so that
+``medvit --help`` stays fast. Mounted by the root CLI as ``fiqa``.
 """
 
 from __future__ import annotations
@@ -40,15 +41,12 @@ def train(
 ) -> None:
     """Train ViT-FIQA: CosFace + certainty-ratio quality regression (CE + 10 * SmoothL1). Torchrun-ready."""
     from medvit.apps.fiqa.api import train as train_api
+    from medvit.apps.fiqa.config import load_fiqa_config
 
-    res = train_api(
-        data,
-        out,
-        preset=preset,
-        config_file=config,
-        overrides=set_,
-        resume=resume,
-        quiet=quiet,
+    cfg = load_fiqa_config(
+        preset,
+        config,
+        set_,
         **{
             "val_pairs": [str(v) for v in val] or None,
             "optim.steps": steps,
@@ -61,6 +59,7 @@ def train(
             "model.head": head,
         },
     )
+    res = train_api(cfg, data, out, resume=resume, quiet=quiet)
     typer.echo(f"trained {res.steps} steps on {res.identities} identities, final loss {res.final_loss:.4f}")
     for k, v in res.val.items():
         typer.echo(f"  {k}: {v:.4f}")
