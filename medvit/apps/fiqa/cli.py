@@ -21,7 +21,12 @@ app = typer.Typer(
 @app.command()
 def train(
     data: Path = typer.Argument(..., help="Identity folders DATA/<identity>/*.jpg, or a folder with train.rec/.idx."),
-    out: Path = typer.Option(..., "--out", help="Run directory (config, checkpoints, metrics, model.safetensors)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Run directory (config, checkpoints, metrics, model.safetensors). Default: $MEDVIT_RUNS/fiqa "
+        "(./runs/fiqa).",
+    ),
     preset: str = typer.Option("default", "--preset", help="default (reference recipe) | base (depth 24) | tiny."),
     config: Path | None = typer.Option(None, "--config", help="YAML config applied over the preset."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set optim.lr=5e-4 (repeatable)."),
