@@ -62,7 +62,7 @@ def _features(model: Any, folder: Path, rows: list[dict[str, str]]) -> tuple[np.
 
 def diagnostics(run: Path, train: Path, held: Path, lam: float = 100.0) -> dict[str, float]:
     """``cr_rho`` and ``probe_rho`` of the module docstring."""
-    from medvit.apps.fiqa.api import _model_from_training_checkpoint
+    from medvit.apps.fiqa.convert import _model_from_training_checkpoint
     from medvit.apps.fiqa.losses import ClassCentres
     from medvit.shared.engine.checkpoint import load_checkpoint
 
@@ -109,6 +109,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     from medvit.apps.fiqa import api
+    from medvit.apps.fiqa.config import load_fiqa_config
     from medvit.shared.data.synth import synth_faces
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fiqa_ranking_"))
@@ -137,14 +138,8 @@ def main() -> None:
         run = work / f"run_{args.preset}_{tag}_{args.steps}_s{seed}{extra}"
         shutil.rmtree(run, ignore_errors=True)
         t = time.perf_counter()
-        api.train(
-            train,
-            run,
-            preset=args.preset,
-            quiet=True,
-            overrides=args.set,
-            **{"optim.steps": args.steps, "optim.seed": seed},
-        )
+        cfg = load_fiqa_config(args.preset, None, args.set, **{"optim.steps": args.steps, "optim.seed": seed})
+        api.train(cfg, train, run, quiet=True)
         t_train = time.perf_counter() - t
         res = api.score(held, run / "scores", weights=run, aligned=True, workers=1, quiet=True, overwrite=True)
         row = {

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from medvit.shared.errors import DataError
+from medvit.shared.files import atomic_path
 
 __all__ = ["RestrictedUnpickler", "read_bin", "write_bin"]
 
@@ -117,9 +118,6 @@ def read_bin(path: str | os.PathLike[str]) -> tuple[list[bytes], np.ndarray]:
 
 def write_bin(path: str | os.PathLike[str], bins: list[bytes], issame: list[bool], protocol: int = 4) -> Path:
     """Write a ``.bin`` the way insightface does (for tests and for exporting pair sets), atomically."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         pickle.dump((list(bins), [bool(s) for s in issame]), fh, protocol=protocol)
-    os.replace(tmp, p)
-    return p
+    return Path(path)

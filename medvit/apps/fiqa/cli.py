@@ -1,7 +1,8 @@
 """``medvit fiqa``: face-image quality with ViT-FIQA (train, score, evaluate, convert, extract-bin).
 
-Thin layer over :mod:`medvit.apps.fiqa.api`; torch, insightface and OpenCV are imported inside the commands so
-that ``medvit --help`` stays fast. Mounted by the root CLI as ``fiqa``.
+Thin layer over :mod:`medvit.apps.fiqa.api`: each command parses its options (``train`` resolves them into a
+``FiqaConfig``) and calls the API; torch, insightface and OpenCV are imported inside the commands so that
+``medvit --help`` stays fast. Mounted by the root CLI as ``fiqa``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,12 @@ app = typer.Typer(
 @app.command()
 def train(
     data: Path = typer.Argument(..., help="Identity folders DATA/<identity>/*.jpg, or a folder with train.rec/.idx."),
-    out: Path = typer.Option(..., "--out", help="Run directory (config, checkpoints, metrics, model.safetensors)."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Run directory (config, checkpoints, metrics, model.safetensors). Default: $MEDVIT_RUNS/fiqa "
+        "(./runs/fiqa).",
+    ),
     preset: str = typer.Option("default", "--preset", help="default (reference recipe) | base (depth 24) | tiny."),
     config: Path | None = typer.Option(None, "--config", help="YAML config applied over the preset."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set optim.lr=5e-4 (repeatable)."),
@@ -40,15 +46,12 @@ def train(
 ) -> None:
     """Train ViT-FIQA: CosFace + certainty-ratio quality regression (CE + 10 * SmoothL1). Torchrun-ready."""
     from medvit.apps.fiqa.api import train as train_api
+    from medvit.apps.fiqa.config import load_fiqa_config
 
-    res = train_api(
-        data,
-        out,
-        preset=preset,
-        config_file=config,
-        overrides=set_,
-        resume=resume,
-        quiet=quiet,
+    cfg = load_fiqa_config(
+        preset,
+        config,
+        set_,
         **{
             "val_pairs": [str(v) for v in val] or None,
             "optim.steps": steps,
@@ -61,6 +64,7 @@ def train(
             "model.head": head,
         },
     )
+    res = train_api(cfg, data, out, resume=resume, quiet=quiet)
     typer.echo(f"trained {res.steps} steps on {res.identities} identities, final loss {res.final_loss:.4f}")
     for k, v in res.val.items():
         typer.echo(f"  {k}: {v:.4f}")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medvit.shared.engine.section import OptimSection
+from medvit.shared.paths import runs_dir
 
 __all__ = [
     "PRESETS",
@@ -30,6 +31,7 @@ __all__ = [
     "LossCfg",
     "ModelCfg",
     "OptimCfg",
+    "default_run_dir",
     "load_fiqa_config",
     "preset_path",
 ]
@@ -155,6 +157,11 @@ class FiqaConfig:
     data: DataCfg = field(default_factory=DataCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
     val_pairs: tuple[Path, ...] = ()
+
+
+def default_run_dir() -> Path:
+    """Run directory of ``fiqa train`` without ``--out``: ``$MEDVIT_RUNS/fiqa`` (``./runs/fiqa`` when unset)."""
+    return runs_dir() / "fiqa"
 
 
 def preset_path(name: str) -> Path:

@@ -43,6 +43,7 @@ import numpy as np
 from medvit.shared.data.augment import SeededAlbumentations, reseed
 from medvit.shared.data.io import IMAGE_SUFFIXES, check_file, list_folder
 from medvit.shared.errors import DataError
+from medvit.shared.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +161,10 @@ class RecordIOWriter:
     def __init__(self, rec_path: str | os.PathLike[str], idx_path: str | os.PathLike[str]) -> None:
         self.rec_path, self.idx_path = Path(rec_path), Path(idx_path)
         self.rec_path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp_rec = self.rec_path.with_name(f".{self.rec_path.name}.tmp-{os.getpid()}")
-        self._tmp_idx = self.idx_path.with_name(f".{self.idx_path.name}.tmp-{os.getpid()}")
+        # Both temps stay open until close(): the .idx is entered first so that the .rec is renamed first.
+        self._files = contextlib.ExitStack()
+        self._tmp_idx = self._files.enter_context(atomic_path(self.idx_path))
+        self._tmp_rec = self._files.enter_context(atomic_path(self.rec_path))
         self._rec: BinaryIO | None = open(self._tmp_rec, "wb")  # noqa: SIM115 - closed in close()
         self._lines: list[str] = []
 
@@ -177,21 +180,19 @@ class RecordIOWriter:
         self._rec.close()
         self._rec = None
         self._tmp_idx.write_text("".join(self._lines), encoding="utf-8")
-        os.replace(self._tmp_rec, self.rec_path)
-        os.replace(self._tmp_idx, self.idx_path)
+        self._files.close()  # renames the .rec, then the .idx, onto their final names
 
     def __enter__(self) -> RecordIOWriter:
         return self
 
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
             self.close()
-        else:
-            if self._rec is not None:
-                self._rec.close()
-                self._rec = None
-            self._tmp_rec.unlink(missing_ok=True)
-            self._tmp_idx.unlink(missing_ok=True)
+            return
+        if self._rec is not None:
+            self._rec.close()
+            self._rec = None
+        self._files.__exit__(exc_type, exc, tb)  # removes both temps; the exception propagates
 
 
 class RecordIOReader:
@@ -639,52 +640,59 @@ def read_pairs(path: str | os.PathLike[str], images: str | os.PathLike[str] | No
     if not numbered:
         raise DataError(f"{p}: empty pair list")
     first = numbered[0][1]
-    lfw = len(first) <= 2 and all(t.isdigit() for t in first)
-    index: dict[str, int] = {}
-    refs: list[str] = []
-    a_idx: list[int] = []
-    b_idx: list[int] = []
-    same: list[bool] = []
-
-    def ref(path_str: str) -> int:
-        if path_str not in index:
-            index[path_str] = len(refs)
-            refs.append(path_str)
-        return index[path_str]
-
-    if lfw:
-        root = Path(images) if images is not None else p.parent
-        for n, ln in numbered[1:]:
-            try:
-                if len(ln) == 3:
-                    pa = _find_image(root / ln[0], f"{ln[0]}_{int(ln[1]):04d}")
-                    pb = _find_image(root / ln[0], f"{ln[0]}_{int(ln[2]):04d}")
-                    s = True
-                elif len(ln) == 4:
-                    pa = _find_image(root / ln[0], f"{ln[0]}_{int(ln[1]):04d}")
-                    pb = _find_image(root / ln[2], f"{ln[2]}_{int(ln[3]):04d}")
-                    s = False
-                else:
-                    raise ValueError
-            except ValueError:
-                raise DataError(f"{p}:{n}: expected 'name i j' or 'name1 i name2 j', got {' '.join(ln)!r}") from None
-            a_idx.append(ref(pa))
-            b_idx.append(ref(pb))
-            same.append(s)
+    if len(first) <= 2 and all(t.isdigit() for t in first):
+        pairs = _lfw_pairs(p, numbered[1:], Path(images) if images is not None else p.parent)
     else:
         if images is not None:
             root = Path(images)
         else:
             root = p.parent / "images" if (p.parent / "images").is_dir() else p.parent
-        for n, ln in numbered:
-            if len(ln) != 3 or ln[2] not in ("0", "1"):
-                raise DataError(f"{p}:{n}: expected 'a b is_same' (is_same 0 or 1), got {' '.join(ln)!r}")
-            a_idx.append(ref(_find_image(root, ln[0])))
-            b_idx.append(ref(_find_image(root, ln[1])))
-            same.append(ln[2] == "1")
-    if not same:
+        pairs = _pair_list_pairs(p, numbered, root)
+    if not pairs:
         raise DataError(f"{p}: no pairs")
-    return PairSet(p.stem, refs, np.asarray(a_idx), np.asarray(b_idx), np.asarray(same, dtype=bool))
+    return _pair_set(p.stem, pairs)
+
+
+def _lfw_pairs(p: Path, numbered: list[tuple[int, list[str]]], root: Path) -> list[tuple[str, str, bool]]:
+    """``(image a, image b, genuine)`` of the ``name i j`` / ``name1 i name2 j`` lines of an LFW ``pairs.txt``."""
+    pairs = []
+    for n, ln in numbered:
+        try:
+            if len(ln) == 3:
+                pa = _find_image(root / ln[0], f"{ln[0]}_{int(ln[1]):04d}")
+                pb = _find_image(root / ln[0], f"{ln[0]}_{int(ln[2]):04d}")
+                s = True
+            elif len(ln) == 4:
+                pa = _find_image(root / ln[0], f"{ln[0]}_{int(ln[1]):04d}")
+                pb = _find_image(root / ln[2], f"{ln[2]}_{int(ln[3]):04d}")
+                s = False
+            else:
+                raise ValueError
+        except ValueError:
+            raise DataError(f"{p}:{n}: expected 'name i j' or 'name1 i name2 j', got {' '.join(ln)!r}") from None
+        pairs.append((pa, pb, s))
+    return pairs
+
+
+def _pair_list_pairs(p: Path, numbered: list[tuple[int, list[str]]], root: Path) -> list[tuple[str, str, bool]]:
+    """``(image a, image b, genuine)`` of the ``a b is_same`` lines of a CR-FIQA ``pair_list.txt``."""
+    pairs = []
+    for n, ln in numbered:
+        if len(ln) != 3 or ln[2] not in ("0", "1"):
+            raise DataError(f"{p}:{n}: expected 'a b is_same' (is_same 0 or 1), got {' '.join(ln)!r}")
+        pairs.append((_find_image(root, ln[0]), _find_image(root, ln[1]), ln[2] == "1"))
+    return pairs
+
+
+def _pair_set(name: str, pairs: list[tuple[str, str, bool]]) -> PairSet:
+    """A :class:`PairSet` over the distinct images of ``pairs``, numbered in order of first appearance."""
+    index: dict[str, int] = {}
+    for pa, pb, _ in pairs:
+        index.setdefault(pa, len(index))
+        index.setdefault(pb, len(index))
+    a = np.asarray([index[pa] for pa, _, _ in pairs])
+    b = np.asarray([index[pb] for _, pb, _ in pairs])
+    return PairSet(name, list(index), a, b, np.asarray([s for _, _, s in pairs], dtype=bool))
 
 
 def pair_list_lines(pairs: PairSet, names: Sequence[str]) -> list[str]:

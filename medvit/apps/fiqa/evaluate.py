@@ -1,8 +1,8 @@
-"""Evaluation of a face-image quality measure on verification pairs: EDC curves, verification accuracy, plots.
+"""``fiqa evaluate``: a face-image quality measure on verification pairs (EDC curves, verification accuracy, plots).
 
-The metric itself (discard protocol, thresholds, AUC) lives in :mod:`medvit.shared.metrics.quality`; this module
-joins quality scores and embeddings to a pair list and draws the curves. Embedding sources, as the CR-FIQA
-protocol uses several face-recognition models:
+:func:`evaluate` is the command; the rest is its plumbing. The metric itself (discard protocol, thresholds, AUC)
+lives in :mod:`medvit.shared.metrics.quality`; this module joins quality scores and embeddings to a pair list and
+draws the curves. Embedding sources, as the CR-FIQA protocol uses several face-recognition models:
 
 * ``fiqa``: our model's embedding head (the FR half of ViT-FIQA), from ``--weights``;
 * a path to an insightface recognition ONNX (``w600k_r50.onnx``, ``glintr100.onnx``...), run by onnxruntime
@@ -18,44 +18,46 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-from medvit.apps.fiqa.data import PairSet
-from medvit.shared.errors import DataError
-from medvit.shared.metrics.quality import EDCResult
+from medvit.apps.fiqa.convert import load_scoring_model
+from medvit.apps.fiqa.data import PairSet, read_pairs
+from medvit.apps.fiqa.model import ViTFIQA, preprocess_faces
+from medvit.shared.engine.fit import resolve_device
+from medvit.shared.errors import ConfigError, DataError
+from medvit.shared.faces.align import ARCFACE_TEMPLATE, dlib_model_file, given_crop, import_dlib
+from medvit.shared.files import atomic_path, write_csv_atomic, write_json_atomic
+from medvit.shared.metrics.quality import EDCResult, dissimilarity, edc, pair_quality
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "EvaluateResult",
     "QualityTable",
+    "dlib_embedder",
     "embed_crops",
+    "evaluate",
+    "npy_embeddings",
+    "onnx_embedder",
+    "pair_rows",
     "plot_edc",
     "read_quality_csv",
     "verification_accuracy",
-    "write_csv_atomic",
 ]
 
-
-def write_csv_atomic(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
-    """Write ``rows`` as CSV through a temp file + ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore", restval="")
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: (repr(float(v)) if isinstance(v, (float, np.floating)) else v) for k, v in r.items()})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+EDC_COLUMNS = ("convention", "fmr", "discard", "fnmr", "threshold", "kept_pairs", "kept_genuine")
+SUMMARY_COLUMNS = ("convention", "fmr", "fnmr_0", "auc", "pauc_20", "pauc_30")
+PAIR_COLUMNS = ("a", "b", "issame", "similarity", "dissimilarity", "quality_a", "quality_b", "pair_quality")
 
 
 # ============================================================================= quality scores
@@ -159,8 +161,6 @@ def _template_face_box(size: int = 112) -> tuple[int, int, int, int]:
     on frontal photos the HOG box is ~2.09 inter-eye distances wide, centred on the eyes, its top 0.29 box widths
     above them ((19, 30, 93, 104) at 112 px; the detector itself finds (22, 31, 97, 105) on an aligned crop).
     """
-    from medvit.shared.faces.align import ARCFACE_TEMPLATE
-
     tmpl = ARCFACE_TEMPLATE * (size / 112.0)
     eyes = tmpl[:2]
     width = 2.09 * float(np.linalg.norm(eyes[1] - eyes[0]))
@@ -179,8 +179,6 @@ def dlib_embedder() -> Callable[[np.ndarray], np.ndarray]:
     Raises:
         ConfigError: dlib or its model files are not installed (``pip install medvit[face]``).
     """
-    from medvit.shared.faces.align import dlib_model_file, import_dlib
-
     dlib = import_dlib("--embeddings dlib")
     predictor = dlib.shape_predictor(str(dlib_model_file("shape_predictor_5_face_landmarks.dat")))
     recognizer = dlib.face_recognition_model_v1(str(dlib_model_file("dlib_face_recognition_resnet_model_v1.dat")))
@@ -250,9 +248,6 @@ def verification_accuracy(
 # ============================================================================= plots
 def plot_edc(result: EDCResult, path: str | os.PathLike[str], title: str = "") -> Path:
     """Two panels (recomputed / fixed threshold), FNMR vs discarded fraction, one curve per FMR; AUCs in legends."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     conventions = list(dict.fromkeys(c.convention for c in result.curves))
     fig = Figure(figsize=(6 * len(conventions), 4.5), dpi=100)
     FigureCanvasAgg(fig)
@@ -270,74 +265,13 @@ def plot_edc(result: EDCResult, path: str | os.PathLike[str], title: str = "") -
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def plot_histogram(qualities: np.ndarray, path: str | os.PathLike[str], title: str = "") -> Path:
-    """Histogram of quality scores."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    q = np.asarray(qualities, dtype=np.float64)
-    ax.hist(q, bins=min(50, max(5, q.size // 5)), color="tab:blue", alpha=0.8)
-    ax.set_xlabel("quality (higher = better)")
-    ax.set_ylabel("faces")
-    if q.size:
-        ax.axvline(float(np.median(q)), color="k", ls="--", lw=1, label=f"median {np.median(q):.3f}")
-        ax.legend()
-    ax.set_title(title or f"{q.size} faces")
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def plot_contact_sheet(
-    lowest: Sequence[tuple[np.ndarray, float, str]],
-    highest: Sequence[tuple[np.ndarray, float, str]],
-    path: str | os.PathLike[str],
-) -> Path:
-    """Two rows of aligned crops: the lowest-quality faces (top) and the highest (bottom), with their scores."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    cols = max(len(lowest), len(highest), 1)
-    fig = Figure(figsize=(1.6 * cols, 4.0), dpi=100)
-    FigureCanvasAgg(fig)
-    for r, (label, faces) in enumerate((("lowest quality", lowest), ("highest quality", highest))):
-        for c in range(cols):
-            ax = fig.add_subplot(2, cols, r * cols + c + 1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c < len(faces):
-                crop, q, name = faces[c]
-                ax.imshow(crop)
-                ax.set_title(f"{q:.3f}\n{name[:16]}", fontsize=7)
-            else:
-                ax.axis("off")
-            if c == 0:
-                ax.set_ylabel(label, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
+    return Path(path)
 
 
 def pair_rows(pairs: PairSet, sim: np.ndarray, q: np.ndarray) -> list[dict[str, Any]]:
     """Per-pair CSV rows: the two images, genuine flag, similarity, qualities and the pair quality."""
-    from medvit.shared.metrics.quality import dissimilarity
-
     d = dissimilarity(sim)
     rows = []
     for k in range(len(pairs)):
@@ -355,3 +289,170 @@ def pair_rows(pairs: PairSet, sim: np.ndarray, q: np.ndarray) -> list[dict[str, 
             }
         )
     return rows
+
+
+# ============================================================================= the command
+@dataclass(frozen=True)
+class EvaluateResult:
+    """What :func:`evaluate` returns: output paths and the summary rows (one per convention x FMR)."""
+
+    edc_csv: Path
+    summary_csv: Path
+    plot: Path
+    pairs_csv: Path
+    summary: list[dict[str, Any]]
+    accuracy: float
+
+
+def _read_edc_pairs(pairs_path: str | os.PathLike[str], images: str | os.PathLike[str] | None) -> PairSet:
+    """The pair list, refused unless it holds both genuine and impostor pairs."""
+    pairs = read_pairs(pairs_path, images)
+    n_genuine = int(np.count_nonzero(pairs.issame))
+    if n_genuine == 0 or n_genuine == len(pairs):
+        raise DataError(
+            f"{pairs_path}: an EDC needs both genuine and impostor pairs; this list has {n_genuine} genuine and "
+            f"{len(pairs) - n_genuine} impostor pairs"
+        )
+    return pairs
+
+
+def _crops_of(pairs: PairSet) -> list[np.ndarray]:
+    """Every pair image as an aligned 112 px crop."""
+    return [given_crop(pairs.load(i)).crop for i in range(len(pairs.refs))]
+
+
+class _FiqaForward:
+    """``crops -> (embeddings, qualities)`` with the FIQA model on its device."""
+
+    def __init__(self, model: ViTFIQA, device: torch.device) -> None:
+        self.model = model
+        self.device = device
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            e, q = self.model(preprocess_faces(batch).to(self.device))
+        return e.float().cpu().numpy(), q.float().cpu().numpy()
+
+    def embeddings(self, batch: np.ndarray) -> np.ndarray:
+        return self(batch)[0]
+
+
+def _table_qualities(quality: str | os.PathLike[str], pairs: PairSet) -> np.ndarray:
+    """Each pair image's quality from a ``scores.csv``; every image must have one."""
+    table = read_quality_csv(quality)
+    vals = [table.lookup(r) for r in pairs.refs]
+    missing = [r for r, v in zip(pairs.refs, vals, strict=True) if v is None]
+    if missing:
+        raise DataError(
+            f"{quality}: no quality for {len(missing)} of {len(pairs.refs)} pair images (first: {missing[0]}); "
+            "score the pair images with `medvit fiqa score` first"
+        )
+    return np.asarray(vals, dtype=np.float64)
+
+
+def _pair_embeddings(
+    embeddings: str,
+    pairs: PairSet,
+    crops: list[np.ndarray] | None,
+    fiqa: _FiqaForward | None,
+    dlib_forward: Callable[[np.ndarray], np.ndarray] | None,
+    batch_size: int,
+) -> tuple[np.ndarray, str]:
+    """L2-normalised embeddings of the pair images from the source ``--embeddings`` names, and its name."""
+    emb_src = Path(embeddings) if embeddings not in ("fiqa", "dlib") else None
+    if dlib_forward is not None:
+        assert crops is not None
+        return embed_crops(crops, dlib_forward, batch_size), "dlib"
+    if emb_src is None:
+        assert crops is not None and fiqa is not None
+        return embed_crops(crops, fiqa.embeddings, batch_size), "fiqa"
+    if emb_src.suffix == ".onnx":
+        assert crops is not None
+        return embed_crops(crops, onnx_embedder(emb_src), batch_size), emb_src.name
+    if emb_src.is_dir():
+        return npy_embeddings(emb_src, pairs.refs), emb_src.name
+    raise ConfigError(
+        f"--embeddings must be 'fiqa', 'dlib', an .onnx file or a folder of .npy files, got {embeddings!r}"
+    )
+
+
+def _write_outputs(
+    out_dir: Path,
+    pairs: PairSet,
+    result: EDCResult,
+    sim: np.ndarray,
+    q_img: np.ndarray,
+    *,
+    title: str,
+    record: dict[str, Any],
+) -> EvaluateResult:
+    """``edc.csv``, ``edc_summary.csv``, ``pairs_scored.csv``, ``edc.png`` and ``summary.json`` (``record`` plus
+    the curves)."""
+    edc_csv = write_csv_atomic(out_dir / "edc.csv", result.rows(), EDC_COLUMNS)
+    summary = result.summary()
+    summary_csv = write_csv_atomic(out_dir / "edc_summary.csv", summary, SUMMARY_COLUMNS)
+    pairs_csv = write_csv_atomic(out_dir / "pairs_scored.csv", pair_rows(pairs, sim, q_img), PAIR_COLUMNS)
+    plot = plot_edc(result, out_dir / "edc.png", title=title)
+    curves = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in s.items()} for s in summary]
+    write_json_atomic(out_dir / "summary.json", {**record, "curves": curves})
+    return EvaluateResult(edc_csv, summary_csv, plot, pairs_csv, summary, record["verification_accuracy"])
+
+
+def evaluate(
+    pairs_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    quality: str | os.PathLike[str] | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    embeddings: str = "fiqa",
+    images: str | os.PathLike[str] | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+) -> EvaluateResult:
+    """EDC of a quality measure on a pair list.
+
+    Args:
+        pairs_path: ``pairs.txt``, ``pair_list.txt`` or ``.bin``.
+        out: output folder: ``edc.csv``, ``edc_summary.csv``, ``edc.png``, ``pairs_scored.csv``, ``summary.json``.
+        quality: ``scores.csv`` of ``fiqa score`` (per-image quality); None: computed with ``weights``.
+        weights: FIQA model (needed for ``embeddings="fiqa"`` or when ``quality`` is None).
+        embeddings: ``fiqa``, ``dlib`` (dlib's ResNet recognizer, ``medvit[face]``), a recognition ``.onnx``
+            (insightface), or a folder of ``<stem>.npy``.
+        images: image root for the pair list.
+        batch_size: faces per forward pass.
+        device: ``auto``, ``cpu``, ``cuda``.
+
+    Raises:
+        DataError: images without quality, unreadable pairs or embeddings.
+    """
+    pairs = _read_edc_pairs(pairs_path, images)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    fiqa = None
+    if quality is None or embeddings == "fiqa":
+        model, _ = load_scoring_model(weights)
+        fiqa = _FiqaForward(model.to(dev).eval(), dev)
+    # Load the recognizer before decoding every pair image, so a missing extra fails fast.
+    dlib_forward = dlib_embedder() if embeddings == "dlib" else None
+    onnx = embeddings not in ("fiqa", "dlib") and Path(embeddings).suffix == ".onnx"
+    crops = _crops_of(pairs) if fiqa is not None or dlib_forward is not None or onnx else None
+    if quality is not None:
+        q_img = _table_qualities(quality, pairs)
+    else:
+        assert crops is not None and fiqa is not None
+        q_img = np.concatenate([fiqa(np.stack(crops[i : i + batch_size]))[1] for i in range(0, len(crops), batch_size)])
+    emb, emb_name = _pair_embeddings(embeddings, pairs, crops, fiqa, dlib_forward, batch_size)
+    sim = np.sum(emb[pairs.a] * emb[pairs.b], axis=1)
+    result = edc(sim, pairs.issame, pair_quality(q_img[pairs.a], q_img[pairs.b]))
+    acc, _ = verification_accuracy(emb[pairs.a], emb[pairs.b], pairs.issame)
+    record = {
+        "pairs": str(pairs_path),
+        "n_pairs": len(pairs),
+        "genuine": int(pairs.issame.sum()),
+        "embeddings": emb_name,
+        "quality": str(quality) if quality else "fiqa model",
+        "verification_accuracy": acc,
+    }
+    title = f"{pairs.name}: EDC, embeddings {emb_name}"
+    return _write_outputs(out_dir, pairs, result, sim, q_img, title=title, record=record)

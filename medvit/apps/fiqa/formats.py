@@ -3,7 +3,7 @@
 Official ViT-FIQA checkpoints and insightface ``arcface_torch`` face ViTs (``backbones/vit.py`` / ``vit_qs.py``)
 hold a whole face model: patch embedding and blocks in timm's vocabulary plus ``feature.*`` (the embedding head),
 ``qs_token`` and ``head_qs.*`` (quality token and head). ``medvit weights convert`` recognises them by those keys
-and hands them to :func:`medvit.apps.fiqa.api.convert`, which keeps the heads.
+and hands them to :func:`medvit.apps.fiqa.convert.convert`, which keeps the heads.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _import(job: WholeModelImport) -> str:
     heads = job.overrides.get("num_heads")
     if heads is not None and (not isinstance(heads, int) or isinstance(heads, bool) or heads < 1):
         raise ConfigError(f"--set num_heads={heads!r}: expected a positive integer")
-    from medvit.apps.fiqa.api import convert
+    from medvit.apps.fiqa.convert import convert
     from medvit.apps.fiqa.model import checkpoint_config
 
     side = convert(

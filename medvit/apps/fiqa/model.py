@@ -472,34 +472,14 @@ def convert_official_state_dict(
         )
     if any(re.match(r"blocks\.\d+\.norm1\.bn\.", k) for k in keys):
         raise WeightsError("the BatchNorm ViT variant (norm_layer='bn') is not supported; only norm_layer='ln'")
-    out: dict[str, torch.Tensor] = {}
-    unknown: list[str] = []
-    for k, v in sd.items():
-        if k == "qs_token":
-            out["backbone.quality_token"] = v
-        elif k == "pos_embed" or k.startswith(_BACKBONE_PREFIXES):
-            out[f"backbone.{k}"] = v
-        elif k.startswith(("feature.", "head_qs.")) or k == "mask_token":
-            out[k] = v
-        else:
-            unknown.append(k)
-    if unknown:
-        raise WeightsError(f"unexpected key(s) in the ViT-FIQA checkpoint: {', '.join(sorted(unknown)[:8])}")
+    out = _renamed_official_keys(sd)
     w = sd["patch_embed.proj.weight"]
     d, in_chans, patch = int(w.shape[0]), int(w.shape[1]), int(w.shape[2])
-    n_patches = (INPUT_SIZE // patch) ** 2
     depth = 1 + max((int(m.group(1)) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
     if depth < 1:
         raise WeightsError("the checkpoint has no transformer blocks")
     has_q = "qs_token" in keys
-    n_feat = int(sd["feature.0.weight"].shape[1])
-    head = ("full" if n_feat == d * (n_patches + 1) else "token") if has_q else "crfiqa"
-    expected_feat = d * (n_patches + (1 if head == "full" else 0))
-    if n_feat != expected_feat:
-        raise WeightsError(
-            f"feature.0.weight takes {n_feat} inputs; a {patch}-px-patch ViT of width {d} on 112 px needs "
-            f"{expected_feat}"
-        )
+    head = _official_head_mode(int(sd["feature.0.weight"].shape[1]), d, patch, has_quality_token=has_q)
     heads, heads_source = resolve_num_heads(d, depth, patch, num_heads=num_heads, config=config)
     fc1 = sd.get("blocks.0.mlp.fc1.weight")
     backbone_kwargs = {
@@ -527,6 +507,37 @@ def convert_official_state_dict(
         "num_heads_source": heads_source,
     }
     return out, desc
+
+
+def _renamed_official_keys(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The key map of :func:`convert_official_state_dict`; a key it has no place for is refused."""
+    out: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for k, v in sd.items():
+        if k == "qs_token":
+            out["backbone.quality_token"] = v
+        elif k == "pos_embed" or k.startswith(_BACKBONE_PREFIXES):
+            out[f"backbone.{k}"] = v
+        elif k.startswith(("feature.", "head_qs.")) or k == "mask_token":
+            out[k] = v
+        else:
+            unknown.append(k)
+    if unknown:
+        raise WeightsError(f"unexpected key(s) in the ViT-FIQA checkpoint: {', '.join(sorted(unknown)[:8])}")
+    return out
+
+
+def _official_head_mode(n_feat: int, d: int, patch: int, *, has_quality_token: bool) -> HeadMode:
+    """The head mode from the inputs of ``feature.0`` (144 x D: token, 145 x D: full; no quality token: crfiqa)."""
+    n_patches = (INPUT_SIZE // patch) ** 2
+    head: HeadMode = ("full" if n_feat == d * (n_patches + 1) else "token") if has_quality_token else "crfiqa"
+    expected_feat = d * (n_patches + (1 if head == "full" else 0))
+    if n_feat != expected_feat:
+        raise WeightsError(
+            f"feature.0.weight takes {n_feat} inputs; a {patch}-px-patch ViT of width {d} on 112 px needs "
+            f"{expected_feat}"
+        )
+    return head
 
 
 def load_state_into(

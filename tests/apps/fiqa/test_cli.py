@@ -319,6 +319,7 @@ def test_evaluate_needs_genuine_and_impostor_pairs(loop: dict[str, Path], tmp_pa
 def test_same_seed_same_training(tmp_path: Path) -> None:
     """optim.seed fixes the run: initial weights, centres, data order, masking and augmentation."""
     from medvit.apps.fiqa import api
+    from medvit.apps.fiqa.config import load_fiqa_config
     from medvit.shared.data.synth import synth_faces
     from medvit.shared.engine.checkpoint import load_checkpoint
 
@@ -326,7 +327,9 @@ def test_same_seed_same_training(tmp_path: Path) -> None:
     opts = {"optim.steps": 4, "optim.log_every": 2, "optim.batch_size": 8, "data.augment": "full"}
 
     def run(name: str, seed: int) -> tuple[list[float], dict[str, torch.Tensor]]:
-        api.train(tmp_path / "faces", tmp_path / name, preset="tiny", quiet=True, **{**opts, "optim.seed": seed})
+        api.train(
+            load_fiqa_config("tiny", **{**opts, "optim.seed": seed}), tmp_path / "faces", tmp_path / name, quiet=True
+        )
         losses = [json.loads(x)["loss"] for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         return losses, load_checkpoint(tmp_path / name / "last.pt")["model"]
 

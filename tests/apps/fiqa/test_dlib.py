@@ -156,7 +156,7 @@ def test_min_face_score_keeps_the_badge_on_a_portrait_out_of_the_scores(
     """dlib finds the round embroidered patch on the astronaut's suit (score 0.117) besides her face (1.164)."""
     from .conftest import ASTRONAUT_FACE
 
-    with caplog.at_level("INFO", logger="medvit.apps.fiqa.api"):
+    with caplog.at_level("INFO", logger="medvit.apps.fiqa"):
         _, rows = _score_astronaut(tmp_path)
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["detector"] == "dlib"
     box = [float(rows[0][k]) for k in ("x1", "y1", "x2", "y2")]
