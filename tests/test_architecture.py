@@ -2,7 +2,8 @@
 
 - ``medvit.shared`` imports neither an app, nor ``medvit.pretrain``, nor an entry point;
 - ``medvit.pretrain`` imports no app; an app imports neither another app nor ``medvit.pretrain``;
-- CLI modules and config modules import no heavy library at import time (``medvit --help`` stays fast).
+- CLI modules and config modules import no heavy library at import time (``medvit --help`` stays fast);
+- no function of a package root in :data:`SHORT_FUNCTION_ROOTS` is longer than :data:`MAX_FUNCTION_LINES` lines.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ PACKAGE = Path(medvit.__file__).parent
 ENTRY_POINTS = {"medvit.cli", "medvit.demo", "medvit.__main__", "medvit.weights_cli"}
 HEAVY = ("torch", "torchvision", "monai", "timm", "cv2", "albumentations", "numpy", "scipy", "skimage", "nibabel")
 HEAVY += ("pydicom", "onnxruntime", "insightface", "matplotlib", "safetensors", "dlib")
+
+MAX_FUNCTION_LINES = 80
+"""Longest function (from its ``def`` line to its last line, decorators excluded) in :data:`SHORT_FUNCTION_ROOTS`."""
+SHORT_FUNCTION_ROOTS = ["shared", "pretrain"]
+"""Package roots (relative to ``medvit/``) held to :data:`MAX_FUNCTION_LINES`; an app joins once it is split."""
 
 
 def _module_name(path: Path) -> str:
@@ -131,3 +137,29 @@ def test_weights_cli_lists_the_backbone_formats_the_shared_layer_converts() -> N
 
     assert weights_cli._BACKBONE_FORMATS == FORMATS
     assert "vit-fiqa" in weights_cli._format_names()  # registered by the fiqa package
+
+
+def _function_lengths(source: str) -> Iterator[tuple[str, int, int]]:
+    """``(name, def line, lines)`` of every function and method, nested ones included; a function's lines run from
+    its ``def`` to its last line (decorators excluded)."""
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node.name, node.lineno, node.end_lineno - node.lineno + 1
+
+
+@pytest.mark.parametrize("root", SHORT_FUNCTION_ROOTS)
+def test_no_function_over_80_lines(root: str) -> None:
+    folder = PACKAGE / root
+    assert folder.is_dir(), f"{folder}: not a package root"
+    long = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}: {name} has {n} lines"
+        for path in sorted(folder.rglob("*.py"))
+        for name, line, n in _function_lengths(path.read_text(encoding="utf-8"))
+        if n > MAX_FUNCTION_LINES
+    ]
+    assert long == [], f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps):\n" + "\n".join(long)
+
+
+def test_function_length_counts_from_def_to_last_line() -> None:
+    source = "@decorator\n@other(1)\ndef f(\n    a,\n):\n    def g():\n        pass\n\n    return a\n"
+    assert sorted(_function_lengths(source)) == [("f", 3, 7), ("g", 6, 2)]

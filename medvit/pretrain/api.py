@@ -23,25 +23,41 @@ overfit and small archives cannot spare a volume).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
-import os
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from monai.transforms import Compose
 
-from medvit.pretrain.config import DEFAULT_EPOCHS, PretrainConfig
+from medvit.pretrain.config import DEFAULT_EPOCHS, PretrainConfig, TrainCfg
+from medvit.pretrain.hi_end_mae import load_official_hi_end_mae
 from medvit.pretrain.presets import Preset, build_model, get_preset
+from medvit.pretrain.preview import PreviewHook, crop_center
+from medvit.shared.backbone.registry import backbone_kwargs
+from medvit.shared.backbone.weights import load_pretrained, read_checkpoint, save_backbone
+from medvit.shared.config import to_dict
+from medvit.shared.data.cache import CachedVolumeDataset, VolumeCache, transform_signature
+from medvit.shared.data.scan import find_volumes
+from medvit.shared.data.transforms import ct_augment, ct_preprocess, ct_random_crops
+from medvit.shared.engine import distributed as D
+from medvit.shared.engine.fit import TrainConfig, fit, resolve_device
+from medvit.shared.engine.progress import ItemProgress
+from medvit.shared.engine.rundir import RunDir
 from medvit.shared.errors import ConfigError, DataError, MedvitError, TrainingError, WeightsError
+from medvit.shared.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["VolumeStatus", "resolve_method", "run_pretrain"]
+
+_SKIPPED = "skipped: "
 
 
 @dataclass(frozen=True)
@@ -61,9 +77,95 @@ class VolumeStatus:
     shape: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What the config resolves to before any volume is read: method, model size, crop, optimisation."""
+
+    method: str
+    preset: Preset
+    crop: tuple[int, int, int]
+    train: TrainCfg  # the ``train:`` section with the default epochs filled in
+    lr: float
+    train_cfg: TrainConfig
+
+
 def resolve_method(method: str) -> str:
     """``auto`` -> the method for the data: 3D CT volumes -> ``hi-end-mae`` (the only kind the command reads)."""
     return "hi-end-mae" if method == "auto" else method
+
+
+# ---------------------------------------------------------------------------------------------------- the method
+def run_pretrain(
+    cfg: PretrainConfig,
+    *,
+    resume: bool = False,
+    hooks: Sequence[Any] = (),
+) -> Path:
+    """Pretrain an encoder on a folder of CT volumes.
+
+    Works the same in one process and under ``torchrun --nproc_per_node=N`` (each rank calls this function).
+
+    Args:
+        cfg: the resolved configuration.
+        resume: continue ``cfg.out`` from its last checkpoint (same step count, same data position).
+        hooks: extra engine hooks (``on_step_end`` / ``on_fit_end``), e.g. for tests or notebooks.
+
+    Returns:
+        The run directory.
+
+    Raises:
+        DataError: no volume found or none usable (each skipped one is listed in ``volumes.csv``), or fewer
+            volumes than one batch.
+        ConfigError: unknown preset, a crop size that is not a multiple of the patch size, bad options.
+        TrainingError: checkpoints in ``out`` without ``resume`` (or none with it), non-finite loss.
+    """
+    plan = _plan(cfg)
+    out = Path(cfg.out)
+    _check_run_dir(out, resume)  # before the (possibly long) preprocessing pass
+    with _process_group(resolve_device(plan.train_cfg.device)):
+        main = D.rank() == 0
+        preprocess, cache = _volume_cache(cfg)
+        usable = _scan_and_preprocess(cfg, preprocess, cache, plan.train.batch_size)
+        dataset = _training_set(cfg, plan.crop, usable, preprocess, cache)
+        model = _model(cfg, plan, resume)
+        all_hooks: list[Any] = list(hooks)
+        if main:
+            all_hooks += _preview_and_export_hooks(cfg, plan, usable, preprocess, cache, model)
+        resolved = _resolved_config(cfg, plan)
+        if main:
+            _log_start(plan, len(usable), resolved["resolved"]["crops_per_step"], model.mask_ratio)
+        fit(
+            model,
+            dataset,
+            plan.train_cfg,
+            out,
+            collate_fn=collate_crops,
+            resume=resume,
+            quiet=cfg.quiet,
+            hooks=all_hooks,
+            resolved_config=resolved,
+        )
+        if main:
+            logger.info(
+                "done: encoder %s, previews %s, loss plot %s",
+                out / "encoder.safetensors",
+                out / "previews",
+                out / "plots" / "loss.png",
+            )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- the plan
+def _plan(cfg: PretrainConfig) -> _Plan:
+    method = resolve_method(cfg.model.method)
+    preset = get_preset(method, cfg.model.preset)
+    crop = _crop_size(cfg, preset)
+    t = cfg.train
+    if t.steps is None and t.epochs is None:
+        t = replace(t, epochs=DEFAULT_EPOCHS)
+    lr = t.lr if t.lr is not None else preset.lr
+    train_cfg = TrainConfig.from_section(t, lr=lr, betas=tuple(t.betas))
+    return _Plan(method=method, preset=preset, crop=crop, train=t, lr=lr, train_cfg=train_cfg)
 
 
 def _crop_size(cfg: PretrainConfig, preset: Preset) -> tuple[int, int, int]:
@@ -73,8 +175,6 @@ def _crop_size(cfg: PretrainConfig, preset: Preset) -> tuple[int, int, int]:
             "(tiny, small, base, paper for hi-end-mae; tiny, small, base for mae)"
         )
     crop = tuple(int(c) for c in (cfg.data.crop_size or preset.crop_size))
-    from medvit.shared.backbone.registry import backbone_kwargs
-
     patch = preset.backbone_overrides.get("patch_size") or backbone_kwargs(preset.backbone)["patch_size"]
     patch = (patch,) * 3 if isinstance(patch, int) else tuple(patch)
     if any(c % p for c, p in zip(crop, patch, strict=True)):
@@ -82,10 +182,39 @@ def _crop_size(cfg: PretrainConfig, preset: Preset) -> tuple[int, int, int]:
     return crop  # type: ignore[return-value]
 
 
-def _preprocess(cfg: PretrainConfig) -> tuple[Any, str]:
-    from medvit.shared.data.cache import transform_signature
-    from medvit.shared.data.transforms import ct_preprocess
+def _check_run_dir(out: Path, resume: bool) -> None:
+    """Fail early when ``out`` cannot be used: a previous run without ``resume``, or nothing to resume."""
+    run = RunDir(out)
+    if not resume and run.has_checkpoints():
+        raise TrainingError(
+            f"{out} already holds checkpoints of a previous run; pass --resume to continue it or choose another --out"
+        )
+    if resume and not run.has_checkpoints():
+        raise TrainingError(f"--resume: no checkpoint to resume from in {out} (no last.pt)")
 
+
+@contextlib.contextmanager
+def _process_group(device: torch.device) -> Iterator[None]:
+    """The torchrun process group for the block (if launched by torchrun and none exists yet), torn down after."""
+    had_group = D.is_initialized()
+    D.init_distributed(str(device))
+    owns_group = D.is_initialized() and not had_group
+    try:
+        yield
+    except BaseException:
+        if owns_group:
+            try:
+                D.cleanup(barrier=False)
+            except Exception:  # noqa: BLE001 - already failing; keep the original error
+                logger.debug("process group teardown failed", exc_info=True)
+        raise
+    if owns_group:
+        D.cleanup()
+
+
+# ------------------------------------------------------------------------------------- scan + preprocess (cached)
+def _volume_cache(cfg: PretrainConfig) -> tuple[Any, VolumeCache]:
+    """The preprocessing transform and the disk cache of its results (keyed by the transform's parameters)."""
     d = cfg.data
     params = {
         "spacing": list(d.spacing) if d.spacing else None,
@@ -100,7 +229,49 @@ def _preprocess(cfg: PretrainConfig) -> tuple[Any, str]:
         crop_foreground=d.crop_foreground,
         load=True,
     )
-    return pre, transform_signature("ct_preprocess", **params)
+    signature = transform_signature("ct_preprocess", **params)
+    return pre, VolumeCache(d.cache_dir or Path(cfg.out) / "cache", signature, dtype=d.cache_dtype)
+
+
+def _scan_and_preprocess(
+    cfg: PretrainConfig, preprocess: Any, cache: VolumeCache, batch_size: int
+) -> list[VolumeStatus]:
+    """Find the volumes and preprocess each once (every rank its share; all ranks get every verdict); write
+    ``volumes.csv`` and return the usable ones.
+
+    Raises:
+        DataError: none usable, or fewer than one batch.
+    """
+    out = Path(cfg.out)
+    world, rank = D.world_size(), D.rank()
+    main = rank == 0
+    sources = find_volumes(cfg.data_dir)  # sorted: the same list on every rank
+    mine = _check_volumes(sources[rank::world], cache, preprocess, progress=main and not cfg.quiet)
+    statuses = _gather_statuses(mine, len(sources), world)
+    if main:
+        _write_manifest(out / "volumes.csv", statuses)
+    usable = [s for s in statuses if s.status == "ok"]
+    skipped = [s for s in statuses if s.status != "ok"]
+    if skipped and main:
+        logger.warning(
+            "%d of %d volumes skipped (listed in %s): %s",
+            len(skipped),
+            len(statuses),
+            out / "volumes.csv",
+            "; ".join(f"{s.path.name}: {s.status[len(_SKIPPED) :]}" for s in skipped[:5]),
+        )
+    if not usable:
+        first = skipped[0].status[len(_SKIPPED) :] if skipped else "nothing found"
+        raise DataError(
+            f"{cfg.data_dir}: none of the {len(statuses)} volume(s) is usable (first: {skipped[0].path.name}: "
+            f"{first}); see {out / 'volumes.csv'}"
+        )
+    if len(usable) < batch_size * world:
+        raise DataError(
+            f"{cfg.data_dir}: {len(usable)} usable volume(s) are fewer than one batch "
+            f"(--batch-size {batch_size} x {world} process(es)); lower --batch-size"
+        )
+    return usable
 
 
 def _reason(err: BaseException) -> str:
@@ -121,24 +292,20 @@ def _reason(err: BaseException) -> str:
 
 def _check_volumes(sources: Sequence[Any], cache: Any, preprocess: Any, progress: bool) -> list[VolumeStatus]:
     """Preprocess every volume once (filling the cache); unreadable or empty ones are marked skipped."""
-    from rich.progress import track
-
     out: list[VolumeStatus] = []
-    show = progress and sys.stdout.isatty()
-    iterator = track(sources, description="preprocess") if show else sources
-    for i, src in enumerate(iterator):
-        try:
-            data = cache.get_or_compute(src.path, lambda p: preprocess({"image": str(p)}))
-            img = data["image"]
-            if img.numel() == 0 or float(img.max()) <= 0.0:
-                raise DataError("no voxel inside the HU window (empty after windowing)")
-            out.append(VolumeStatus(src.case_id, src.path, "ok", tuple(int(s) for s in img.shape[1:])))
-        except Exception as err:  # noqa: BLE001 - one bad volume never stops the run; the reason is recorded
-            reason = _reason(err)
-            logger.warning("skipping %s: %s", src.rel, reason)
-            out.append(VolumeStatus(src.case_id, src.path, f"skipped: {reason}"))
-        if progress and not show and (i + 1) % 50 == 0:
-            logger.info("preprocessed %d/%d volumes", i + 1, len(sources))
+    with ItemProgress(len(sources), "preprocess", enabled=progress) as bar:
+        for src in sources:
+            try:
+                data = cache.get_or_compute(src.path, lambda p: preprocess({"image": str(p)}))
+                img = data["image"]
+                if img.numel() == 0 or float(img.max()) <= 0.0:
+                    raise DataError("no voxel inside the HU window (empty after windowing)")
+                out.append(VolumeStatus(src.case_id, src.path, "ok", tuple(int(s) for s in img.shape[1:])))
+            except Exception as err:  # noqa: BLE001 - one bad volume never stops the run; the reason is recorded
+                reason = _reason(err)
+                logger.warning("skipping %s: %s", src.rel, reason)
+                out.append(VolumeStatus(src.case_id, src.path, f"{_SKIPPED}{reason}"))
+            bar.advance()
     return out
 
 
@@ -146,8 +313,6 @@ def _gather_statuses(mine: list[VolumeStatus], total: int, world: int) -> list[V
     """Statuses of every volume in scan order, from each rank's share ``sources[rank::world]``."""
     if world == 1:
         return mine
-    import torch.distributed as dist
-
     shares: list[Any] = [None] * world
     dist.all_gather_object(shares, mine)
     out: list[VolumeStatus] = []
@@ -163,9 +328,28 @@ def _write_manifest(path: Path, rows: Sequence[VolumeStatus]) -> None:
     for r in rows:
         w.writerow([r.case_id, str(r.path), r.status, "x".join(map(str, r.shape))])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    write_text_atomic(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------------- datasets
+def _training_set(
+    cfg: PretrainConfig, crop: Sequence[int], usable: Sequence[VolumeStatus], preprocess: Any, cache: VolumeCache
+) -> CachedVolumeDataset:
+    """Cached preprocessing + random crops biased to tissue and augmentation at every access."""
+    d, a = cfg.data, cfg.data.augment
+    random_tf = Compose(
+        [
+            ct_random_crops(crop, num_samples=d.crops_per_volume, pos=d.pos, neg=d.neg),
+            ct_augment(
+                prob_flip=a.prob_flip,
+                prob_rot90=a.prob_rot90,
+                intensity_scale=a.intensity_scale,
+                intensity_shift=a.intensity_shift,
+                prob_intensity=a.prob_intensity,
+            ),
+        ]
+    )
+    return CachedVolumeDataset([{"image": str(s.path)} for s in usable], preprocess, cache, random_tf)
 
 
 def collate_crops(batch: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, torch.Tensor]:
@@ -174,6 +358,85 @@ def collate_crops(batch: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, tor
     return {"image": torch.stack([c.as_tensor() if hasattr(c, "as_tensor") else torch.as_tensor(c) for c in crops])}
 
 
+# ---------------------------------------------------------------------------------------------------- model
+def _model(cfg: PretrainConfig, plan: _Plan, resume: bool) -> torch.nn.Module:
+    """The method's model (same initial weights on every rank), optionally initialised from ``model.init``."""
+    torch.manual_seed(plan.train.seed)  # identical initial weights on every rank (DDP also broadcasts them)
+    model = build_model(
+        plan.preset,
+        mask_ratio=cfg.model.mask_ratio,
+        norm_pix_loss=cfg.model.norm_pix_loss,
+        img_size=list(plan.crop),
+        drop_path_rate=cfg.model.drop_path_rate,
+    )
+    if cfg.model.init is not None and not resume:
+        try:
+            _load_init(model, Path(cfg.model.init), plan.method)
+        except WeightsError as err:
+            raise WeightsError(f"model.init: {err}") from None
+    return model
+
+
+def _load_init(model: torch.nn.Module, path: Path, method: str) -> None:
+    sd, info = read_checkpoint(path)
+    has_decoder = any(k.startswith(("decoder.", "encoder_to_decoder.")) for k in sd)
+    if method == "hi-end-mae" and has_decoder:
+        report = load_official_hi_end_mae(model, sd)
+    else:
+        # A medvit file is read again by path so that its sidecar decides the format; foreign ones by key signature.
+        report = load_pretrained(model.encoder, path if info.get("sidecar") else sd)
+    logger.info("initialised from %s (%s)", path, report.summary())
+
+
+# ---------------------------------------------------------------------------------------------------- fit
+def _preview_and_export_hooks(
+    cfg: PretrainConfig,
+    plan: _Plan,
+    usable: Sequence[VolumeStatus],
+    preprocess: Any,
+    cache: VolumeCache,
+    model: Any,
+) -> list[Any]:
+    """Rank 0's hooks: reconstruction previews of the first usable volume's centre crop, the encoder export."""
+    first = cache.get_or_compute(usable[0].path, lambda p: preprocess({"image": str(p)}))["image"]
+    first = first.as_tensor() if hasattr(first, "as_tensor") else torch.as_tensor(first)
+    preview_crop = crop_center(first.float(), plan.crop)[None]
+    meta = _sidecar_metadata(cfg, plan.method, plan.preset, plan.crop, model)
+    meta["pretrain_volumes"] = len(usable)
+    return [
+        PreviewHook(preview_crop, plan.train.preview_every, seed=plan.train.seed),
+        _ExportHook(Path(cfg.out) / "encoder.safetensors", meta),
+    ]
+
+
+def _resolved_config(cfg: PretrainConfig, plan: _Plan) -> dict[str, Any]:
+    """``config.yaml`` of the run: the config as given plus what it resolved to."""
+    t = plan.train
+    resolved = to_dict(cfg)
+    resolved["resolved"] = {
+        "method": plan.method,
+        "crop_size": list(plan.crop),
+        "lr": plan.lr,
+        "epochs": t.epochs,
+        "steps": t.steps,
+        "crops_per_step": t.batch_size * cfg.data.crops_per_volume * t.grad_accum * D.world_size(),
+    }
+    return resolved
+
+
+def _log_start(plan: _Plan, volumes: int, crops_per_step: int, mask_ratio: float) -> None:
+    logger.info(
+        "%s (%s): %d volume(s), %d crop(s) of %s per step, mask ratio %.2f",
+        plan.method,
+        plan.preset.name,
+        volumes,
+        crops_per_step,
+        "x".join(map(str, plan.crop)),
+        mask_ratio,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- export
 class _ExportHook:
     """At the end of the fit (rank 0): ``encoder.safetensors`` + sidecar with everything a downstream app needs."""
 
@@ -184,26 +447,9 @@ class _ExportHook:
     def on_fit_end(self, state: Any) -> None:
         if state.rank != 0:
             return
-        from medvit.shared.backbone.weights import save_backbone
-
         meta = {**self.metadata, "pretrain_steps": int(state.step)}
         save_backbone(state.task.encoder, self.path, metadata=meta, source="medvit pretrain")
         logger.info("encoder written to %s", self.path)
-
-
-def _load_init(model: torch.nn.Module, path: Path, method: str) -> None:
-    from medvit.shared.backbone.weights import load_pretrained, read_checkpoint
-
-    sd, info = read_checkpoint(path)
-    has_decoder = any(k.startswith(("decoder.", "encoder_to_decoder.")) for k in sd)
-    if method == "hi-end-mae" and has_decoder:
-        from medvit.pretrain.hi_end_mae import load_official_hi_end_mae
-
-        report = load_official_hi_end_mae(model, sd)
-    else:
-        # A medvit file is read again by path so that its sidecar decides the format; foreign ones by key signature.
-        report = load_pretrained(model.encoder, path if info.get("sidecar") else sd)
-    logger.info("initialised from %s (%s)", path, report.summary())
 
 
 def _sidecar_metadata(cfg: PretrainConfig, method: str, preset: Preset, crop: Sequence[int], model: Any) -> dict:
@@ -230,190 +476,3 @@ def _sidecar_metadata(cfg: PretrainConfig, method: str, preset: Preset, crop: Se
     if method == "hi-end-mae":
         meta["taps"] = list(model.taps)  # 0-based blocks the decoder used (UNETR-style skips)
     return meta
-
-
-def run_pretrain(
-    cfg: PretrainConfig,
-    *,
-    resume: bool = False,
-    hooks: Sequence[Any] = (),
-) -> Path:
-    """Pretrain an encoder on a folder of CT volumes.
-
-    Works the same in one process and under ``torchrun --nproc_per_node=N`` (each rank calls this function).
-
-    Args:
-        cfg: the resolved configuration.
-        resume: continue ``cfg.out`` from its last checkpoint (same step count, same data position).
-        hooks: extra engine hooks (``on_step_end`` / ``on_fit_end``), e.g. for tests or notebooks.
-
-    Returns:
-        The run directory.
-
-    Raises:
-        DataError: no volume found or none usable (each skipped one is listed in ``volumes.csv``), or fewer
-            volumes than one batch.
-        ConfigError: unknown preset, a crop size that is not a multiple of the patch size, bad options.
-        TrainingError: checkpoints in ``out`` without ``resume`` (or none with it), non-finite loss.
-    """
-    from medvit.shared.data.cache import CachedVolumeDataset, VolumeCache
-    from medvit.shared.data.scan import find_volumes
-    from medvit.shared.engine import distributed as D
-    from medvit.shared.engine.fit import TrainConfig, fit, resolve_device
-    from medvit.shared.engine.rundir import RunDir
-
-    method = resolve_method(cfg.model.method)
-    preset = get_preset(method, cfg.model.preset)
-    crop = _crop_size(cfg, preset)
-    out = Path(cfg.out)
-    t = cfg.train
-    if t.steps is None and t.epochs is None:
-        t = replace(t, epochs=DEFAULT_EPOCHS)
-    lr = t.lr if t.lr is not None else preset.lr
-    train_cfg = TrainConfig.from_section(t, lr=lr, betas=tuple(t.betas))
-    # Fail before the (possibly long) preprocessing pass if the run directory cannot be used.
-    run = RunDir(out)
-    if not resume and run.has_checkpoints():
-        raise TrainingError(
-            f"{out} already holds checkpoints of a previous run; pass --resume to continue it or choose another --out"
-        )
-    if resume and not run.has_checkpoints():
-        raise TrainingError(f"--resume: no checkpoint to resume from in {out} (no last.pt)")
-
-    device = resolve_device(train_cfg.device)
-    had_group = D.is_initialized()
-    D.init_distributed(str(device))
-    owns_group = D.is_initialized() and not had_group
-    ok = False
-    try:
-        main = D.rank() == 0
-        preprocess, signature = _preprocess(cfg)
-        cache = VolumeCache(cfg.data.cache_dir or out / "cache", signature, dtype=cfg.data.cache_dtype)
-
-        # ---- every volume is read and cached once, each rank taking its share; all ranks get every verdict
-        world = D.world_size()
-        sources = find_volumes(cfg.data_dir)  # sorted: the same list on every rank
-        mine = _check_volumes(sources[D.rank() :: world], cache, preprocess, progress=main and not cfg.quiet)
-        statuses = _gather_statuses(mine, len(sources), world)
-        if main:
-            _write_manifest(out / "volumes.csv", statuses)
-        usable = [s for s in statuses if s.status == "ok"]
-        skipped = [s for s in statuses if s.status != "ok"]
-        if skipped and main:
-            logger.warning(
-                "%d of %d volumes skipped (listed in %s): %s",
-                len(skipped),
-                len(statuses),
-                out / "volumes.csv",
-                "; ".join(f"{s.path.name}: {s.status[len('skipped: ') :]}" for s in skipped[:5]),
-            )
-        if not usable:
-            first = skipped[0].status[len("skipped: ") :] if skipped else "nothing found"
-            raise DataError(
-                f"{cfg.data_dir}: none of the {len(statuses)} volume(s) is usable (first: {skipped[0].path.name}: "
-                f"{first}); see {out / 'volumes.csv'}"
-            )
-        if len(usable) < t.batch_size * world:
-            raise DataError(
-                f"{cfg.data_dir}: {len(usable)} usable volume(s) are fewer than one batch "
-                f"(--batch-size {t.batch_size} x {world} process(es)); lower --batch-size"
-            )
-
-        # ---- data: cached preprocessing + random crops/augmentation every access
-        from monai.transforms import Compose
-
-        from medvit.shared.data.transforms import ct_augment, ct_random_crops
-
-        a = cfg.data.augment
-        random_tf = Compose(
-            [
-                ct_random_crops(crop, num_samples=cfg.data.crops_per_volume, pos=cfg.data.pos, neg=cfg.data.neg),
-                ct_augment(
-                    prob_flip=a.prob_flip,
-                    prob_rot90=a.prob_rot90,
-                    intensity_scale=a.intensity_scale,
-                    intensity_shift=a.intensity_shift,
-                    prob_intensity=a.prob_intensity,
-                ),
-            ]
-        )
-        dataset = CachedVolumeDataset([{"image": str(s.path)} for s in usable], preprocess, cache, random_tf)
-
-        # ---- model
-        torch.manual_seed(t.seed)  # identical initial weights on every rank (DDP also broadcasts them)
-        model = build_model(
-            preset,
-            mask_ratio=cfg.model.mask_ratio,
-            norm_pix_loss=cfg.model.norm_pix_loss,
-            img_size=list(crop),
-            drop_path_rate=cfg.model.drop_path_rate,
-        )
-        if cfg.model.init is not None and not resume:
-            try:
-                _load_init(model, Path(cfg.model.init), method)
-            except WeightsError as err:
-                raise WeightsError(f"model.init: {err}") from None
-
-        # ---- hooks: previews and the encoder export on rank 0
-        all_hooks: list[Any] = list(hooks)
-        if main:
-            from medvit.pretrain.preview import PreviewHook, crop_center
-
-            first = cache.get_or_compute(usable[0].path, lambda p: preprocess({"image": str(p)}))["image"]
-            first = first.as_tensor() if hasattr(first, "as_tensor") else torch.as_tensor(first)
-            preview_crop = crop_center(first.float(), crop)[None]
-            all_hooks.append(PreviewHook(preview_crop, t.preview_every, seed=t.seed))
-            meta = _sidecar_metadata(cfg, method, preset, crop, model)
-            meta["pretrain_volumes"] = len(usable)
-            all_hooks.append(_ExportHook(out / "encoder.safetensors", meta))
-
-        from medvit.shared.config import to_dict
-
-        resolved = to_dict(cfg)
-        resolved["resolved"] = {
-            "method": method,
-            "crop_size": list(crop),
-            "lr": lr,
-            "epochs": t.epochs,
-            "steps": t.steps,
-            "crops_per_step": t.batch_size * cfg.data.crops_per_volume * t.grad_accum * world,
-        }
-        if main:
-            logger.info(
-                "%s (%s): %d volume(s), %d crop(s) of %s per step, mask ratio %.2f",
-                method,
-                preset.name,
-                len(usable),
-                resolved["resolved"]["crops_per_step"],
-                "x".join(map(str, crop)),
-                model.mask_ratio,
-            )
-        fit(
-            model,
-            dataset,
-            train_cfg,
-            out,
-            collate_fn=collate_crops,
-            resume=resume,
-            quiet=cfg.quiet,
-            hooks=all_hooks,
-            resolved_config=resolved,
-        )
-        if main:
-            logger.info(
-                "done: encoder %s, previews %s, loss plot %s",
-                out / "encoder.safetensors",
-                out / "previews",
-                out / "plots" / "loss.png",
-            )
-        ok = True
-        return out
-    finally:
-        if owns_group:
-            if ok:
-                D.cleanup()
-            else:
-                try:
-                    D.cleanup(barrier=False)
-                except Exception:  # noqa: BLE001 - already failing; keep the original error
-                    logger.debug("process group teardown failed", exc_info=True)

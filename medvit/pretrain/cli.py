@@ -23,7 +23,12 @@ def pretrain_command(
     data_dir: Path = typer.Argument(
         ..., help="Folder of CT volumes: NIfTI files, nnU-Net raw layouts (imagesTr/*_0000.nii.gz), DICOM series."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/pretrain)."),
+    out: Optional[Path] = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Run directory (default $MEDVIT_RUNS/pretrain; runs/pretrain when MEDVIT_RUNS is unset).",
+    ),
     method: Optional[str] = typer.Option(
         None, "--method", help="hi-end-mae | mae (default: chosen from the data; 3D CT -> hi-end-mae)."
     ),

@@ -17,10 +17,16 @@ from typing import Literal
 
 from medvit.shared.engine.section import OptimSection
 from medvit.shared.errors import ConfigError
+from medvit.shared.paths import runs_dir
 
 __all__ = ["AugmentCfg", "DataCfg", "ModelCfg", "PretrainConfig", "TrainCfg"]
 
 DEFAULT_EPOCHS = 100
+
+
+def default_out() -> Path:
+    """Default run directory: ``$MEDVIT_RUNS/pretrain`` (``./runs/pretrain`` when the variable is unset)."""
+    return runs_dir() / "pretrain"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,7 +119,7 @@ class PretrainConfig:
 
     Attributes:
         data_dir: folder of CT volumes (NIfTI, nnU-Net raw layout, DICOM series; mixed).
-        out: run directory.
+        out: run directory (default :func:`default_out`, read when the config is built).
         model: method and size.
         data: preprocessing and crops.
         train: optimisation.
@@ -121,7 +127,7 @@ class PretrainConfig:
     """
 
     data_dir: Path
-    out: Path = Path("runs/pretrain")
+    out: Path = field(default_factory=default_out)
     model: ModelCfg = field(default_factory=ModelCfg)
     data: DataCfg = field(default_factory=DataCfg)
     train: TrainCfg = field(default_factory=TrainCfg)

@@ -3,7 +3,7 @@
 For one fixed crop the figure shows, for each of the three orthogonal mid-slices (rows), the original, the masked
 input (removed patches blank), the reconstruction (visible patches from the input, removed ones predicted) and the
 absolute error (columns). Drawn on a matplotlib Agg canvas (no pyplot state, safe in workers and headless runs) and
-written atomically (temp file + ``os.replace``).
+written atomically (:func:`medvit.shared.files.atomic_path`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from medvit.pretrain.mae import patchify, unpatchify
+from medvit.shared.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -117,12 +118,8 @@ def save_preview(path: str | os.PathLike[str], volumes: dict[str, Any], title: s
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

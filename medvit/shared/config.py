@@ -144,98 +144,129 @@ def _coerce(tp: Any, value: Any, path: str, base: Any = None) -> Any:
 
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-
     if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        # An exact-type arm wins, so `float | int` keeps an int and `float | str` keeps a string.
-        if type(value) in options and type(value) in (bool, int, float, str):
-            return value
-        errors: list[ConfigError] = []
-        for arm in options:
-            try:
-                return _coerce(arm, value, path, base if dataclasses.is_dataclass(arm) else None)
-            except ConfigError as err:
-                errors.append(err)
-        # A single non-None arm (Optional[X]) gives the most useful message: report that one.
-        if len(options) == 1:
-            raise errors[0]
-        raise _mismatch(path, tp, value)
-
+        return _coerce_union(tp, args, value, path, base)
     if origin is Literal:
-        for allowed in args:
-            # `True == 1`: compare types as well, so Literal[1] does not take True.
-            if type(value) is type(allowed) and value == allowed:
-                return value
-        raise _mismatch(path, tp, value)
-
+        return _coerce_literal(tp, args, value, path)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-        if isinstance(value, Mapping):
-            return _build(tp, value, path, base if isinstance(base, tp) else None)
-        raise _mismatch(path, tp, value, " (a mapping of its fields)")
-
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _mismatch(path, tp, value, " (write true or false)")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _mismatch(path, tp, value)
-    if tp is float:
-        number: float | None = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):
-            # YAML 1.1 (PyYAML) reads `1e-3` as a string: it wants a dot in the mantissa (`1.0e-3`).
-            with contextlib.suppress(ValueError):
-                number = float(value)
-        if number is None:
-            raise _mismatch(path, tp, value)
-        if not math.isfinite(number):  # `.inf` / `.nan` in YAML: no setting of the project means infinity
-            raise _KeyConfigError(path, f"{path}: must be a finite number, got {value!r}")
-        return number
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        # YAML turns yes/no/on/off/2024/1.0 into non-strings; quoting keeps them strings.
-        raise _mismatch(path, tp, value, " (quote it in YAML to keep it a string)")
+        return _coerce_dataclass(tp, value, path, base)
+    scalar = _SCALARS.get(tp) if isinstance(tp, type) else None
+    if scalar is not None:
+        return scalar(tp, value, path)
     if tp is Path or (isinstance(tp, type) and issubclass(tp, os.PathLike)):
         if isinstance(value, (str, os.PathLike)):
             return Path(value)
         raise _mismatch(path, tp, value)
-
     if tp is tuple or origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise _mismatch(path, tp, value, " (a list)")
-        if not args:
-            return tuple(value)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise _KeyConfigError(
-                path, f"config key '{path}': expected {len(args)} items ({_type_name(tp)}), got {len(value)}: {value!r}"
-            )
-        return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-
+        return _coerce_tuple(tp, args, value, path)
     if tp is list or origin is list:
         if not isinstance(value, (list, tuple)):
             raise _mismatch(path, tp, value, " (a list)")
         item_tp = args[0] if args else Any
         return [_coerce(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value)]
-
     if tp is dict or origin is dict:
-        if not isinstance(value, Mapping):
-            raise _mismatch(path, tp, value, " (a mapping)")
-        key_tp, val_tp = args if args else (Any, Any)
-        out = {}
-        for k, v in value.items():
-            out[_coerce(key_tp, k, f"{path}.<key {k!r}>")] = _coerce(val_tp, v, _join(path, str(k)))
-        return out
+        return _coerce_dict(tp, args, value, path)
+    return _coerce_class(tp, value, path)
 
+
+def _coerce_union(tp: Any, args: tuple[Any, ...], value: Any, path: str, base: Any) -> Any:
+    if value is None and type(None) in args:
+        return None
+    options = [a for a in args if a is not type(None)]
+    # An exact-type arm wins, so `float | int` keeps an int and `float | str` keeps a string.
+    if type(value) in options and type(value) in (bool, int, float, str):
+        return value
+    errors: list[ConfigError] = []
+    for arm in options:
+        try:
+            return _coerce(arm, value, path, base if dataclasses.is_dataclass(arm) else None)
+        except ConfigError as err:
+            errors.append(err)
+    # A single non-None arm (Optional[X]) gives the most useful message: report that one.
+    if len(options) == 1:
+        raise errors[0]
+    raise _mismatch(path, tp, value)
+
+
+def _coerce_literal(tp: Any, args: tuple[Any, ...], value: Any, path: str) -> Any:
+    for allowed in args:
+        # `True == 1`: compare types as well, so Literal[1] does not take True.
+        if type(value) is type(allowed) and value == allowed:
+            return value
+    raise _mismatch(path, tp, value)
+
+
+def _coerce_dataclass(tp: type, value: Any, path: str, base: Any) -> Any:
+    if isinstance(value, tp):
+        return value
+    if isinstance(value, Mapping):
+        return _build(tp, value, path, base if isinstance(base, tp) else None)
+    raise _mismatch(path, tp, value, " (a mapping of its fields)")
+
+
+def _coerce_bool(tp: type, value: Any, path: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _mismatch(path, tp, value, " (write true or false)")
+
+
+def _coerce_int(tp: type, value: Any, path: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise _mismatch(path, tp, value)
+
+
+def _coerce_float(tp: type, value: Any, path: str) -> float:
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        # YAML 1.1 (PyYAML) reads `1e-3` as a string: it wants a dot in the mantissa (`1.0e-3`).
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if number is None:
+        raise _mismatch(path, tp, value)
+    if not math.isfinite(number):  # `.inf` / `.nan` in YAML: no setting of the project means infinity
+        raise _KeyConfigError(path, f"{path}: must be a finite number, got {value!r}")
+    return number
+
+
+def _coerce_str(tp: type, value: Any, path: str) -> str:
+    if isinstance(value, str):
+        return value
+    # YAML turns yes/no/on/off/2024/1.0 into non-strings; quoting keeps them strings.
+    raise _mismatch(path, tp, value, " (quote it in YAML to keep it a string)")
+
+
+_SCALARS: dict[type, Any] = {bool: _coerce_bool, int: _coerce_int, float: _coerce_float, str: _coerce_str}
+
+
+def _coerce_tuple(tp: Any, args: tuple[Any, ...], value: Any, path: str) -> tuple:
+    if not isinstance(value, (list, tuple)):
+        raise _mismatch(path, tp, value, " (a list)")
+    if not args:
+        return tuple(value)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
+    if len(value) != len(args):
+        raise _KeyConfigError(
+            path, f"config key '{path}': expected {len(args)} items ({_type_name(tp)}), got {len(value)}: {value!r}"
+        )
+    return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+
+
+def _coerce_dict(tp: Any, args: tuple[Any, ...], value: Any, path: str) -> dict:
+    if not isinstance(value, Mapping):
+        raise _mismatch(path, tp, value, " (a mapping)")
+    key_tp, val_tp = args if args else (Any, Any)
+    out = {}
+    for k, v in value.items():
+        out[_coerce(key_tp, k, f"{path}.<key {k!r}>")] = _coerce(val_tp, v, _join(path, str(k)))
+    return out
+
+
+def _coerce_class(tp: Any, value: Any, path: str) -> Any:
+    """Enums (from their stored value) and any other class (exact instances only); else a programming error."""
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         if isinstance(value, tp):
             return value

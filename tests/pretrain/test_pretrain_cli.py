@@ -138,6 +138,31 @@ def test_existing_run_needs_resume_and_bad_options_fail(tmp_path: Path, capsys: 
     assert "train.nope" in capsys.readouterr().err
 
 
+def test_out_defaults_to_the_runs_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --out the run goes to $MEDVIT_RUNS/pretrain (./runs/pretrain when it is unset); a config file's out
+    and --out still win. The command only resolves the config and hands it to the API."""
+    import medvit.pretrain.api as api
+
+    seen: list[PretrainConfig] = []
+    monkeypatch.setattr(api, "run_pretrain", lambda cfg, resume=False: seen.append(cfg))
+    monkeypatch.setenv("MEDVIT_RUNS", str(tmp_path / "root"))
+    assert _run([tmp_path, *TINY, "--steps", 1]) == 0
+    assert isinstance(seen[-1], PretrainConfig) and seen[-1].out == tmp_path / "root" / "pretrain"
+    assert seen[-1].model.preset == "tiny" and seen[-1].train.steps == 1
+
+    monkeypatch.delenv("MEDVIT_RUNS")
+    monkeypatch.chdir(tmp_path)
+    assert _run([tmp_path, *TINY, "--steps", 1]) == 0
+    assert seen[-1].out == Path.cwd() / "runs" / "pretrain"
+
+    cfg_file = tmp_path / "pre.yaml"
+    cfg_file.write_text(f"out: {tmp_path / 'from_file'}\n")
+    assert _run([tmp_path, *TINY, "--steps", 1, "--config", cfg_file]) == 0
+    assert seen[-1].out == tmp_path / "from_file"
+    assert _run([tmp_path, *TINY, "--steps", 1, "--config", cfg_file, "--out", tmp_path / "opt"]) == 0
+    assert seen[-1].out == tmp_path / "opt"
+
+
 class _Interrupt:
     """Simulates a kill right after the step-``at`` checkpoint was written."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,60 +143,48 @@ def _good() -> dict[str, Any]:
     return {"format": "medvit", "format_version": 1, "kwargs": dict(SMALL), "spacing": [1.5, 1.5, 1.5]}
 
 
+def _with_kwarg(doc: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    return {**doc, "kwargs": {**doc["kwargs"], key: value}}
+
+
+# Hostile sidecars: an edit of a good document (kind -> (edit, phrase its error must contain)) ...
+_HOSTILE_DOCS: dict[str, tuple[Callable[[dict[str, Any]], Any], str]] = {
+    "top_level_list": (lambda d: [d], "must be a JSON object, got a list"),
+    "string_version": (lambda d: {**d, "format_version": "1"}, "'format_version' must be a positive integer, got '1'"),
+    "newer_version": (lambda d: {**d, "format_version": 99}, "written by a newer medvit"),
+    "missing_kwargs": (lambda d: {k: v for k, v in d.items() if k != "kwargs"}, "has no 'kwargs'"),
+    "kwargs_list": (lambda d: {**d, "kwargs": [1, 2]}, "must be an object of VisionTransformer arguments"),
+    "unexpected_keyword": (lambda d: _with_kwarg(d, "evil", 1), "unknown key 'evil'"),
+    "embed_dim_1e9": (lambda d: _with_kwarg(d, "embed_dim", 1e9), "embed_dim must be an integer"),
+    "img_size_1e6": (lambda d: _with_kwarg(d, "img_size", 1000000), "img_size must be"),
+    "depth_1e6": (lambda d: _with_kwarg(d, "depth", 1000000), "depth must be an integer in [1, 512]"),
+    "negative": (lambda d: _with_kwarg(d, "embed_dim", -32), "embed_dim must be"),
+    "deep_value": (
+        lambda d: {**d, "extra": json.loads("[" * 40 + "]" * 40)},
+        f"nested deeper than {MAX_JSON_DEPTH} levels",
+    ),
+}
+# ... or raw file content (kind -> (content, phrase)).
+_HOSTILE_FILES: dict[str, tuple[Callable[[], bytes], str]] = {
+    "deep_recursion": (lambda: ("[" * 200_000 + "]" * 200_000).encode(), "corrupt sidecar JSON"),
+    "nan": (
+        lambda: json.dumps(_good()).replace('"spacing": [1.5', '"spacing": [NaN').encode(),
+        "non-finite number NaN",
+    ),
+    "huge": (lambda: (" " * (MAX_SIDECAR_BYTES + 1) + json.dumps(_good())).encode(), "larger than the"),
+    "not_utf8": (lambda: b"\xff\xfe{}", "unreadable sidecar"),
+    "not_json": (lambda: b"{'format': 'medvit'", "corrupt sidecar JSON"),
+}
+
+
 def _hostile(kind: str, path: Path) -> str:
     """Write one hostile sidecar; return a phrase its error must contain."""
-    doc: Any = _good()
-    if kind == "top_level_list":
-        doc = [doc]
-        phrase = "must be a JSON object, got a list"
-    elif kind == "string_version":
-        doc["format_version"] = "1"
-        phrase = "'format_version' must be a positive integer, got '1'"
-    elif kind == "newer_version":
-        doc["format_version"] = 99
-        phrase = "written by a newer medvit"
-    elif kind == "missing_kwargs":
-        del doc["kwargs"]
-        phrase = "has no 'kwargs'"
-    elif kind == "kwargs_list":
-        doc["kwargs"] = [1, 2]
-        phrase = "must be an object of VisionTransformer arguments"
-    elif kind == "unexpected_keyword":
-        doc["kwargs"]["evil"] = 1
-        phrase = "unknown key 'evil'"
-    elif kind == "embed_dim_1e9":
-        doc["kwargs"]["embed_dim"] = 1e9
-        phrase = "embed_dim must be an integer"
-    elif kind == "img_size_1e6":
-        doc["kwargs"]["img_size"] = 1000000
-        phrase = "img_size must be"
-    elif kind == "depth_1e6":
-        doc["kwargs"]["depth"] = 1000000
-        phrase = "depth must be an integer in [1, 512]"
-    elif kind == "negative":
-        doc["kwargs"]["embed_dim"] = -32
-        phrase = "embed_dim must be"
-    elif kind == "deep_value":
-        doc["extra"] = json.loads("[" * 40 + "]" * 40)
-        phrase = f"nested deeper than {MAX_JSON_DEPTH} levels"
-    elif kind == "deep_recursion":
-        path.write_text("[" * 200_000 + "]" * 200_000)
-        return "corrupt sidecar JSON"
-    elif kind == "nan":
-        path.write_text(json.dumps(doc).replace('"spacing": [1.5', '"spacing": [NaN'))
-        return "non-finite number NaN"
-    elif kind == "huge":
-        path.write_text(" " * (MAX_SIDECAR_BYTES + 1) + json.dumps(doc))
-        return "larger than the"
-    elif kind == "not_utf8":
-        path.write_bytes(b"\xff\xfe{}")
-        return "unreadable sidecar"
-    elif kind == "not_json":
-        path.write_text("{'format': 'medvit'")
-        return "corrupt sidecar JSON"
-    else:
-        raise AssertionError(kind)
-    path.write_text(json.dumps(doc))
+    if kind in _HOSTILE_FILES:
+        content, phrase = _HOSTILE_FILES[kind]
+        path.write_bytes(content())
+        return phrase
+    edit, phrase = _HOSTILE_DOCS[kind]
+    path.write_text(json.dumps(edit(_good())))
     return phrase
 
 

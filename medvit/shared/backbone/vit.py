@@ -45,6 +45,17 @@ def _to_tuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
     return value
 
 
+def _check_options(patch: tuple[int, ...], global_pool: str, pos_embed: str, has_prefix_token: bool) -> None:
+    if len(patch) not in (2, 3):
+        raise ValueError(f"patch_size must have 2 (2D) or 3 (3D) entries, got {patch}")
+    if global_pool not in ("token", "avg", "none"):
+        raise ValueError(f"global_pool must be token|avg|none, got {global_pool!r}")
+    if pos_embed not in ("learn", "sincos", "none"):
+        raise ValueError(f"pos_embed must be learn|sincos|none, got {pos_embed!r}")
+    if global_pool == "token" and not has_prefix_token:
+        raise ValueError("global_pool='token' needs a prefix token (class_token, extra_tokens or reg_tokens)")
+
+
 class VisionTransformer(nn.Module):
     """ViT for 2D images or 3D volumes.
 
@@ -117,14 +128,7 @@ class VisionTransformer(nn.Module):
         }
         patch = (patch_size,) * 2 if isinstance(patch_size, int) else tuple(int(p) for p in patch_size)
         nd = len(patch)
-        if nd not in (2, 3):
-            raise ValueError(f"patch_size must have 2 (2D) or 3 (3D) entries, got {patch}")
-        if global_pool not in ("token", "avg", "none"):
-            raise ValueError(f"global_pool must be token|avg|none, got {global_pool!r}")
-        if pos_embed not in ("learn", "sincos", "none"):
-            raise ValueError(f"pos_embed must be learn|sincos|none, got {pos_embed!r}")
-        if global_pool == "token" and not (class_token or extra_tokens or reg_tokens):
-            raise ValueError("global_pool='token' needs a prefix token (class_token, extra_tokens or reg_tokens)")
+        _check_options(patch, global_pool, pos_embed, class_token or bool(extra_tokens) or bool(reg_tokens))
         # Last guard for every path that builds a backbone from a file or an option: absurd sizes are refused
         # here, from the kwargs alone, before anything is allocated (readers check first to name the file).
         check_arch_kwargs(self.arch_kwargs)
@@ -142,23 +146,7 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = int(class_token) + len(self.extra_token_names) + reg_tokens
         self.grad_checkpointing = False
 
-        self.patch_embed = PatchEmbed(_to_tuple(img_size, nd, "img_size"), patch, in_chans, embed_dim, patch_bias)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
-        for name in self.extra_token_names:
-            if not name.isidentifier():
-                raise ValueError(f"extra token name {name!r} is not an identifier")
-            self.register_parameter(f"{name}_token", nn.Parameter(torch.zeros(1, 1, embed_dim)))
-        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
-
-        n_pos = self.patch_embed.num_patches + (self.num_prefix_tokens if pos_embed_prefix else 0)
-        if pos_embed == "none":
-            self.pos_embed = None
-        else:
-            # Fixed sin-cos is still a Parameter (requires_grad=False) so it appears in the state dict
-            # under `pos_embed`, as in MAE; converters copy it verbatim.
-            self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, embed_dim), requires_grad=pos_embed == "learn")
-        self.pos_drop = nn.Dropout(drop_rate)
-
+        self._build_embeddings(_to_tuple(img_size, nd, "img_size"), patch, in_chans, patch_bias, drop_rate)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear stochastic depth
         self.blocks = nn.ModuleList(
             block_fn(
@@ -176,17 +164,45 @@ class VisionTransformer(nn.Module):
             )
             for i in range(depth)
         )
-        use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
+        self._build_head(global_pool == "avg" if fc_norm is None else fc_norm, norm_eps, drop_rate, depth)
+        self._sincos_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self.init_weights()
+
+    def _build_embeddings(
+        self, img_size: tuple[int, ...], patch: tuple[int, ...], in_chans: int, patch_bias: bool, drop_rate: float
+    ) -> None:
+        """Patch embedding, prefix tokens (cls, extra, registers) and the position embedding."""
+        embed_dim = self.embed_dim
+        self.patch_embed = PatchEmbed(img_size, patch, in_chans, embed_dim, patch_bias)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if self.has_class_token else None
+        for name in self.extra_token_names:
+            if not name.isidentifier():
+                raise ValueError(f"extra token name {name!r} is not an identifier")
+            self.register_parameter(f"{name}_token", nn.Parameter(torch.zeros(1, 1, embed_dim)))
+        reg_tokens = self.num_reg_tokens
+        self.reg_token = nn.Parameter(torch.zeros(1, reg_tokens, embed_dim)) if reg_tokens else None
+
+        n_pos = self.patch_embed.num_patches + (self.num_prefix_tokens if self.pos_embed_prefix else 0)
+        if self.pos_embed_type == "none":
+            self.pos_embed = None
+        else:
+            # Fixed sin-cos is still a Parameter (requires_grad=False) so it appears in the state dict
+            # under `pos_embed`, as in MAE; converters copy it verbatim.
+            learn = self.pos_embed_type == "learn"
+            self.pos_embed = nn.Parameter(torch.zeros(1, n_pos, embed_dim), requires_grad=learn)
+        self.pos_drop = nn.Dropout(drop_rate)
+
+    def _build_head(self, use_fc_norm: bool, norm_eps: float, drop_rate: float, depth: int) -> None:
+        """Final norm (before pooling, or ``fc_norm`` after it), head dropout, classifier and the feature taps."""
+        embed_dim = self.embed_dim
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if not use_fc_norm else nn.Identity()
         self.fc_norm = nn.LayerNorm(embed_dim, eps=norm_eps) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(embed_dim, self.num_classes) if self.num_classes > 0 else nn.Identity()
         self.feature_info = [
             {"index": i, "module": f"blocks.{i}", "num_chs": embed_dim, "reduction": self.patch_embed.patch_size}
             for i in range(depth)
         ]
-        self._sincos_cache: dict[tuple[int, ...], torch.Tensor] = {}
-        self.init_weights()
 
     # ------------------------------------------------------------------ init and bookkeeping
     def init_weights(self) -> None:

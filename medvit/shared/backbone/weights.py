@@ -580,7 +580,24 @@ def infer_architecture(
         "reg_tokens": reg,
         "norm_eps": 1e-5 if source_format == "monai" else 1e-6,
     }
-    if "pos_embed" in sd and img_size is not None:
+    kwargs.update(_input_grid(sd, patch, n_prefix, img_size))
+    if "head.weight" in sd:
+        kwargs["num_classes"] = int(sd["head.weight"].shape[0])
+    if not class_token and not extra and not reg:
+        kwargs["global_pool"] = "avg"
+        kwargs["fc_norm"] = "fc_norm.weight" in sd
+    if source_format == "hi-end-mae":
+        kwargs["pos_embed"] = "sincos"  # Hi-End-MAE's default; copied verbatim, not regenerated
+    return kwargs
+
+
+def _input_grid(
+    sd: Mapping[str, torch.Tensor], patch: tuple[int, ...], n_prefix: int, img_size: int | Sequence[int] | None
+) -> dict[str, Any]:
+    """``img_size``, ``pos_embed_prefix`` and ``pos_embed`` from the position embedding (and ``img_size`` if given)."""
+    if "pos_embed" not in sd:
+        return {"pos_embed": "none", "img_size": [14 * p for p in patch]}
+    if img_size is not None:
         n = int(sd["pos_embed"].shape[1])
         size = [int(img_size)] * len(patch) if isinstance(img_size, int) else [int(s) for s in img_size]
         if len(size) != len(patch):
@@ -591,33 +608,21 @@ def infer_architecture(
                 f"pos_embed has {n} tokens; img_size {size} with patch {list(patch)} gives {grid} grid tokens"
                 + (f" (+{n_prefix} prefix)" if n_prefix else "")
             )
-        kwargs.update(img_size=size, pos_embed_prefix=n_prefix > 0 and n == grid + n_prefix, pos_embed="learn")
-    elif "pos_embed" in sd:
-        n = sd["pos_embed"].shape[1]
-        nd = len(patch)
-        for prefix_slots, with_prefix in ((n_prefix, True), (0, False)):
-            side = round((n - prefix_slots) ** (1 / nd)) if n > prefix_slots else 0
-            if side > 0 and side**nd == n - prefix_slots:
-                kwargs["img_size"] = [side * p for p in patch]
-                kwargs["pos_embed_prefix"] = with_prefix and n_prefix > 0
-                break
-        else:
-            raise WeightsError(
-                f"cannot infer a square/cubic grid from pos_embed of {n} tokens; give the input size the checkpoint "
-                "was trained on (e.g. --set img_size=[96,96,64])"
-            )
-        kwargs["pos_embed"] = "learn"
-    else:
-        kwargs["pos_embed"] = "none"
-        kwargs["img_size"] = [14 * p for p in patch]
-    if "head.weight" in sd:
-        kwargs["num_classes"] = int(sd["head.weight"].shape[0])
-    if not class_token and not extra and not reg:
-        kwargs["global_pool"] = "avg"
-        kwargs["fc_norm"] = "fc_norm.weight" in sd
-    if source_format == "hi-end-mae":
-        kwargs["pos_embed"] = "sincos"  # Hi-End-MAE's default; copied verbatim, not regenerated
-    return kwargs
+        return {"img_size": size, "pos_embed_prefix": n_prefix > 0 and n == grid + n_prefix, "pos_embed": "learn"}
+    n = sd["pos_embed"].shape[1]
+    nd = len(patch)
+    for prefix_slots, with_prefix in ((n_prefix, True), (0, False)):
+        side = round((n - prefix_slots) ** (1 / nd)) if n > prefix_slots else 0
+        if side > 0 and side**nd == n - prefix_slots:
+            return {
+                "img_size": [side * p for p in patch],
+                "pos_embed_prefix": with_prefix and n_prefix > 0,
+                "pos_embed": "learn",
+            }
+    raise WeightsError(
+        f"cannot infer a square/cubic grid from pos_embed of {n} tokens; give the input size the checkpoint "
+        "was trained on (e.g. --set img_size=[96,96,64])"
+    )
 
 
 # ============================================================================= adaptation

@@ -278,6 +278,53 @@ def _parse_entry(value: Any, where: str, i: int) -> CatalogEntry:
     )
 
 
+def _parse_id(value: Any, where: str, path: Path | None) -> str:
+    card_id = _str(value, where, "id")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", card_id):
+        raise _fail(where, f"'id' must be lowercase letters, digits and '-', got {card_id!r}")
+    if path is not None and path.stem != card_id:
+        raise _fail(where, f"'id' is {card_id!r} but the file is named {path.name}; they must match")
+    return card_id
+
+
+def _parse_channel_names(value: Any, where: str) -> dict[str, str] | None:
+    if value is None:
+        return None
+    cn = _mapping(value, where, "channel_names")
+    if not all(isinstance(v, str) for v in cn.values()):
+        raise _fail(where, f"'channel_names' values must be strings, got {value!r}")
+    return {str(k): v for k, v in cn.items()}
+
+
+def _parse_labels(value: Any, where: str) -> dict[str, int] | None:
+    if value is None:
+        return None
+    lb = _mapping(value, where, "labels")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in lb.values()):
+        raise _fail(where, f"'labels' must map names to non-negative integers, got {value!r}")
+    return {str(k): int(v) for k, v in lb.items()}
+
+
+def _check_datasets(datasets: Any, where: str, layout: str) -> list[Any]:
+    """The ``datasets`` list: required (non-empty) on ``catalog`` cards, refused on any other."""
+    if not isinstance(datasets, list):
+        raise _fail(where, f"'datasets' must be a list, got {type(datasets).__name__}")
+    if layout == "catalog" and not datasets:
+        raise _fail(where, "a 'catalog' card needs a non-empty 'datasets' list")
+    if layout != "catalog" and datasets:
+        raise _fail(where, f"'datasets' is only allowed on 'catalog' cards (layout is {layout!r})")
+    return datasets
+
+
+def _parse_file_ending(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    file_ending = _str(value, where, "file_ending")
+    if not file_ending.startswith("."):
+        raise _fail(where, f"'file_ending' must start with '.', got {file_ending!r}")
+    return file_ending
+
+
 def parse_card(data: Any, where: str = "<card>", path: Path | None = None) -> DataCard:
     """Build a :class:`DataCard` from a parsed YAML mapping, strictly.
 
@@ -299,43 +346,17 @@ def parse_card(data: Any, where: str = "<card>", path: Path | None = None) -> Da
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise _fail(where, f"missing required key(s) {', '.join(missing)}")
-    card_id = _str(data["id"], where, "id")
-    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", card_id):
-        raise _fail(where, f"'id' must be lowercase letters, digits and '-', got {card_id!r}")
-    if path is not None and path.stem != card_id:
-        raise _fail(where, f"'id' is {card_id!r} but the file is named {path.name}; they must match")
+    card_id = _parse_id(data["id"], where, path)
     layout = _str(data["layout"], where, "layout")
     if layout not in LAYOUTS:
         raise _fail(where, f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     version = data["version"]
     if isinstance(version, (int, float)) and not isinstance(version, bool):
         version = str(version)
-
-    channel_names = data.get("channel_names")
-    if channel_names is not None:
-        cn = _mapping(channel_names, where, "channel_names")
-        if not all(isinstance(v, str) for v in cn.values()):
-            raise _fail(where, f"'channel_names' values must be strings, got {channel_names!r}")
-        channel_names = {str(k): v for k, v in cn.items()}
-    labels = data.get("labels")
-    if labels is not None:
-        lb = _mapping(labels, where, "labels")
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in lb.values()):
-            raise _fail(where, f"'labels' must map names to non-negative integers, got {labels!r}")
-        labels = {str(k): int(v) for k, v in lb.items()}
-    datasets = data.get("datasets") or []
-    if not isinstance(datasets, list):
-        raise _fail(where, f"'datasets' must be a list, got {type(datasets).__name__}")
-    if layout == "catalog" and not datasets:
-        raise _fail(where, "a 'catalog' card needs a non-empty 'datasets' list")
-    if layout != "catalog" and datasets:
-        raise _fail(where, f"'datasets' is only allowed on 'catalog' cards (layout is {layout!r})")
-    file_ending = data.get("file_ending")
-    if file_ending is not None:
-        file_ending = _str(file_ending, where, "file_ending")
-        if not file_ending.startswith("."):
-            raise _fail(where, f"'file_ending' must start with '.', got {file_ending!r}")
-
+    channel_names = _parse_channel_names(data.get("channel_names"), where)
+    labels = _parse_labels(data.get("labels"), where)
+    datasets = _check_datasets(data.get("datasets") or [], where, layout)
+    file_ending = _parse_file_ending(data.get("file_ending"), where)
     return DataCard(
         id=card_id,
         name=_str(data["name"], where, "name"),
@@ -560,6 +581,19 @@ def _listing(root: Path, folder: str, problems: list[str]) -> list[Path]:
         return []
 
 
+@dataclass(frozen=True)
+class _Split:
+    """One ``imagesXx``/``labelsXx`` pair of folders of an nnU-Net raw dataset and how to check it."""
+
+    root: Path
+    images_dir: str
+    labels_dir: str
+    ending: str
+    n_channels: int
+    allowed: set[int] | None
+    quick: bool
+
+
 def _check_split(
     root: Path,
     images_dir: str,
@@ -573,151 +607,148 @@ def _check_split(
     quick: bool = False,
 ) -> int:
     """Check one ``imagesXx``/``labelsXx`` pair of folders; returns the number of complete cases."""
-    import numpy as np
-
-    img_root, lab_root = root / images_dir, root / labels_dir
-    channels: dict[str, set[int]] = {}
-    for p in _listing(root, images_dir, problems):
-        parsed = _split_channel(p.name, ending)
-        if parsed is None:
-            problems.append(f"{images_dir}/{p.name}: not named CASE_XXXX{ending} (nnU-Net channel suffix)")
-            continue
-        channels.setdefault(parsed[0], set()).add(parsed[1])  # not a regular file: the reader says so below
-    labels: dict[str, Path] = {}
-    has_labels = lab_root.is_dir()
-    for p in _listing(root, labels_dir, problems):
-        if not p.name.endswith(ending):
-            problems.append(f"{labels_dir}/{p.name}: not a {ending} label file")
-            continue
-        labels[p.name[: -len(ending)]] = p
-
+    split = _Split(root, images_dir, labels_dir, ending, n_channels, allowed, quick)
+    channels = _image_channels(split, problems)
+    labels = _label_files(split, problems)
+    has_labels = (root / labels_dir).is_dir()
     cases = sorted(set(channels) | set(labels))
     complete = 0
     for done, case in enumerate(cases):
         if progress is not None and done:
             progress(done, len(cases))
-        chans = channels.get(case, set())
-        expected = set(range(n_channels))
-        if case not in channels:
-            problems.append(f"{case}: {labels_dir}/{case}{ending} has no image {images_dir}/{case}_0000{ending}")
-            continue
-        if chans != expected:
-            detail = []
-            if expected - chans:
-                detail.append("missing " + ", ".join(f"{case}_{c:04d}{ending}" for c in sorted(expected - chans)))
-            if chans - expected:
-                detail.append("unexpected " + ", ".join(f"{case}_{c:04d}{ending}" for c in sorted(chans - expected)))
-            problems.append(f"{case}: channels in {images_dir} do not match channel_names ({'; '.join(detail)})")
-        if has_labels and case not in labels:
-            problems.append(f"{case}: image {images_dir}/{case}_0000{ending} has no label {labels_dir}/{case}{ending}")
-            continue
-        case_ok = chans == expected
-        lab: _Volume | None = None
-        lab_rel = f"{labels_dir}/{case}{ending}"
-        if has_labels:
-            try:
-                lab = _read_volume(labels[case], quick=quick, label=True)
-            except ReadError as err:  # a bad label is a problem of this case, not a crash of the check
-                problems.append(f"{case}: label {lab_rel}: {_problem(err, labels[case])}")
-                continue
-        for c in sorted(chans & expected):
-            rel = f"{images_dir}/{case}_{c:04d}{ending}"
-            path = img_root / f"{case}_{c:04d}{ending}"
-            try:
-                img = _read_volume(path, quick=quick, label=False)
-            except ReadError as err:
-                problems.append(f"{case}: image {rel}: {_problem(err, path)}")
-                case_ok = False
-                continue
-            geometry = affine_problem(img.affine)
-            if geometry is not None:  # training resamples every image: a zero spacing stops it
-                problems.append(f"{case}: image {rel}: {geometry}")
-                case_ok = False
-            elif lab is not None and img.shape != lab.shape:
-                problems.append(f"{case}: image {rel} shape {img.shape} != label shape {lab.shape}")
-                case_ok = False
-            elif lab is not None and not np.allclose(img.affine, lab.affine, atol=1e-4):
-                problems.append(f"{case}: image {rel} and its label have different affines (atol 1e-4)")
-                case_ok = False
-        if lab is None:
-            complete += case_ok
-            continue
-        if lab.data is not None:  # quick mode reads no label values
-            values_arr = lab.data
-            if not np.all(np.isfinite(values_arr)) or not np.array_equal(values_arr, np.round(values_arr)):
-                problems.append(f"{case}: label {lab_rel} has non-integer values")
-                continue
-            values = [int(x) for x in np.unique(values_arr)]
-            for x in values:
-                label_hist[x] = label_hist.get(x, 0) + 1
-            if allowed is not None:
-                bad = [x for x in values if x not in allowed]
-                if bad:
-                    problems.append(
-                        f"{case}: label {lab_rel} has value(s) {bad} not in dataset.json labels {sorted(allowed)}"
-                    )
-                    case_ok = False
-        complete += case_ok
+        complete += _check_case(split, case, channels, labels if has_labels else None, problems, label_hist)
     if progress is not None and cases:
         progress(len(cases), len(cases))
     return complete
 
 
+def _image_channels(split: _Split, problems: list[str]) -> dict[str, set[int]]:
+    """Channel numbers per case found in the images folder (misnamed files are problems)."""
+    channels: dict[str, set[int]] = {}
+    for p in _listing(split.root, split.images_dir, problems):
+        parsed = _split_channel(p.name, split.ending)
+        if parsed is None:
+            problems.append(f"{split.images_dir}/{p.name}: not named CASE_XXXX{split.ending} (nnU-Net channel suffix)")
+            continue
+        channels.setdefault(parsed[0], set()).add(parsed[1])  # not a regular file: the reader says so below
+    return channels
+
+
+def _label_files(split: _Split, problems: list[str]) -> dict[str, Path]:
+    """Label file per case found in the labels folder (files of another ending are problems)."""
+    labels: dict[str, Path] = {}
+    for p in _listing(split.root, split.labels_dir, problems):
+        if not p.name.endswith(split.ending):
+            problems.append(f"{split.labels_dir}/{p.name}: not a {split.ending} label file")
+            continue
+        labels[p.name[: -len(split.ending)]] = p
+    return labels
+
+
+def _check_case(
+    split: _Split,
+    case: str,
+    channels: Mapping[str, set[int]],
+    labels: Mapping[str, Path] | None,
+    problems: list[str],
+    label_hist: dict[int, int],
+) -> bool:
+    """Check one case (its channels, readers, geometry, label values); True when it is complete and usable.
+
+    ``labels`` is None when the split has no labels folder.
+    """
+    images_dir, labels_dir, ending = split.images_dir, split.labels_dir, split.ending
+    chans = channels.get(case, set())
+    expected = set(range(split.n_channels))
+    if case not in channels:
+        problems.append(f"{case}: {labels_dir}/{case}{ending} has no image {images_dir}/{case}_0000{ending}")
+        return False
+    if chans != expected:
+        detail = []
+        if expected - chans:
+            detail.append("missing " + ", ".join(f"{case}_{c:04d}{ending}" for c in sorted(expected - chans)))
+        if chans - expected:
+            detail.append("unexpected " + ", ".join(f"{case}_{c:04d}{ending}" for c in sorted(chans - expected)))
+        problems.append(f"{case}: channels in {images_dir} do not match channel_names ({'; '.join(detail)})")
+    if labels is not None and case not in labels:
+        problems.append(f"{case}: image {images_dir}/{case}_0000{ending} has no label {labels_dir}/{case}{ending}")
+        return False
+    lab: _Volume | None = None
+    lab_rel = f"{labels_dir}/{case}{ending}"
+    if labels is not None:
+        try:
+            lab = _read_volume(labels[case], quick=split.quick, label=True)
+        except ReadError as err:  # a bad label is a problem of this case, not a crash of the check
+            problems.append(f"{case}: label {lab_rel}: {_problem(err, labels[case])}")
+            return False
+    images_ok = _check_case_images(split, case, sorted(chans & expected), lab, problems)
+    case_ok = chans == expected and images_ok
+    if lab is None or lab.data is None:  # quick mode reads no label values
+        return case_ok
+    return _check_label_values(split, case, lab_rel, lab.data, problems, label_hist) and case_ok
+
+
+def _check_case_images(split: _Split, case: str, chans: list[int], lab: _Volume | None, problems: list[str]) -> bool:
+    """Read every channel image of a case; its geometry must be usable and match the label's. True if all do."""
+    import numpy as np
+
+    ok = True
+    for c in chans:
+        rel = f"{split.images_dir}/{case}_{c:04d}{split.ending}"
+        path = split.root / split.images_dir / f"{case}_{c:04d}{split.ending}"
+        try:
+            img = _read_volume(path, quick=split.quick, label=False)
+        except ReadError as err:
+            problems.append(f"{case}: image {rel}: {_problem(err, path)}")
+            ok = False
+            continue
+        geometry = affine_problem(img.affine)
+        if geometry is not None:  # training resamples every image: a zero spacing stops it
+            problems.append(f"{case}: image {rel}: {geometry}")
+            ok = False
+        elif lab is not None and img.shape != lab.shape:
+            problems.append(f"{case}: image {rel} shape {img.shape} != label shape {lab.shape}")
+            ok = False
+        elif lab is not None and not np.allclose(img.affine, lab.affine, atol=1e-4):
+            problems.append(f"{case}: image {rel} and its label have different affines (atol 1e-4)")
+            ok = False
+    return ok
+
+
+def _check_label_values(
+    split: _Split, case: str, lab_rel: str, values_arr: Any, problems: list[str], label_hist: dict[int, int]
+) -> bool:
+    """Label values must be integers declared in ``dataset.json``; counts the cases per value in ``label_hist``."""
+    import numpy as np
+
+    if not np.all(np.isfinite(values_arr)) or not np.array_equal(values_arr, np.round(values_arr)):
+        problems.append(f"{case}: label {lab_rel} has non-integer values")
+        return False
+    values = [int(x) for x in np.unique(values_arr)]
+    for x in values:
+        label_hist[x] = label_hist.get(x, 0) + 1
+    if split.allowed is not None:
+        bad = [x for x in values if x not in split.allowed]
+        if bad:
+            problems.append(
+                f"{case}: label {lab_rel} has value(s) {bad} not in dataset.json labels {sorted(split.allowed)}"
+            )
+            return False
+    return True
+
+
 def _validate_nnunet_raw(
     card: DataCard, root: Path, progress: Callable[[int, int], None] | None, quick: bool = False
 ) -> tuple[list[str], dict[str, int]]:
-    from medvit.shared.data.io import read_json_object
-
     problems: list[str] = []
     counts: dict[str, int] = {}
-    ds_path = root / "dataset.json"
-    dataset: dict[str, Any] = {}
-    if not ds_path.exists() and not ds_path.is_symlink():
-        problems.append("dataset.json: missing")
-    else:
-        try:
-            dataset = read_json_object(ds_path)
-        except ReadError as err:
-            problems.append(f"dataset.json: {_problem(err, ds_path)}")
-    if dataset:
-        missing = [k for k in NNUNET_REQUIRED_KEYS if k not in dataset]
-        if missing:
-            problems.append(f"dataset.json: missing required key(s) {', '.join(missing)}")
-
-    ending = dataset.get("file_ending", card.file_ending or ".nii.gz")
-    if not isinstance(ending, str):
-        problems.append(f"dataset.json: file_ending must be a string, got {ending!r}")
-        ending = card.file_ending or ".nii.gz"
-    if card.file_ending and ending != card.file_ending:
-        problems.append(f"dataset.json: file_ending {ending!r} differs from the card's {card.file_ending!r}")
+    dataset = _read_dataset_json(root, problems)
+    ending = _file_ending(card, dataset, problems)
     if ending not in _NIFTI_ENDINGS:
         problems.append(f"dataset.json: file_ending {ending!r} cannot be checked (NIfTI .nii.gz/.nii only)")
         return problems, counts
-
-    channel_names = dataset.get("channel_names", card.channel_names or {"0": "?"})
-    if not isinstance(channel_names, dict) or not channel_names:
-        problems.append(f"dataset.json: channel_names must be a non-empty object, got {channel_names!r}")
-        channel_names = {"0": "?"}
-    elif card.channel_names is not None and "channel_names" in dataset:
-        got = {str(k): v for k, v in channel_names.items()}
-        if got != card.channel_names:
-            problems.append(f"dataset.json: channel_names {got} differ from the card's {card.channel_names}")
-    if sorted(str(k) for k in channel_names) != [str(i) for i in range(len(channel_names))]:
-        problems.append(f"dataset.json: channel_names keys must be '0'..'{len(channel_names) - 1}'")
-
-    allowed: set[int] | None = None
-    labels = dataset.get("labels")
-    if isinstance(labels, dict) and labels:
-        allowed = _label_values(labels)
-        if allowed is None:
-            problems.append("dataset.json: labels must map names to integers (or lists of integers)")
-        elif labels.get("background") != 0:
-            problems.append('dataset.json: labels must contain "background": 0')
-        for name, value in (card.labels or {}).items():
-            if labels.get(name) != value:
-                problems.append(f"dataset.json: the card requires label {name!r} = {value}, found {labels.get(name)!r}")
-    elif "labels" in dataset:
-        problems.append("dataset.json: labels must be a non-empty object")
+    channel_names = _channel_names(card, dataset, problems)
+    labels, allowed = _dataset_labels(card, dataset, problems)
 
     if not (root / "imagesTr").is_dir():
         problems.append("imagesTr: folder missing")
@@ -745,6 +776,70 @@ def _validate_nnunet_raw(
             if isinstance(value, int) and value != 0:
                 counts[f"cases_with_{name}"] = label_hist.get(value, 0)
     return problems, counts
+
+
+def _read_dataset_json(root: Path, problems: list[str]) -> dict[str, Any]:
+    """``dataset.json`` (``{}`` when missing or unreadable, which are problems), with nnU-Net's required keys."""
+    from medvit.shared.data.io import read_json_object
+
+    ds_path = root / "dataset.json"
+    dataset: dict[str, Any] = {}
+    if not ds_path.exists() and not ds_path.is_symlink():
+        problems.append("dataset.json: missing")
+    else:
+        try:
+            dataset = read_json_object(ds_path)
+        except ReadError as err:
+            problems.append(f"dataset.json: {_problem(err, ds_path)}")
+    if dataset:
+        missing = [k for k in NNUNET_REQUIRED_KEYS if k not in dataset]
+        if missing:
+            problems.append(f"dataset.json: missing required key(s) {', '.join(missing)}")
+    return dataset
+
+
+def _file_ending(card: DataCard, dataset: Mapping[str, Any], problems: list[str]) -> Any:
+    """The dataset's file ending (``dataset.json``, else the card's, else ``.nii.gz``), checked against the card."""
+    ending = dataset.get("file_ending", card.file_ending or ".nii.gz")
+    if not isinstance(ending, str):
+        problems.append(f"dataset.json: file_ending must be a string, got {ending!r}")
+        ending = card.file_ending or ".nii.gz"
+    if card.file_ending and ending != card.file_ending:
+        problems.append(f"dataset.json: file_ending {ending!r} differs from the card's {card.file_ending!r}")
+    return ending
+
+
+def _channel_names(card: DataCard, dataset: Mapping[str, Any], problems: list[str]) -> Mapping[Any, Any]:
+    """``channel_names`` of ``dataset.json`` (else the card's), checked against the card and numbered from 0."""
+    channel_names = dataset.get("channel_names", card.channel_names or {"0": "?"})
+    if not isinstance(channel_names, dict) or not channel_names:
+        problems.append(f"dataset.json: channel_names must be a non-empty object, got {channel_names!r}")
+        channel_names = {"0": "?"}
+    elif card.channel_names is not None and "channel_names" in dataset:
+        got = {str(k): v for k, v in channel_names.items()}
+        if got != card.channel_names:
+            problems.append(f"dataset.json: channel_names {got} differ from the card's {card.channel_names}")
+    if sorted(str(k) for k in channel_names) != [str(i) for i in range(len(channel_names))]:
+        problems.append(f"dataset.json: channel_names keys must be '0'..'{len(channel_names) - 1}'")
+    return channel_names
+
+
+def _dataset_labels(card: DataCard, dataset: Mapping[str, Any], problems: list[str]) -> tuple[Any, set[int] | None]:
+    """``labels`` of ``dataset.json`` and the label values they allow (None: not known), checked against the card."""
+    allowed: set[int] | None = None
+    labels = dataset.get("labels")
+    if isinstance(labels, dict) and labels:
+        allowed = _label_values(labels)
+        if allowed is None:
+            problems.append("dataset.json: labels must map names to integers (or lists of integers)")
+        elif labels.get("background") != 0:
+            problems.append('dataset.json: labels must contain "background": 0')
+        for name, value in (card.labels or {}).items():
+            if labels.get(name) != value:
+                problems.append(f"dataset.json: the card requires label {name!r} = {value}, found {labels.get(name)!r}")
+    elif "labels" in dataset:
+        problems.append("dataset.json: labels must be a non-empty object")
+    return labels, allowed
 
 
 def _listed(path: Path) -> bool:

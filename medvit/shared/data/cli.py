@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 
+from medvit.shared.engine.progress import ItemProgress
 from medvit.shared.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
@@ -43,6 +44,91 @@ def _reject(kind: SynthKind, **given: Any) -> None:
         raise ConfigError(f"option(s) {', '.join(bad)} do not apply to 'synth {kind.value}'")
 
 
+class _ProgressCallback:
+    """A ``progress(done, total)`` callback (generators, validators) shown as an :class:`ItemProgress` on stderr.
+
+    A new bar starts when ``total`` changes or ``done`` goes back (a validator reports each split on its own).
+    """
+
+    def __init__(self, description: str, *, enabled: bool) -> None:
+        self.description = description
+        self.enabled = enabled
+        self.bar: ItemProgress | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None or total != self.bar.total or done < self.bar.done:
+            self.close()
+            self.bar = ItemProgress(total, self.description, enabled=self.enabled)
+        while self.bar.done < done:
+            self.bar.advance()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> _ProgressCallback:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _ct_options(n: int | None, shape: str | None, spacing: str | None, oblique: bool, test: int | None) -> dict:
+    return {
+        "n": n if n is not None else 8,
+        "shape": _parse_tuple(shape, 3, int, "--shape") if shape else (96, 96, 64),
+        "spacing": _parse_tuple(spacing, 3, float, "--spacing") if spacing else (0.8, 0.8, 2.5),
+        "oblique": oblique,
+        "n_test": test or 0,
+    }
+
+
+def _faces_options(
+    n: int | None, identities: int | None, per_identity: int | None, size: int | None, held_out: bool, looks: int | None
+) -> dict:
+    if n is not None and identities is not None and n != identities:
+        raise ConfigError(f"--n ({n}) and --identities ({identities}) disagree; give one of them")
+    return {
+        "identities": identities or n or 8,
+        "images_per_identity": per_identity or 6,
+        "size": size or 112,
+        "held_out": held_out,
+        "looks": looks,
+    }
+
+
+def _clear_out(kind: SynthKind, out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty OUT unless ``overwrite``; then remove only what a previous synth of ``kind`` wrote."""
+    from medvit.shared.data.synth import clear_synth_outputs
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"{out}: output folder is not empty; pass --overwrite to replace generated files")
+        removed = clear_synth_outputs(kind.value, out)
+        if removed:
+            shown = ", ".join(removed[:5]) + (", ..." if len(removed) > 5 else "")
+            typer.echo(f"--overwrite: removed the previous {kind.value} output ({shown})", err=True)
+
+
+def _print_summary(summary: Any) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    title = escape(f"synth {summary.kind} -> {summary.root}")  # a path may contain [brackets]
+    table = Table(title=title, show_header=False, title_justify="left")
+    for key, value in summary.counts.items():
+        table.add_row(key, str(value))
+    for key, value in summary.params.items():
+        if key not in summary.counts:
+            table.add_row(key, str(value))
+    table.add_row("seconds", f"{summary.seconds:.1f}")
+    Console().print(table)
+
+
 @app.command()
 def synth(
     kind: SynthKind = typer.Argument(..., help="What to generate."),
@@ -64,11 +150,6 @@ def synth(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Write a small synthetic dataset in the field's layout (ct: nnU-Net raw; faces: identity folders)."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    from rich.table import Table
-
     from medvit.shared.data import synth as synth_mod
 
     # check every option before touching OUT, so a rejected call never deletes anything
@@ -77,57 +158,18 @@ def synth(
         _reject(kind, **{"--identities": identities, "--per-identity": per_identity, "--size": size})
         _reject(kind, **{"--held-out": held_out, "--looks": looks})
         generate = synth_mod.synth_ct
-        kwargs = {
-            "n": n if n is not None else 8,
-            "shape": _parse_tuple(shape, 3, int, "--shape") if shape else (96, 96, 64),
-            "spacing": _parse_tuple(spacing, 3, float, "--spacing") if spacing else (0.8, 0.8, 2.5),
-            "oblique": oblique,
-            "n_test": test or 0,
-        }
+        kwargs = _ct_options(n, shape, spacing, oblique, test)
     elif kind is SynthKind.faces:
         _reject(kind, **{"--shape": shape, "--spacing": spacing, "--oblique": oblique, "--test": test})
-        if n is not None and identities is not None and n != identities:
-            raise ConfigError(f"--n ({n}) and --identities ({identities}) disagree; give one of them")
         generate = synth_mod.synth_faces
-        kwargs = {
-            "identities": identities or n or 8,
-            "images_per_identity": per_identity or 6,
-            "size": size or 112,
-            "held_out": held_out,
-            "looks": looks,
-        }
+        kwargs = _faces_options(n, identities, per_identity, size, held_out, looks)
     else:  # pragma: no cover - typer restricts KIND to the enum
         raise ConfigError(f"unknown synth kind {kind.value!r}")
 
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"{out}: output folder is not empty; pass --overwrite to replace generated files")
-        removed = synth_mod.clear_synth_outputs(kind.value, out)
-        if removed:
-            shown = ", ".join(removed[:5]) + (", ..." if len(removed) > 5 else "")
-            typer.echo(f"--overwrite: removed the previous {kind.value} output ({shown})", err=True)
-
-    console = Console()
-    columns = (TextColumn(f"synth {kind.value}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True, disable=quiet or not console.is_terminal) as bar:
-        task = bar.add_task("synth", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    _clear_out(kind, out, overwrite)
+    with _ProgressCallback(f"synth {kind.value}", enabled=not quiet) as progress:
         summary = generate(out, seed=seed, progress=progress, **kwargs)
-
-    title = escape(f"synth {summary.kind} -> {summary.root}")  # a path may contain [brackets]
-    table = Table(title=title, show_header=False, title_justify="left")
-    for key, value in summary.counts.items():
-        table.add_row(key, str(value))
-    for key, value in summary.params.items():
-        if key not in summary.counts:
-            table.add_row(key, str(value))
-    table.add_row("seconds", f"{summary.seconds:.1f}")
-    console.print(table)
+    _print_summary(summary)
 
 
 @app.command()
@@ -142,22 +184,11 @@ def validate(
 
     Every file is decoded with the readers training uses, so OK means the data will load; --quick reads headers.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from medvit.shared.data.cards import load_card, validate_dir
 
     loaded = load_card(card)
-    console = Console(stderr=True)
-    columns = (TextColumn(f"validate {loaded.id}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("validate", total=None)
-        report = validate_dir(
-            loaded,
-            directory,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-            quick=quick,
-        )
+    with _ProgressCallback(f"validate {loaded.id}", enabled=True) as progress:
+        report = validate_dir(loaded, directory, progress=progress, quick=quick)
     for problem in report.problems:
         typer.echo(problem)  # plain echo: problem text may contain [brackets] that rich would eat as markup
     typer.echo(report.summary(), err=not report.ok)

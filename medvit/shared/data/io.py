@@ -384,10 +384,25 @@ def read_nifti(
         ReadError: Missing, empty, unreadable, not NIfTI, truncated or corrupt, wrong dimensionality, too large,
             NaN/Inf voxels, complex or RGB voxels, NaN/Inf in the affine.
     """
+    p = _check_file(path)
+    img = _nifti_header(p)
+    shape, n_vox = _nifti_shape(p, img, ndim, max_voxels)
+    _check_nifti_data_size(p, img, n_vox)
+    try:
+        arr = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
+    except (EOFError, zlib.error, OSError, ValueError) as exc:
+        # A cut .nii.gz ends the gzip stream early (EOFError); a cut .nii is shorter than the header says (OSError).
+        raise _fail(p, f"truncated or corrupt ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    if check_finite:
+        _check_finite(p, arr)
+    return arr, _nifti_meta(path, p, img, arr, modality)
+
+
+def _nifti_header(p: Path) -> Any:
+    """The nibabel image of a NIfTI file, header only (no voxel read), refused when unusable."""
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
 
-    p = _check_file(path)
     if not _has_suffix(p, NIFTI_SUFFIXES):
         raise _fail(p, f"unsupported format (expected {' or '.join(NIFTI_SUFFIXES)})")
     if p.name.lower().endswith(".gz"):
@@ -405,7 +420,11 @@ def read_nifti(
     problem = nifti_header_problem(img)
     if problem is not None:
         raise _fail(p, problem)
+    return img
 
+
+def _nifti_shape(p: Path, img: Any, ndim: int | None, max_voxels: int) -> tuple[tuple[int, ...], int]:
+    """The array shape (trailing singleton axes beyond ``ndim`` dropped) and voxel count, checked from the header."""
     shape = tuple(int(s) for s in img.shape)
     n_vox = math.prod(shape)
     if n_vox > max_voxels:
@@ -418,18 +437,14 @@ def read_nifti(
             raise _fail(p, f"expected {what}, got shape {tuple(int(s) for s in img.shape)}")
     if n_vox == 0:
         raise _fail(p, f"empty volume, shape {shape}")
-    _check_nifti_data_size(p, img, n_vox)
+    return shape, n_vox
 
-    try:
-        arr = np.asarray(img.get_fdata(dtype=np.float32)).reshape(shape)
-    except (EOFError, zlib.error, OSError, ValueError) as exc:
-        # A cut .nii.gz ends the gzip stream early (EOFError); a cut .nii is shorter than the header says (OSError).
-        raise _fail(p, f"truncated or corrupt ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    if check_finite:
-        _check_finite(p, arr)
+
+def _nifti_meta(path: PathLike, p: Path, img: Any, arr: np.ndarray, modality: str) -> ImageMeta:
+    import nibabel as nib
 
     affine = np.asarray(img.affine, dtype=np.float64)
-    n_spatial = min(3, len(shape))
+    n_spatial = min(3, arr.ndim)
     zooms: tuple[float, ...] = tuple(float(z) for z in img.header.get_zooms()[:n_spatial])
     hdr = img.header
     # nibabel replaces a zero pixdim by 1 and a negative one by its absolute value when it loads the header, so the
@@ -439,7 +454,7 @@ def read_nifti(
         source = "the sform" if int(hdr["sform_code"]) > 0 else "nibabel's repair of the header (1 mm on those axes)"
         _warn_unknown_spacing(p, f"pixdim {list(raw)} is zero or negative (the affine comes from {source})")
         zooms = ()
-    meta = ImageMeta(
+    return ImageMeta(
         path=os.fspath(path),
         shape=tuple(arr.shape),
         dtype=img.get_data_dtype().name,
@@ -453,7 +468,6 @@ def read_nifti(
             "sform_code": int(hdr["sform_code"]),
         },
     )
-    return arr, meta
 
 
 def _raw_pixdim(path: Path, header_class: Any) -> tuple[float, ...]:
@@ -527,93 +541,18 @@ def _n_frames(ds: Any) -> int:
 
 def _read_dicom_files(files: Sequence[Path], label: Path, *, max_voxels: int) -> tuple[np.ndarray, ImageMeta]:
     """Assemble one volume from DICOM files that hold slices of one series (see :func:`read_dicom_series`)."""
-    slices = []  # (file, dataset)
-    n_skipped = 0
-    from pydicom.errors import InvalidDicomError
-
-    for f in files:
-        try:
-            ds = _dcmread(f)
-        except InvalidDicomError:
-            n_skipped += 1
-            continue
-        except PermissionError as exc:
-            raise _fail(f, _os_problem(exc, "the file")) from None
-        except Exception as exc:  # a damaged file: name it, keep pydicom's text out (PHI)
-            raise _fail(f, f"truncated or corrupt DICOM file ({type(exc).__name__})") from None
-        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-            n_skipped += 1  # DICOMDIR, structured reports, presentation states...
-            continue
-        slices.append((f, ds))
-    if n_skipped:
-        logger.debug("%s: skipped %d non-image or non-DICOM files", label, n_skipped)
-    if not slices:
-        if label.is_file():
-            raise _fail(label, "DICOM file has no pixel data (truncated, or not an image object)")
-        raise _fail(label, "no DICOM image files found")
-
-    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
-    if len(series) > 1:
-        raise _fail(label, f"contains {len(series)} DICOM series; expected one series per folder (split it)")
-    for f, ds in slices:
-        if _n_frames(ds) > 1:
-            raise _fail(f, "multi-frame (enhanced) DICOM is not supported; convert it to NIfTI (e.g. dcm2niix)")
-        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-            raise _fail(f, "colour DICOM image in a volume; expected one sample per pixel")
-    shapes = sorted({(int(ds.Rows), int(ds.Columns)) for _, ds in slices})
-    if len(shapes) > 1:
-        raise _fail(label, f"inconsistent slice shapes (rows, cols) in one series: {shapes}")
-    rows, cols = shapes[0]
+    slices = _image_slices(files, label)
+    rows, cols = _check_series(label, slices, max_voxels)
     n = len(slices)
-    if rows * cols * n > max_voxels:
-        raise _fail(label, f"too large: {cols}x{rows}x{n} = {rows * cols * n} voxels, limit is {max_voxels}")
-
-    # Geometry: every slice needs position + orientation, except a lone slice (then assume axial at origin).
-    iops = [_floats(ds, "ImageOrientationPatient", 6) for _, ds in slices]
-    ipps = [_floats(ds, "ImagePositionPatient", 3) for _, ds in slices]
-    if n > 1 and any(v is None for v in iops + ipps):
-        n_bad = sum(1 for a, b in zip(iops, ipps, strict=True) if a is None or b is None)
-        raise _fail(label, f"{n_bad} of {n} slices lack ImagePositionPatient/ImageOrientationPatient; cannot sort")
-    iop = iops[0] if iops[0] is not None else np.array([1.0, 0, 0, 0, 1.0, 0])
-    if n > 1 and any(not np.allclose(o, iop, atol=1e-4) for o in iops):
-        raise _fail(label, "slices have different ImageOrientationPatient; not one volume")
+    slices, proj, iop, origin = _sort_slices(label, slices)
     row_dir, col_dir = iop[:3], iop[3:]  # row_dir: direction of increasing column index (DICOM PS3.3 C.7.6.2.1.1)
     normal = np.cross(row_dir, col_dir)
-    positions = [v if v is not None else np.zeros(3) for v in ipps]
-    proj = np.array([float(np.dot(pos, normal)) for pos in positions])
-    order = np.argsort(proj, kind="stable")
-    proj = proj[order]
-    slices = [slices[i] for i in order]
-    origin = positions[order[0]]
 
     ds0 = slices[0][1]
     ps = _dicom_pixel_spacing(label, ds0)
-    known = ps is not None
     row_spacing, col_spacing = ps if ps is not None else (1.0, 1.0)  # the affine needs a value: 1 mm, flagged unknown
-
-    if n > 1:
-        steps = np.diff(proj)
-        if np.any(steps <= 1e-6 * max(1.0, abs(proj).max())):
-            n_dup = int(np.count_nonzero(steps <= 1e-6 * max(1.0, abs(proj).max())))
-            raise _fail(label, f"{n_dup} duplicate slice positions (two acquisitions in one series?)")
-        step = float(steps.min())  # missing slices only make gaps larger, so the smallest step is the nominal one
-        gaps = steps[np.abs(steps - step) > SLICE_SPACING_RTOL * step]
-        if gaps.size:
-            n_missing = int(np.sum(np.maximum(np.round(gaps / step) - 1, 1)))
-            raise _fail(
-                label,
-                f"non-uniform slice spacing: {gaps.size} gap(s) (about {n_missing} missing slice(s)) "
-                f"in {n} slices with nominal spacing {step:.4g} mm",
-            )
-    else:
-        sbs = ds0.get("SpacingBetweenSlices") or ds0.get("SliceThickness")
-        try:
-            step = float(sbs) if sbs is not None else 1.0
-        except (TypeError, ValueError):
-            step = 1.0
-        if not _valid_spacing([step]):
-            _warn_unknown_spacing(label, f"slice thickness {step:g} is zero or negative")
-            step, known = 1.0, False
+    step, step_known = _slice_step(label, ds0, proj)
+    known = ps is not None and step_known
 
     # Pixel data as [rows, cols] -> transpose to [col=i, row=j], stack slices along k.
     vol = np.empty((cols, rows, n), dtype=np.float32)
@@ -641,6 +580,108 @@ def _read_dicom_files(files: Sequence[Path], label: Path, *, max_voxels: int) ->
         extra={"modality": str(ds0.get("Modality", "unknown") or "unknown"), "rows": rows, "cols": cols, "n_slices": n},
     )
     return vol, meta
+
+
+def _image_slices(files: Sequence[Path], label: Path) -> list[tuple[Path, Any]]:
+    """``(file, dataset)`` of every DICOM image among ``files`` (headers and pixels read); others are skipped."""
+    from pydicom.errors import InvalidDicomError
+
+    slices = []  # (file, dataset)
+    n_skipped = 0
+    for f in files:
+        try:
+            ds = _dcmread(f)
+        except InvalidDicomError:
+            n_skipped += 1
+            continue
+        except PermissionError as exc:
+            raise _fail(f, _os_problem(exc, "the file")) from None
+        except Exception as exc:  # a damaged file: name it, keep pydicom's text out (PHI)
+            raise _fail(f, f"truncated or corrupt DICOM file ({type(exc).__name__})") from None
+        if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+            n_skipped += 1  # DICOMDIR, structured reports, presentation states...
+            continue
+        slices.append((f, ds))
+    if n_skipped:
+        logger.debug("%s: skipped %d non-image or non-DICOM files", label, n_skipped)
+    if not slices:
+        if label.is_file():
+            raise _fail(label, "DICOM file has no pixel data (truncated, or not an image object)")
+        raise _fail(label, "no DICOM image files found")
+    return slices
+
+
+def _check_series(label: Path, slices: Sequence[tuple[Path, Any]], max_voxels: int) -> tuple[int, int]:
+    """One single-frame, single-sample series with one slice shape, within the voxel limit; ``(rows, cols)``."""
+    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
+    if len(series) > 1:
+        raise _fail(label, f"contains {len(series)} DICOM series; expected one series per folder (split it)")
+    for f, ds in slices:
+        if _n_frames(ds) > 1:
+            raise _fail(f, "multi-frame (enhanced) DICOM is not supported; convert it to NIfTI (e.g. dcm2niix)")
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+            raise _fail(f, "colour DICOM image in a volume; expected one sample per pixel")
+    shapes = sorted({(int(ds.Rows), int(ds.Columns)) for _, ds in slices})
+    if len(shapes) > 1:
+        raise _fail(label, f"inconsistent slice shapes (rows, cols) in one series: {shapes}")
+    rows, cols = shapes[0]
+    n = len(slices)
+    if rows * cols * n > max_voxels:
+        raise _fail(label, f"too large: {cols}x{rows}x{n} = {rows * cols * n} voxels, limit is {max_voxels}")
+    return rows, cols
+
+
+def _sort_slices(
+    label: Path, slices: Sequence[tuple[Path, Any]]
+) -> tuple[list[tuple[Path, Any]], np.ndarray, np.ndarray, np.ndarray]:
+    """Slices sorted along the normal; ``(slices, sorted positions on the normal, orientation, origin)``.
+
+    Every slice needs position + orientation, except a lone slice (then assume axial at origin).
+    """
+    n = len(slices)
+    iops = [_floats(ds, "ImageOrientationPatient", 6) for _, ds in slices]
+    ipps = [_floats(ds, "ImagePositionPatient", 3) for _, ds in slices]
+    if n > 1 and any(v is None for v in iops + ipps):
+        n_bad = sum(1 for a, b in zip(iops, ipps, strict=True) if a is None or b is None)
+        raise _fail(label, f"{n_bad} of {n} slices lack ImagePositionPatient/ImageOrientationPatient; cannot sort")
+    iop = iops[0] if iops[0] is not None else np.array([1.0, 0, 0, 0, 1.0, 0])
+    if n > 1 and any(not np.allclose(o, iop, atol=1e-4) for o in iops):
+        raise _fail(label, "slices have different ImageOrientationPatient; not one volume")
+    normal = np.cross(iop[:3], iop[3:])
+    positions = [v if v is not None else np.zeros(3) for v in ipps]
+    proj = np.array([float(np.dot(pos, normal)) for pos in positions])
+    order = np.argsort(proj, kind="stable")
+    return [slices[i] for i in order], proj[order], iop, positions[order[0]]
+
+
+def _slice_step(label: Path, ds0: Any, proj: np.ndarray) -> tuple[float, bool]:
+    """Slice spacing in mm and whether it is known: from the positions (uniform, no duplicates), or for a lone
+    slice from SpacingBetweenSlices / SliceThickness (1 mm, unknown, when missing or not positive)."""
+    n = len(proj)
+    if n > 1:
+        steps = np.diff(proj)
+        if np.any(steps <= 1e-6 * max(1.0, abs(proj).max())):
+            n_dup = int(np.count_nonzero(steps <= 1e-6 * max(1.0, abs(proj).max())))
+            raise _fail(label, f"{n_dup} duplicate slice positions (two acquisitions in one series?)")
+        step = float(steps.min())  # missing slices only make gaps larger, so the smallest step is the nominal one
+        gaps = steps[np.abs(steps - step) > SLICE_SPACING_RTOL * step]
+        if gaps.size:
+            n_missing = int(np.sum(np.maximum(np.round(gaps / step) - 1, 1)))
+            raise _fail(
+                label,
+                f"non-uniform slice spacing: {gaps.size} gap(s) (about {n_missing} missing slice(s)) "
+                f"in {n} slices with nominal spacing {step:.4g} mm",
+            )
+        return step, True
+    sbs = ds0.get("SpacingBetweenSlices") or ds0.get("SliceThickness")
+    try:
+        step = float(sbs) if sbs is not None else 1.0
+    except (TypeError, ValueError):
+        step = 1.0
+    if not _valid_spacing([step]):
+        _warn_unknown_spacing(label, f"slice thickness {step:g} is zero or negative")
+        return 1.0, False
+    return step, True
 
 
 def read_dicom_series(folder: PathLike, *, max_voxels: int = MAX_VOXELS) -> tuple[np.ndarray, ImageMeta]:

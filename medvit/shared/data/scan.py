@@ -20,7 +20,7 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,61 +89,81 @@ def find_volumes(root: PathLike) -> list[VolumeSource]:
     r = Path(root)
     if not r.exists():
         raise DataError(f"{r}: not found")
-    found: list[tuple[Path, str, str]] = []  # (path, kind, stem)
-    if r.is_file():
-        if r.name.lower().endswith(NIFTI_SUFFIXES):
-            found.append((r, "nifti", _nifti_stem(r.name)))
-        elif _is_dicom_candidate(r):
-            found.append((r, "dicom", r.stem))
-        else:
-            raise DataError(f"{r}: unsupported format (expected .nii, .nii.gz, .dcm or a folder)")
-    else:
-        unlisted: list[OSError] = []
-        for dirpath, dirnames, filenames in os.walk(r, onerror=unlisted.append):
-            d = Path(dirpath)
-            dirnames[:] = sorted(n for n in dirnames if not n.startswith(".") and n not in NNUNET_LABEL_DIRS)
-            files = [d / n for n in sorted(filenames) if not n.startswith(".")]
-            nnunet = d.name in NNUNET_IMAGE_DIRS
-            has_dicom = False
-            for f in files:
-                low = f.name.lower()
-                if low.endswith(NIFTI_SUFFIXES):
-                    m = _CHANNEL.match(f.name) if nnunet else None
-                    if m is None:
-                        found.append((f, "nifti", _nifti_stem(f.name)))
-                    elif m.group("ch") == "0000":
-                        found.append((f, "nifti", m.group("case")))
-                elif not has_dicom and _is_dicom_candidate(f):
-                    has_dicom = True
-            if has_dicom:
-                found.append((d, "dicom_series", d.name if d != r else (r.resolve().name or "series")))
-        for err in unlisted:
-            d = Path(err.filename) if err.filename else r
-            logger.warning("%s: cannot list the folder (%s); reported as an unreadable input", d, err.strerror or err)
-            found.append((d, "unreadable", d.name if d != r else (r.resolve().name or "unreadable")))
+    found = _single_file(r) if r.is_file() else _walk_volumes(r)
     if not found:
         raise DataError(f"no volumes found in {r} (looked for .nii, .nii.gz and DICOM series folders)")
     found.sort(key=lambda t: t[0].as_posix())
+    rels = [_rel_of(r, p) for p, _, _ in found]
+    out = [
+        VolumeSource(path=p, kind=kind, case_id=cid, rel=rel)
+        for (p, kind, _), cid, rel in zip(found, _unique_case_ids(found, rels), rels, strict=True)
+    ]
+    logger.debug("found %d volumes in %s", len(out), r)
+    return out
 
-    def rel_of(p: Path) -> str:
-        if r.is_file():
-            return p.name
-        return "." if p == r else p.relative_to(r).as_posix()
 
+def _single_file(r: Path) -> list[tuple[Path, str, str]]:
+    """``root`` given as one file: ``[(path, kind, stem)]``."""
+    if r.name.lower().endswith(NIFTI_SUFFIXES):
+        return [(r, "nifti", _nifti_stem(r.name))]
+    if _is_dicom_candidate(r):
+        return [(r, "dicom", r.stem)]
+    raise DataError(f"{r}: unsupported format (expected .nii, .nii.gz, .dcm or a folder)")
+
+
+def _walk_volumes(r: Path) -> list[tuple[Path, str, str]]:
+    """``(path, kind, stem)`` of every volume under the folder ``r``: NIfTI files (channel 0 of nnU-Net image folders),
+    DICOM series folders, and folders that cannot be listed (reported as unreadable inputs)."""
+    found: list[tuple[Path, str, str]] = []
+    unlisted: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(r, onerror=unlisted.append):
+        d = Path(dirpath)
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith(".") and n not in NNUNET_LABEL_DIRS)
+        files = [d / n for n in sorted(filenames) if not n.startswith(".")]
+        found += _nifti_files(files, nnunet=d.name in NNUNET_IMAGE_DIRS)
+        if any(not f.name.lower().endswith(NIFTI_SUFFIXES) and _is_dicom_candidate(f) for f in files):
+            found.append((d, "dicom_series", d.name if d != r else (r.resolve().name or "series")))
+    for err in unlisted:
+        d = Path(err.filename) if err.filename else r
+        logger.warning("%s: cannot list the folder (%s); reported as an unreadable input", d, err.strerror or err)
+        found.append((d, "unreadable", d.name if d != r else (r.resolve().name or "unreadable")))
+    return found
+
+
+def _nifti_files(files: Sequence[Path], *, nnunet: bool) -> list[tuple[Path, str, str]]:
+    """The NIfTI volumes among one folder's files; in an nnU-Net image folder only channel ``_0000`` of a case."""
+    found: list[tuple[Path, str, str]] = []
+    for f in files:
+        if not f.name.lower().endswith(NIFTI_SUFFIXES):
+            continue
+        m = _CHANNEL.match(f.name) if nnunet else None
+        if m is None:
+            found.append((f, "nifti", _nifti_stem(f.name)))
+        elif m.group("ch") == "0000":
+            found.append((f, "nifti", m.group("case")))
+    return found
+
+
+def _rel_of(r: Path, p: Path) -> str:
+    if r.is_file():
+        return p.name
+    return "." if p == r else p.relative_to(r).as_posix()
+
+
+def _unique_case_ids(found: Sequence[tuple[Path, str, str]], rels: Sequence[str]) -> list[str]:
+    """Safe case ids from the stems; clashing ones get their relative folder prefixed, then a ``-2``, ``-3`` ..."""
     ids = [_UNSAFE.sub("_", stem) or "case" for _, _, stem in found]
     clash = {k for k, c in Counter(ids).items() if c > 1}
-    for i, (p, _, stem) in enumerate(found):
+    for i, (_, _, stem) in enumerate(found):
         if ids[i] in clash:
-            parent = Path(rel_of(p)).parent.as_posix()
+            parent = Path(rels[i]).parent.as_posix()
             prefix = "" if parent == "." else parent.replace("/", "__") + "__"
             ids[i] = _UNSAFE.sub("_", prefix + stem)
     seen: Counter[str] = Counter()
     out = []
-    for (p, kind, _), cid in zip(found, ids, strict=True):
+    for cid in ids:
         seen[cid] += 1
-        unique = cid if seen[cid] == 1 else f"{cid}-{seen[cid]}"
-        out.append(VolumeSource(path=p, kind=kind, case_id=unique, rel=rel_of(p)))
-    logger.debug("found %d volumes in %s", len(out), r)
+        out.append(cid if seen[cid] == 1 else f"{cid}-{seen[cid]}")
     return out
 
 

@@ -30,7 +30,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,14 +228,29 @@ def _ct_case(
         ``(hu, label, affine, present)``: hu int16 [X, Y, Z], label uint8 [X, Y, Z], affine [4, 4], the organ
         labels present in the label map (sorted; bone can hide a drawn organ completely in tiny volumes).
     """
-    from scipy.ndimage import gaussian_filter
-
     affine = _ct_affine(rng, shape, spacing, oblique)
-    direction = affine[:3, :3]
+    grid, z_mm = _ct_grid(affine[:3, :3], shape, spacing)
+    hu = np.full(shape, _HU_AIR, dtype=np.float32)
+    label = np.zeros(shape, dtype=np.uint8)
+    q_body, fat, inner = _paint_trunk(grid, rng, hu)
+    _paint_organs(grid, rng, n_organs, inner, hu, label)
+    _paint_bone(grid, rng, z_mm, q_body, fat, hu, label)
+    hu_int = _scanner_blur_and_noise(rng, hu)
+    present = tuple(int(x) for x in np.unique(label) if x != 0)
+    return hu_int, label, affine, present
+
+
+def _ct_grid(
+    direction: np.ndarray, shape: tuple[int, int, int], spacing: tuple[float, float, float]
+) -> tuple[_Grid, np.ndarray]:
+    """The case's normalised body coordinates and the superior offset in mm (``z_mm``) of every voxel.
+
+    Anatomy is defined in world space, so an oblique grid tilts it.
+    """
     centre_voxel = (np.asarray(shape, dtype=np.float64) - 1.0) / 2.0
     idx = [np.arange(n, dtype=np.float32) - np.float32(c) for n, c in zip(shape, centre_voxel, strict=True)]
     i, j, k = idx[0][:, None, None], idx[1][None, :, None], idx[2][None, None, :]
-    # world offsets from the volume centre (mm); anatomy is defined in world space so oblique grids tilt it
+    # world offsets from the volume centre (mm)
     d = [
         np.float32(direction[r, 0]) * i + np.float32(direction[r, 1]) * j + np.float32(direction[r, 2]) * k
         for r in range(3)
@@ -244,13 +259,13 @@ def _ct_case(
     s_xy = min(half[0], half[1])  # one in-plane scale keeps round things round
     scale = np.array([s_xy, s_xy, half[2]])
     u, v, w = d[0] / np.float32(scale[0]), d[1] / np.float32(scale[1]), d[2] / np.float32(scale[2])
-    z_mm = d[2]
-    grid = _Grid(u, v, w, np.linalg.inv(direction) @ np.diag(scale), centre_voxel, shape)
+    return _Grid(u, v, w, np.linalg.inv(direction) @ np.diag(scale), centre_voxel, shape), d[2]
 
-    hu = np.full(shape, _HU_AIR, dtype=np.float32)
-    label = np.zeros(shape, dtype=np.uint8)
 
-    # body outline, subcutaneous fat ring, soft-tissue interior
+def _paint_trunk(grid: _Grid, rng: np.random.Generator, hu: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """Body outline, subcutaneous fat ring, soft-tissue interior and the lung bases; returns the body's normalised
+    radius ``q_body``, the fat thickness and the interior mask."""
+    u, v, w = grid.u, grid.v, grid.w
     body_a, body_b = rng.uniform(0.78, 0.90), rng.uniform(0.55, 0.68)
     taper = 1.0 - 0.04 * w  # slightly wider towards the pelvis
     q_body = np.sqrt((u / (body_a * taper)) ** 2 + (v / (body_b * taper)) ** 2)
@@ -260,23 +275,45 @@ def _ct_case(
     hu[body] = _HU_FAT
     hu[inner] = _HU_SOFT
 
-    lungs = np.zeros(shape, dtype=bool)
+    lungs = np.zeros(grid.shape, dtype=bool)
     for blob in _LUNG_BLOBS:
         _paint_blob(grid, blob, rng, lungs)
     hu[lungs & inner] = _HU_LUNG
+    return q_body, fat, inner
 
+
+def _paint_organs(
+    grid: _Grid,
+    rng: np.random.Generator,
+    n_organs: tuple[int, int],
+    inner: np.ndarray,
+    hu: np.ndarray,
+    label: np.ndarray,
+) -> None:
+    """``n_organs`` organs drawn from the label set, inside the body interior."""
     lo, hi = n_organs
     n_case = int(rng.integers(lo, hi + 1))
     organs = tuple(sorted(int(x) for x in rng.choice(np.arange(1, 6), size=n_case, replace=False)))
     for lab in organs:  # ascending order paints the gallbladder over the liver's underside, as in real anatomy
-        mask = np.zeros(shape, dtype=bool)
+        mask = np.zeros(grid.shape, dtype=bool)
         for blob in _ORGAN_BLOBS[lab]:
             _paint_blob(grid, blob, rng, mask)
         mask &= inner
         hu[mask] = CT_ORGAN_HU[lab]
         label[mask] = lab
 
-    # spine: vertebral bodies with intervertebral discs every ~30 mm
+
+def _paint_bone(
+    grid: _Grid,
+    rng: np.random.Generator,
+    z_mm: np.ndarray,
+    q_body: np.ndarray,
+    fat: float,
+    hu: np.ndarray,
+    label: np.ndarray,
+) -> None:
+    """Spine (vertebral bodies with intervertebral discs every ~30 mm) and ribs, over any organ."""
+    u, v, w = grid.u, grid.v, grid.w
     spine_v, spine_r = rng.uniform(-0.50, -0.42), rng.uniform(0.09, 0.12)
     spine = (u**2 + (v - np.float32(spine_v)) ** 2) <= spine_r**2
     period = rng.uniform(26.0, 34.0)
@@ -291,13 +328,18 @@ def _ct_case(
     hu[spine & disc] = _HU_DISC
     label[bone] = 0
 
-    # partial-volume blur of half a voxel (the anatomy scales with the field of view, so a blur fixed in mm would
-    # swallow the small organs of small test volumes), then quantum noise, as a scanner would
+
+def _scanner_blur_and_noise(rng: np.random.Generator, hu: np.ndarray) -> np.ndarray:
+    """Partial-volume blur of half a voxel, then quantum noise, as a scanner would; int16 HU.
+
+    The anatomy scales with the field of view, so a blur fixed in mm would swallow the small organs of small test
+    volumes.
+    """
+    from scipy.ndimage import gaussian_filter
+
     hu = gaussian_filter(hu, sigma=0.5, output=np.float32, mode="nearest")
-    hu += rng.standard_normal(shape, dtype=np.float32) * np.float32(_NOISE_SD_HU)
-    hu_int = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
-    present = tuple(int(x) for x in np.unique(label) if x != 0)
-    return hu_int, label, affine, present
+    hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(_NOISE_SD_HU)
+    return np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
 
 
 def _nifti_gz_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
@@ -387,29 +429,60 @@ def synth_ct(
     test: list[str] = []
     total = n + n_test
     for case in range(total):
-        rng = _rng(seed, 0, case)
-        for _ in range(20):  # redraw (same stream, so still deterministic) until enough organs are visible
-            hu, label, affine, present = _ct_case(rng, shape_t, spacing_t, organs_t, oblique)
-            if len(present) >= organs_t[0]:
-                break
-        else:
-            raise ConfigError(f"synth ct: shape {shape_t} is too small to show {organs_t[0]} organs; use a larger one")
-        name = f"case_{case:03d}"
+        hu, label, affine, present = _visible_ct_case(_rng(seed, 0, case), shape_t, spacing_t, organs_t, oblique)
         split = "Tr" if case < n else "Ts"
-        image_rel = f"images{split}/{name}_0000.nii.gz"
-        label_rel = f"labels{split}/{name}.nii.gz"
-        _atomic_write_bytes(root / image_rel, _nifti_gz_bytes(hu, affine))
-        _atomic_write_bytes(root / label_rel, _nifti_gz_bytes(label, affine))
+        image_rel, label_rel = _write_ct_case(root, case, split, hu, label, affine)
         files += [image_rel, label_rel]
         if split == "Tr":
             training.append({"image": f"./{image_rel}", "label": f"./{label_rel}"})
         else:
             test.append(f"./{image_rel}")
-        logger.debug("synth ct %s: organs %s", name, present)
+        logger.debug("synth ct case_%03d: organs %s", case, present)
         if progress is not None:
             progress(case + 1, total)
 
-    dataset = {
+    _atomic_write_text(
+        root / "dataset.json", json.dumps(_ct_dataset_json(seed, n, n_test, training, test), indent=2) + "\n"
+    )
+    files.append("dataset.json")
+    params = {"seed": int(seed), "shape": list(shape_t), "spacing": list(spacing_t), "n_organs": list(organs_t)}
+    params.update({"oblique": bool(oblique), "n": n, "n_test": n_test})
+    counts = {"imagesTr": n, "labelsTr": n, "imagesTs": n_test, "labelsTs": n_test}
+    seconds = time.perf_counter() - start
+    logger.info("synth ct: %d training + %d test cases in %s (%.1f s)", n, n_test, root, seconds)
+    return SynthSummary("ct", root, counts, params, tuple(files), seconds)
+
+
+def _write_ct_case(
+    root: Path, case: int, split: str, hu: np.ndarray, label: np.ndarray, affine: np.ndarray
+) -> tuple[str, str]:
+    """Write case ``case`` of ``split`` (``Tr`` / ``Ts``); returns the image and label paths relative to ``root``."""
+    name = f"case_{case:03d}"
+    image_rel = f"images{split}/{name}_0000.nii.gz"
+    label_rel = f"labels{split}/{name}.nii.gz"
+    _atomic_write_bytes(root / image_rel, _nifti_gz_bytes(hu, affine))
+    _atomic_write_bytes(root / label_rel, _nifti_gz_bytes(label, affine))
+    return image_rel, label_rel
+
+
+def _visible_ct_case(
+    rng: np.random.Generator,
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    n_organs: tuple[int, int],
+    oblique: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, ...]]:
+    """:func:`_ct_case`, redrawn (same stream, so still deterministic) until at least ``n_organs[0]`` organs show."""
+    for _ in range(20):
+        hu, label, affine, present = _ct_case(rng, shape, spacing, n_organs, oblique)
+        if len(present) >= n_organs[0]:
+            return hu, label, affine, present
+    raise ConfigError(f"synth ct: shape {shape} is too small to show {n_organs[0]} organs; use a larger one")
+
+
+def _ct_dataset_json(seed: int, n: int, n_test: int, training: list[dict[str, str]], test: list[str]) -> dict:
+    """``dataset.json``: the nnU-Net v2 keys plus the MSD-style ``training`` / ``test`` lists."""
+    return {
         "name": "medvit-synthetic-ct",
         "description": "Synthetic abdominal CT (HU) with organ labels, generated by medvit.shared.data.synth",
         "reference": f"medvit synth_ct(seed={seed})",
@@ -423,21 +496,6 @@ def synth_ct(
         "training": training,
         "test": test,
     }
-    _atomic_write_text(root / "dataset.json", json.dumps(dataset, indent=2) + "\n")
-    files.append("dataset.json")
-    params = {
-        "seed": int(seed),
-        "shape": list(shape_t),
-        "spacing": list(spacing_t),
-        "n_organs": list(organs_t),
-        "oblique": bool(oblique),
-        "n": n,
-        "n_test": n_test,
-    }
-    counts = {"imagesTr": n, "labelsTr": n, "imagesTs": n_test, "labelsTs": n_test}
-    seconds = time.perf_counter() - start
-    logger.info("synth ct: %d training + %d test cases in %s (%.1f s)", n, n_test, root, seconds)
-    return SynthSummary("ct", root, counts, params, tuple(files), seconds)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -564,20 +622,37 @@ def _draw_face(ident: _FaceIdentity, rng: np.random.Generator, size: int) -> np.
     """Render one image of ``ident``. Returns uint8 RGB [size, size, 3], landmarks at ``ident.landmarks``."""
     import cv2
 
+    canvas = _face_background(rng)
+    skin = ident.look.skin * rng.uniform(0.95, 1.05)
+    _draw_head(canvas, ident, skin)
+    for x, y, radius, dark in ident.marks:  # skin marks: the fine identity detail degradations destroy
+        cv2.circle(canvas, _p((x, y)), _s(radius), _c(skin * dark), -1, cv2.LINE_AA)
+    _draw_eyes(canvas, ident, skin, gaze=rng.uniform(-0.7, 0.7, size=2))
+    _draw_nose(canvas, ident, skin)
+    _draw_mouth(canvas, ident, smile=rng.uniform(0.5, 3.0))
+    return _light_and_downsample(canvas, rng, size)
+
+
+def _face_background(rng: np.random.Generator) -> np.ndarray:
+    """The supersampled canvas: a random colour with a linear gradient (changes per image)."""
     big = 112 * _SS
-    aa = cv2.LINE_AA
-    # background: random colour with a linear gradient (changes per image)
     bg0, bg1 = rng.uniform(40, 220, size=3), rng.uniform(40, 220, size=3)
     t = np.linspace(0.0, 1.0, big, dtype=np.float64)[:, None, None]
     canvas = np.empty((big, big, 3), np.uint8)
     canvas[:] = (bg0 * (1 - t) + bg1 * t).astype(np.uint8)  # [big, 1, 3] broadcast along x
+    return canvas
+
+
+def _draw_head(canvas: np.ndarray, ident: _FaceIdentity, skin: np.ndarray) -> None:
+    """Hair behind the face (long style), neck, ears, the face, and the hair on top (by style)."""
+    import cv2
+
+    aa = cv2.LINE_AA
     look = ident.look
-    skin = look.skin * rng.uniform(0.95, 1.05)
     ax, ay = look.face_axes
     cx, cy = 56.0, look.face_cy
-    le, re, nose, ml, mr = ident.landmarks
+    le, _, nose, _, _ = ident.landmarks
     hair = look.hair
-
     if look.hair_style == 3:  # long hair falls behind the face
         cv2.ellipse(canvas, _p((cx, cy + 8)), (_s(ax + 9), _s(ay + 14)), 0, 0, 360, _c(hair), -1, aa)
     # neck and ears
@@ -600,11 +675,14 @@ def _draw_face(ident: _FaceIdentity, rng: np.random.Generator, size: int) -> np.
         for side in (-1, 1):
             cv2.ellipse(canvas, _p((cx + side * ax * 0.9, ear_y - 10)), (_s(4), _s(9)), 0, 0, 360, _c(hair), -1, aa)
 
-    for x, y, radius, dark in ident.marks:  # skin marks: the fine identity detail degradations destroy
-        cv2.circle(canvas, _p((x, y)), _s(radius), _c(skin * dark), -1, aa)
-    # eyes, brows (identity-specific colours and thickness; gaze varies per image)
-    gaze = rng.uniform(-0.7, 0.7, size=2)
-    for eye in (le, re):
+
+def _draw_eyes(canvas: np.ndarray, ident: _FaceIdentity, skin: np.ndarray, gaze: np.ndarray) -> None:
+    """Eyes and brows (identity-specific colours and thickness; ``gaze`` varies per image)."""
+    import cv2
+
+    aa = cv2.LINE_AA
+    hair = ident.look.hair
+    for eye in ident.landmarks[:2]:
         cv2.ellipse(
             canvas,
             _p((eye[0], eye[1] - 7.5)),
@@ -620,18 +698,31 @@ def _draw_face(ident: _FaceIdentity, rng: np.random.Generator, size: int) -> np.
         cv2.circle(canvas, _p(eye + gaze), _s(2.6), _c(ident.eye), -1, aa)
         cv2.circle(canvas, _p(eye + gaze), _s(1.1), (10, 10, 10), -1, aa)
         cv2.ellipse(canvas, _p(eye), (_s(6.5), _s(3.2)), 0, 180, 360, _c(skin * 0.55), _s(0.5), aa)
-    # nose: bridge line, nostrils
+
+
+def _draw_nose(canvas: np.ndarray, ident: _FaceIdentity, skin: np.ndarray) -> None:
+    """Bridge line and nostrils."""
+    import cv2
+
+    aa = cv2.LINE_AA
+    le, re, nose, _, _ = ident.landmarks
     bridge_top = ((le[0] + re[0]) / 2, (le[1] + re[1]) / 2 + 4)
     cv2.line(canvas, _p(bridge_top), _p((nose[0] - 1.5, nose[1] - 1)), _c(skin * 0.75), _s(0.6), aa)
     for side in (-1, 1):
         cv2.ellipse(
             canvas, _p((nose[0] + side * 3, nose[1] + 1)), (_s(1.6), _s(1.0)), 0, 0, 360, _c(skin * 0.45), -1, aa
         )
-    # mouth: lips between the corner landmarks, smile varies per image
+
+
+def _draw_mouth(canvas: np.ndarray, ident: _FaceIdentity, smile: float) -> None:
+    """Lips between the corner landmarks (``smile`` varies per image), and the moustache of the look."""
+    import cv2
+
+    aa = cv2.LINE_AA
+    _, _, nose, ml, mr = ident.landmarks
     mouth_c = (ml + mr) / 2
     half_w = float(np.linalg.norm(mr - ml) / 2)
     tilt = math.degrees(math.atan2(mr[1] - ml[1], mr[0] - ml[0]))
-    smile = rng.uniform(0.5, 3.0)
     cv2.ellipse(canvas, _p(mouth_c), (_s(half_w), _s(2.6)), tilt, 0, 360, _c(ident.lips), -1, aa)
     cv2.ellipse(
         canvas,
@@ -644,12 +735,19 @@ def _draw_face(ident: _FaceIdentity, rng: np.random.Generator, size: int) -> np.
         _s(0.7),
         aa,
     )
-    if look.moustache:
+    if ident.look.moustache:
         moustache_c = ((nose[0] + mouth_c[0]) / 2, (nose[1] + mouth_c[1]) / 2 + 1)
-        cv2.ellipse(canvas, _p(moustache_c), (_s(half_w * 0.9), _s(2.0)), tilt, 0, 360, _c(hair), -1, aa)
+        cv2.ellipse(canvas, _p(moustache_c), (_s(half_w * 0.9), _s(2.0)), tilt, 0, 360, _c(ident.look.hair), -1, aa)
 
-    # illumination: a mild gradient in a random direction (per image), applied after the area downsampling
-    # (a smooth multiplicative field commutes with it up to rounding, at 1/16 of the cost)
+
+def _light_and_downsample(canvas: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Area-downsample to ``size`` and light with a mild gradient in a random direction (per image).
+
+    The light is applied after the downsampling: a smooth multiplicative field commutes with it up to rounding, at
+    1/16 of the cost.
+    """
+    import cv2
+
     angle, strength = rng.uniform(0, 2 * np.pi), rng.uniform(0.0, 0.15)
     small = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)
     ramp = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
@@ -800,6 +898,33 @@ def synth_faces(
         ConfigError: An argument out of range or an unknown degradation.
     """
     _check_seed(seed)
+    n_looks = _check_faces_args(identities, images_per_identity, size, degradations, looks)
+    root = Path(out)
+    start = time.perf_counter()
+    stream = 1 if held_out else 0
+    face_looks = [_face_look(_rng(seed, 3, stream, j)) for j in range(n_looks)]
+    prefix = "heldout" if held_out else "person"
+    names = [f"{prefix}_{k:03d}" for k in range(identities)]
+    total = identities * images_per_identity
+    files, deg_rows, lm_rows = _write_faces(
+        root, names, face_looks, (seed, stream), images_per_identity, degradations, size, progress
+    )
+    pair_rng = _rng(seed, 2, stream)
+    genuine, impostor = _write_face_lists(root, deg_rows, lm_rows, names, images_per_identity, n_pairs, pair_rng)
+    files += ["degradations.csv", "landmarks.csv", "pairs.txt"]
+    params = {"seed": int(seed), "identities": identities, "images_per_identity": images_per_identity, "size": size}
+    params.update({"held_out": bool(held_out), "degradations": list(degradations), "looks": n_looks})
+    counts = {"identities": identities, "images": total}
+    counts.update({"genuine_pairs": len(genuine), "impostor_pairs": len(impostor)})
+    seconds = time.perf_counter() - start
+    logger.info("synth faces: %d identities x %d images in %s (%.1f s)", identities, images_per_identity, root, seconds)
+    return SynthSummary("faces", root, counts, params, tuple(files), seconds)
+
+
+def _check_faces_args(
+    identities: int, images_per_identity: int, size: int, degradations: Sequence[str], looks: int | None
+) -> int:
+    """Refuse out-of-range arguments of :func:`synth_faces`; returns the number of looks."""
     if identities < 2 or images_per_identity < 1:
         raise ConfigError(
             f"synth faces: need identities >= 2 and images_per_identity >= 1, got {identities}, {images_per_identity}"
@@ -812,74 +937,102 @@ def synth_faces(
     n_looks = max(1, math.ceil(identities / 8)) if looks is None else int(looks)
     if not 1 <= n_looks <= identities:
         raise ConfigError(f"synth faces: looks must be in [1, identities={identities}], got {looks}")
-    root = Path(out)
-    start = time.perf_counter()
-    stream = 1 if held_out else 0
-    face_looks = [_face_look(_rng(seed, 3, stream, j)) for j in range(n_looks)]
-    prefix = "heldout" if held_out else "person"
-    names = [f"{prefix}_{k:03d}" for k in range(identities)]
-    scale = size / 112.0
+    return n_looks
+
+
+def _write_faces(
+    root: Path,
+    names: Sequence[str],
+    face_looks: Sequence[_FaceLook],
+    key: tuple[int, int],
+    images_per_identity: int,
+    degradations: Sequence[str],
+    size: int,
+    progress: ProgressFn | None,
+) -> tuple[list[str], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Every identity's images (identity ``k`` has look ``k % len(face_looks)``, its own stream under ``key`` =
+    ``(seed, stream)``); returns the paths written, the degradations rows and the landmarks rows."""
+    seed, stream = key
+    total = len(names) * images_per_identity
     files: list[str] = []
     deg_rows: list[tuple[Any, ...]] = []
     lm_rows: list[tuple[Any, ...]] = []
-    total = identities * images_per_identity
-    done = 0
     for k, name in enumerate(names):
         id_rng = _rng(seed, 1, stream, k)
-        ident = _face_identity(id_rng, face_looks[k % n_looks])
-        strengths = id_rng.permutation(np.linspace(0.0, 1.0, images_per_identity)) if images_per_identity > 1 else [0.0]
-        kind_offset = int(id_rng.integers(len(degradations)))
-        landmarks = ident.landmarks * scale
-        n_degraded = 0
-        for m in range(images_per_identity):
-            img_rng = _rng(seed, 1, stream, k, m + 1)
-            img = _draw_face(ident, img_rng, size)
-            s = float(strengths[m])
-            if s > 0:
-                kind = degradations[(kind_offset + n_degraded) % len(degradations)]
-                n_degraded += 1
-            else:
-                kind = "none"
-            img = _degrade(img, kind, s, img_rng)
-            rel = f"{name}/{name}_{m + 1:04d}.jpg"
-            _atomic_write_bytes(root / rel, _jpeg_bytes(img))
+        ident = _face_identity(id_rng, face_looks[k % len(face_looks)])
+        images = _write_identity(root, name, ident, id_rng, (seed, stream, k), images_per_identity, degradations, size)
+        for rel, deg_row, lm_row in images:
             files.append(rel)
-            deg_rows.append((rel, name, kind, f"{s:.4f}"))
-            lm_rows.append((rel, name, *(f"{x:.3f}" for x in landmarks.reshape(-1))))
-            done += 1
+            deg_rows.append(deg_row)
+            lm_rows.append(lm_row)
             if progress is not None:
-                progress(done, total)
+                progress(len(files), total)
+    return files, deg_rows, lm_rows
 
+
+def _write_identity(
+    root: Path,
+    name: str,
+    ident: _FaceIdentity,
+    id_rng: np.random.Generator,
+    key: tuple[int, int, int],
+    images_per_identity: int,
+    degradations: Sequence[str],
+    size: int,
+) -> Iterator[tuple[str, tuple[Any, ...], tuple[Any, ...]]]:
+    """Draw, degrade and write the images of one identity; yields ``(path, degradations row, landmarks row)`` after
+    each written image.
+
+    ``key`` is ``(seed, stream, identity index)``: image ``m`` draws from its own stream under it. The strengths
+    are ``linspace(0, 1, M)`` in a random order and the degradation kinds cycle from a random start.
+    """
+    seed, stream, k = key
+    strengths = id_rng.permutation(np.linspace(0.0, 1.0, images_per_identity)) if images_per_identity > 1 else [0.0]
+    kind_offset = int(id_rng.integers(len(degradations)))
+    landmarks = ident.landmarks * (size / 112.0)
+    n_degraded = 0
+    for m in range(images_per_identity):
+        img_rng = _rng(seed, 1, stream, k, m + 1)
+        img = _draw_face(ident, img_rng, size)
+        s = float(strengths[m])
+        if s > 0:
+            kind = degradations[(kind_offset + n_degraded) % len(degradations)]
+            n_degraded += 1
+        else:
+            kind = "none"
+        img = _degrade(img, kind, s, img_rng)
+        rel = f"{name}/{name}_{m + 1:04d}.jpg"
+        _atomic_write_bytes(root / rel, _jpeg_bytes(img))
+        yield rel, (rel, name, kind, f"{s:.4f}"), (rel, name, *(f"{x:.3f}" for x in landmarks.reshape(-1)))
+
+
+def _write_face_lists(
+    root: Path,
+    deg_rows: Sequence[tuple[Any, ...]],
+    lm_rows: Sequence[tuple[Any, ...]],
+    names: Sequence[str],
+    images_per_identity: int,
+    n_pairs: int | None,
+    rng: np.random.Generator,
+) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, str, int]]]:
+    """``degradations.csv``, ``landmarks.csv`` and ``pairs.txt``; returns the genuine and impostor pairs."""
     _atomic_write_text(root / "degradations.csv", _csv_text(("path", "identity", "degradation", "strength"), deg_rows))
     _atomic_write_text(root / "landmarks.csv", _csv_text(("path", "identity", *LANDMARK_COLUMNS), lm_rows))
-    genuine, impostor = _face_pairs(names, images_per_identity, n_pairs, _rng(seed, 2, stream))
-    lines = [f"1\t{len(genuine)}"]
-    lines += [f"{nm}\t{a}\t{b}" for nm, a, b in genuine]
-    lines += [f"{n1}\t{a}\t{n2}\t{b}" for n1, a, n2, b in impostor]
-    _atomic_write_text(root / "pairs.txt", "\n".join(lines) + "\n")
-    files += ["degradations.csv", "landmarks.csv", "pairs.txt"]
+    genuine, impostor = _face_pairs(names, images_per_identity, n_pairs, rng)
+    _atomic_write_text(root / "pairs.txt", _pairs_text(genuine, impostor))
     if not genuine:
         logger.warning(
             "synth faces: images_per_identity=%d gives no genuine pairs; pairs.txt is empty", images_per_identity
         )
-    params = {
-        "seed": int(seed),
-        "identities": identities,
-        "images_per_identity": images_per_identity,
-        "size": size,
-        "held_out": bool(held_out),
-        "degradations": list(degradations),
-        "looks": n_looks,
-    }
-    counts = {
-        "identities": identities,
-        "images": total,
-        "genuine_pairs": len(genuine),
-        "impostor_pairs": len(impostor),
-    }
-    seconds = time.perf_counter() - start
-    logger.info("synth faces: %d identities x %d images in %s (%.1f s)", identities, images_per_identity, root, seconds)
-    return SynthSummary("faces", root, counts, params, tuple(files), seconds)
+    return genuine, impostor
+
+
+def _pairs_text(genuine: Sequence[tuple[str, int, int]], impostor: Sequence[tuple[str, int, str, int]]) -> str:
+    """``pairs.txt`` in the LFW format with one fold."""
+    lines = [f"1\t{len(genuine)}"]
+    lines += [f"{nm}\t{a}\t{b}" for nm, a, b in genuine]
+    lines += [f"{n1}\t{a}\t{n2}\t{b}" for n1, a, n2, b in impostor]
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------------------

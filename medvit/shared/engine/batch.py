@@ -883,6 +883,30 @@ def _run_in_folder(
     return counts, my_manifest, False
 
 
+def _inputs_outside(inputs: Sequence[str | os.PathLike[str]], out: Path) -> list[Path]:
+    """The inputs (absolute, first occurrence only) that do not lie inside the output folder ``out``.
+
+    Raises:
+        DataError: none is left.
+    """
+    out_real = os.path.realpath(out)
+    items: list[Path] = []
+    inside = 0
+    real_parents: dict[Path, str] = {}
+    for p in dict.fromkeys(_abspath(i) for i in inputs):
+        if p.parent not in real_parents:
+            real_parents[p.parent] = os.path.realpath(p.parent)
+        if _inside(os.path.join(real_parents[p.parent], p.name), out_real):
+            inside += 1
+        else:
+            items.append(p)
+    if inside:
+        logger.warning("ignoring %d input(s) inside the output folder %s", inside, out)
+    if not items:
+        raise DataError(f"no inputs to process for output folder {out}")
+    return items
+
+
 def run_batch(
     job: BatchJob,
     inputs: Sequence[str | os.PathLike[str]],
@@ -924,22 +948,7 @@ def run_batch(
     if out.exists() and not out.is_dir():
         raise DataError(f"output folder {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    out_real = os.path.realpath(out)
-
-    items: list[Path] = []
-    inside = 0
-    real_parents: dict[Path, str] = {}
-    for p in dict.fromkeys(_abspath(i) for i in inputs):
-        if p.parent not in real_parents:
-            real_parents[p.parent] = os.path.realpath(p.parent)
-        if _inside(os.path.join(real_parents[p.parent], p.name), out_real):
-            inside += 1
-        else:
-            items.append(p)
-    if inside:
-        logger.warning("ignoring %d input(s) inside the output folder %s", inside, out)
-    if not items:
-        raise DataError(f"no inputs to process for output folder {out}")
+    items = _inputs_outside(inputs, out)
 
     rank, world = _rank_world()
     log_name = getattr(job, "log_name", BatchJob.log_name)  # duck-typed jobs too

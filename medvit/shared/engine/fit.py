@@ -144,51 +144,63 @@ class TrainConfig:
     find_unused_parameters: bool = False
 
     def __post_init__(self) -> None:
-        def bad(key: str, why: str) -> ConfigError:
-            return ConfigError(f"train.{key}: {why} (got {getattr(self, key)!r})")
+        self._check_counts()
+        self._check_numbers()
+        self._check_ranges()
+        self._check_choices()
 
+    def _bad(self, key: str, why: str) -> ConfigError:
+        return ConfigError(f"train.{key}: {why} (got {getattr(self, key)!r})")
+
+    def _check_counts(self) -> None:
         if (self.steps is None) == (self.epochs is None):
             raise ConfigError(
                 f"train: set exactly one of steps or epochs (got steps={self.steps}, epochs={self.epochs})"
             )
         for key in ("steps", "epochs"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise bad(key, "must be >= 1")
+                raise self._bad(key, "must be >= 1")
         for key in ("batch_size", "grad_accum", "log_every"):
             if getattr(self, key) < 1:
-                raise bad(key, "must be >= 1")
+                raise self._bad(key, "must be >= 1")
+
+    def _check_numbers(self) -> None:
         for key in ("lr", "min_lr", "weight_decay", "eps", "warmup_fraction", "layer_decay", "grad_clip"):
             value = getattr(self, key)
             if value is not None and not math.isfinite(value):
-                raise bad(key, "must be a finite number")
+                raise self._bad(key, "must be a finite number")
         if not all(math.isfinite(b) for b in self.betas):
-            raise bad("betas", "must be finite numbers")
+            raise self._bad("betas", "must be finite numbers")
         for key in ("workers", "warmup_steps", "ckpt_every", "keep_last", "eval_every", "lr", "min_lr", "weight_decay"):
             if getattr(self, key) < 0:
-                raise bad(key, "must be >= 0")
+                raise self._bad(key, "must be >= 0")
         if self.eps <= 0:
-            raise bad("eps", "must be > 0")
+            raise self._bad("eps", "must be > 0")
+
+    def _check_ranges(self) -> None:
         if self.warmup_fraction is not None:
             if not 0.0 <= self.warmup_fraction < 1.0:
-                raise bad("warmup_fraction", "must be in [0, 1)")
+                raise self._bad("warmup_fraction", "must be in [0, 1)")
             if self.warmup_steps:
-                raise bad("warmup_fraction", "set warmup_steps or warmup_fraction, not both")
+                raise self._bad("warmup_fraction", "set warmup_steps or warmup_fraction, not both")
         if self.steps is not None and self.warmup_steps >= self.steps and self.warmup_steps > 0:
-            raise bad("warmup_steps", f"must be < steps={self.steps}")
+            raise self._bad("warmup_steps", f"must be < steps={self.steps}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise bad("betas", "must be two numbers in [0, 1)")
+            raise self._bad("betas", "must be two numbers in [0, 1)")
         if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
-            raise bad("layer_decay", "must be in (0, 1] or null")
+            raise self._bad("layer_decay", "must be in (0, 1] or null")
         if self.grad_clip is not None and self.grad_clip <= 0:
-            raise bad("grad_clip", "must be > 0 or null")
+            raise self._bad("grad_clip", "must be > 0 or null")
+
+    def _check_choices(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise bad("precision", "must be one of auto, fp32, bf16, fp16")
+            raise self._bad("precision", "must be one of auto, fp32, bf16, fp16")
         if not _DEVICE_RE.match(self.device):
-            raise bad("device", "must be auto, cpu, cuda or cuda:N")
+            raise self._bad("device", "must be auto, cpu, cuda or cuda:N")
         if self.schedule not in ("cosine", "linear", "constant"):
-            raise bad("schedule", "must be one of cosine, linear, constant")
+            raise self._bad("schedule", "must be one of cosine, linear, constant")
         if self.best_mode not in ("max", "min"):
-            raise bad("best_mode", "must be max or min")
+            raise self._bad("best_mode", "must be max or min")
 
     @classmethod
     def from_section(cls, section: OptimSection, **overrides: Any) -> TrainConfig:
@@ -769,57 +781,19 @@ class _Trainer:
             epoch += 1
 
     def run(self) -> FitResult:
-        cfg = self.cfg
         resume_path = self._check_run_dir()
-        self.rundir.prepare()
-        if self.main:  # the run directory keeps what was logged (appended across resumes)
-            self._log_file = log_to_file(self.rundir.path / "train.log")
-            self._log_file.__enter__()
-        if self.main:
-            for stale in self.rundir.path.glob(".*.tmp*"):  # temp files of a write that was killed
-                stale.unlink(missing_ok=True)
+        self._open_run_dir()
         D.barrier()
-        seed_everything(cfg.seed + self.rank)
+        seed_everything(self.cfg.seed + self.rank)
         self._build_loader()
         self._resolve_steps()
-        cfg = self.cfg
         self.raw.to(self.device)
         self.raw.train()
         self._build_optimizer()
-
-        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        self.best: float | None = None
-        self.best_step: int | None = None
-        self.last_loss = float("nan")
-        self.prior_seconds = 0.0
-        self.last_ckpt_step: int | None = None
-        ckpt = None
-        if resume_path is not None:
-            ckpt = self._load(resume_path)
-            self.step, self.epoch = int(ckpt["step"]), int(ckpt["epoch"])
-            self.batch_in_epoch = int(ckpt["batch_in_epoch"])
-            if self.batch_in_epoch >= self.batches_per_epoch:
-                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            best = ckpt.get("best") or {}
-            self.best, self.best_step = best.get("value"), best.get("step")
-            self.last_loss = float(ckpt.get("last_loss", float("nan")))
-            self.prior_seconds = float(ckpt.get("train_seconds", 0.0))
-            self.last_ckpt_step = self.step
-            dropped = self.rundir.truncate_metrics(self.step)
-            if self.main:
-                logger.info(
-                    "resuming from %s at step %d (epoch %d, batch %d); %d metrics lines after it dropped",
-                    resume_path,
-                    self.step,
-                    self.epoch,
-                    self.batch_in_epoch,
-                    dropped,
-                )
-        else:
-            # No checkpoint: lines left by an earlier attempt that died before its first checkpoint are void.
-            self.rundir.truncate_metrics(0)
+        ckpt = self._restore_position(resume_path)
         self.start_step = self.step
         self._wrap()
+        cfg = self.cfg
         self.rundir.write_config(self.resolved_config if self.resolved_config is not None else {"train": cfg.to_dict()})
         self.state = FitState(
             step=self.step,
@@ -833,24 +807,10 @@ class _Trainer:
             precision=self.precision,
         )
         if ckpt is not None:  # last: nothing above may consume random numbers after the restore
-            rngs = ckpt.get("rng") or []
-            if len(rngs) == self.world:
-                restore_rng(rngs[self.rank])
-            else:
-                seed_everything(cfg.seed + self.rank + 7919 * self.step)
+            self._restore_rng(ckpt)
             del ckpt
         if self.main:
-            logger.info(
-                "training %s: %d steps, %d batches/epoch x %d rank(s), batch %d x accum %d, %s on %s",
-                type(self.raw).__name__,
-                self.total,
-                self.batches_per_epoch,
-                self.world,
-                cfg.batch_size,
-                cfg.grad_accum,
-                self.precision,
-                self.device,
-            )
+            self._log_start()
 
         self.t_start = time.perf_counter()
         if self.step < self.total:
@@ -864,6 +824,71 @@ class _Trainer:
             run_dir=self.rundir.path,
             best=self.best,
             best_step=self.best_step,
+        )
+
+    def _open_run_dir(self) -> None:
+        """Create the run directory; rank 0 copies the log into ``train.log`` and removes killed writes' temps."""
+        self.rundir.prepare()
+        if self.main:  # the run directory keeps what was logged (appended across resumes)
+            self._log_file = log_to_file(self.rundir.path / "train.log")
+            self._log_file.__enter__()
+        if self.main:
+            for stale in self.rundir.path.glob(".*.tmp*"):  # temp files of a write that was killed
+                stale.unlink(missing_ok=True)
+
+    def _restore_position(self, resume_path: Path | None) -> dict[str, Any] | None:
+        """Step, epoch, data position, best value and clock: from the checkpoint, or a fresh start (None)."""
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.last_loss = float("nan")
+        self.prior_seconds = 0.0
+        self.last_ckpt_step: int | None = None
+        if resume_path is None:
+            # No checkpoint: lines left by an earlier attempt that died before its first checkpoint are void.
+            self.rundir.truncate_metrics(0)
+            return None
+        ckpt = self._load(resume_path)
+        self.step, self.epoch = int(ckpt["step"]), int(ckpt["epoch"])
+        self.batch_in_epoch = int(ckpt["batch_in_epoch"])
+        if self.batch_in_epoch >= self.batches_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        best = ckpt.get("best") or {}
+        self.best, self.best_step = best.get("value"), best.get("step")
+        self.last_loss = float(ckpt.get("last_loss", float("nan")))
+        self.prior_seconds = float(ckpt.get("train_seconds", 0.0))
+        self.last_ckpt_step = self.step
+        dropped = self.rundir.truncate_metrics(self.step)
+        if self.main:
+            logger.info(
+                "resuming from %s at step %d (epoch %d, batch %d); %d metrics lines after it dropped",
+                resume_path,
+                self.step,
+                self.epoch,
+                self.batch_in_epoch,
+                dropped,
+            )
+        return ckpt
+
+    def _restore_rng(self, ckpt: Mapping[str, Any]) -> None:
+        rngs = ckpt.get("rng") or []
+        if len(rngs) == self.world:
+            restore_rng(rngs[self.rank])
+        else:
+            seed_everything(self.cfg.seed + self.rank + 7919 * self.step)
+
+    def _log_start(self) -> None:
+        cfg = self.cfg
+        logger.info(
+            "training %s: %d steps, %d batches/epoch x %d rank(s), batch %d x accum %d, %s on %s",
+            type(self.raw).__name__,
+            self.total,
+            self.batches_per_epoch,
+            self.world,
+            cfg.batch_size,
+            cfg.grad_accum,
+            self.precision,
+            self.device,
         )
 
     def _optimizer_step(self, step_loss: torch.Tensor, epoch: int) -> tuple[float, float, torch.Tensor | None]:
@@ -908,9 +933,6 @@ class _Trainer:
 
     def _loop(self) -> None:
         cfg = self.cfg
-        ddp, model = self.ddp, self.forward_module
-        non_blocking = self.device.type == "cuda"
-        task_name = type(self.raw).__name__
         interval = _Interval(cfg.batch_size * cfg.grad_accum * self.world)
         micro = 0
         step_loss = torch.zeros((), device=self.device)
@@ -920,61 +942,90 @@ class _Trainer:
             for epoch, index, batch in self._micro_batches():
                 micro += 1
                 final_micro = micro == cfg.grad_accum
-                batch = move_to_device(batch, self.device, non_blocking)
-                # Accumulating micro-batches skip DDP's gradient all-reduce; the last one syncs the sum.
-                sync = contextlib.nullcontext() if (ddp is None or final_micro) else ddp.no_sync()
-                with sync:
-                    with _autocast(self.device, self.precision):
-                        out = check_output(model(batch), task_name)
-                    loss = out["loss"].float().reshape(())
-                    self.scaler.scale(loss / cfg.grad_accum).backward()
-                step_loss += loss.detach()
-                if self.main and out.get("logs"):
-                    interval.add_logs(out["logs"])
-                del out, loss, batch
+                self._forward_backward(batch, final_micro, step_loss, interval)
+                del batch
                 if not final_micro:
                     continue
                 micro = 0
                 mean_loss, lr, grad_norm = self._optimizer_step(step_loss, epoch)
                 step_loss.zero_()
-
-                self.step += 1
-                self.epoch, self.batch_in_epoch = (epoch + 1, 0) if index == self.batches_per_epoch else (epoch, index)
-                self.last_loss = mean_loss
-                interval.add_step(mean_loss, grad_norm)
-                self.state.step, self.state.epoch = self.step, self.epoch
-                self.state.logs = {"loss": mean_loss, "lr": lr}
-                done = self.step >= self.total
-                position = {"step": self.step, "epoch": round(epoch + index / self.batches_per_epoch, 4)}
-
-                record: dict[str, Any] = {}
-                is_log = self.step % cfg.log_every == 0 or done
-                if is_log:
-                    record = {**position, **interval.flush(lr)}
-                if (cfg.eval_every and self.step % cfg.eval_every == 0) or done:
-                    val = self._evaluate()
-                    if val:
-                        record = {**position, **record, **val}
-                if record:
-                    record["time"] = round(self.train_seconds(), 3)
-                    self.rundir.append_metrics(record)
-                    self.state.logs.update({k: v for k, v in record.items() if isinstance(v, float)})
-                if is_log:
-                    progress.update(
-                        self.step,
-                        record["loss"],
-                        record["samples_per_s"],
-                        log=True,
-                        extra={"lr": lr, "epoch": record["epoch"]},
-                    )
-                else:
-                    progress.update(self.step, mean_loss)
-                if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or done:
-                    self._save_checkpoint()
-                for hook in _hooks_with(self.hooks, "on_step_end"):
-                    hook.on_step_end(self.state)
-                if done:
+                if self._end_step(epoch, index, mean_loss, lr, grad_norm, interval, progress):
                     break
+
+    def _forward_backward(self, batch: Any, final_micro: bool, step_loss: torch.Tensor, interval: _Interval) -> None:
+        """One micro-batch: forward under autocast, scaled backward; adds its loss to ``step_loss`` in place."""
+        batch = move_to_device(batch, self.device, self.device.type == "cuda")
+        # Accumulating micro-batches skip DDP's gradient all-reduce; the last one syncs the sum.
+        sync = contextlib.nullcontext() if (self.ddp is None or final_micro) else self.ddp.no_sync()
+        with sync:
+            with _autocast(self.device, self.precision):
+                out = check_output(self.forward_module(batch), type(self.raw).__name__)
+            loss = out["loss"].float().reshape(())
+            self.scaler.scale(loss / self.cfg.grad_accum).backward()
+        step_loss += loss.detach()
+        if self.main and out.get("logs"):
+            interval.add_logs(out["logs"])
+
+    def _end_step(
+        self,
+        epoch: int,
+        index: int,
+        mean_loss: float,
+        lr: float,
+        grad_norm: torch.Tensor | None,
+        interval: _Interval,
+        progress: TrainProgress,
+    ) -> bool:
+        """After an optimizer step: position, metrics, progress, checkpoint, ``on_step_end``; True at the end."""
+        cfg = self.cfg
+        self.step += 1
+        self.epoch, self.batch_in_epoch = (epoch + 1, 0) if index == self.batches_per_epoch else (epoch, index)
+        self.last_loss = mean_loss
+        interval.add_step(mean_loss, grad_norm)
+        self.state.step, self.state.epoch = self.step, self.epoch
+        self.state.logs = {"loss": mean_loss, "lr": lr}
+        done = self.step >= self.total
+        position = {"step": self.step, "epoch": round(epoch + index / self.batches_per_epoch, 4)}
+        self._record_step(position, lr, done, mean_loss, interval, progress)
+        if (cfg.ckpt_every and self.step % cfg.ckpt_every == 0) or done:
+            self._save_checkpoint()
+        for hook in _hooks_with(self.hooks, "on_step_end"):
+            hook.on_step_end(self.state)
+        return done
+
+    def _record_step(
+        self,
+        position: dict[str, Any],
+        lr: float,
+        done: bool,
+        mean_loss: float,
+        interval: _Interval,
+        progress: TrainProgress,
+    ) -> None:
+        """Metrics line (logging and eval steps) and the progress bar / log line."""
+        cfg = self.cfg
+        record: dict[str, Any] = {}
+        is_log = self.step % cfg.log_every == 0 or done
+        if is_log:
+            record = {**position, **interval.flush(lr)}
+        if (cfg.eval_every and self.step % cfg.eval_every == 0) or done:
+            val = self._evaluate()
+            if val:
+                record = {**position, **record, **val}
+        if record:
+            record["time"] = round(self.train_seconds(), 3)
+            self.rundir.append_metrics(record)
+            self.state.logs.update({k: v for k, v in record.items() if isinstance(v, float)})
+        if is_log:
+            progress.update(
+                self.step,
+                record["loss"],
+                record["samples_per_s"],
+                log=True,
+                extra={"lr": lr, "epoch": record["epoch"]},
+            )
+        else:
+            progress.update(self.step, mean_loss)
 
     def _finish(self) -> None:
         cfg = self.cfg
