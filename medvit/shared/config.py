@@ -32,7 +32,6 @@ import enum
 import functools
 import math
 import os
-import tempfile
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -43,6 +42,7 @@ import yaml
 
 from medvit import __version__
 from medvit.shared.errors import ConfigError
+from medvit.shared.files import write_text_atomic
 from medvit.shared.schema import nesting_problem
 
 __all__ = [
@@ -682,17 +682,7 @@ def dump_config(cfg: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     body = yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
     text = f"# resolved {type(cfg).__name__} written by medvit {__version__}\n{body}"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, text)
 
 
 def replace_path(cfg: T, key: str, value: Any) -> T:
