@@ -102,7 +102,6 @@ def _paths_info() -> dict[str, str | None]:
     for key, func in (
         ("weights", paths.weights_dir),
         ("runs", paths.runs_dir),
-        ("data", paths.data_dir),
         ("insightface_models", paths.insightface_models_dir),
     ):
         try:
@@ -184,7 +183,6 @@ def _render(info: dict[str, Any], console: Any) -> None:
     labels = {
         "weights": "weights ($MEDVIT_WEIGHTS)",
         "runs": "runs ($MEDVIT_RUNS)",
-        "data": "data ($MEDVIT_DATA)",
         "insightface_models": "insightface models ($INSIGHTFACE_HOME)",
     }
     for key, value in info["paths"].items():
@@ -206,7 +204,7 @@ def report(console: Any = None) -> dict[str, Any]:
     Returns:
         Dict with keys ``medvit``, ``python``, ``platform``, ``packages`` (name -> version, ``"not installed"``
         or ``"error: ..."``), ``torch`` (``num_threads``, ``cuda_available``, ``cuda_version``, ``cuda_devices``,
-        ``mps_available``), ``omp_num_threads``, ``paths`` (``weights``, ``runs``, ``data``,
+        ``mps_available``), ``omp_num_threads``, ``paths`` (``weights``, ``runs``,
         ``insightface_models``), ``opencv_distributions`` (distribution -> version or None) and ``warnings``.
     """
     info = _collect()

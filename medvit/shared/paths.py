@@ -9,7 +9,6 @@ variable                  default when unset              used for
 ========================  ==============================  ==========================================
 ``MEDVIT_WEIGHTS``        ``~/.cache/medvit/weights``     local backbone/app weights (never downloaded)
 ``MEDVIT_RUNS``           ``./runs``                      run directories (config.yaml, checkpoints)
-``MEDVIT_DATA``           none: required when used        dataset roots (``data_cards/`` layouts)
 ``INSIGHTFACE_HOME``      ``~/.insightface/models``       insightface ONNX model folders
 ========================  ==============================  ==========================================
 """
@@ -23,9 +22,7 @@ from pathlib import Path
 from medvit.shared.errors import ConfigError
 
 __all__ = [
-    "data_dir",
     "insightface_models_dir",
-    "require_data_dir",
     "runs_dir",
     "weights_dir",
 ]
@@ -76,7 +73,6 @@ class _EnvPath(os.PathLike):
 
 WEIGHTS = _EnvPath("MEDVIT_WEIGHTS", lambda: Path.home() / ".cache" / "medvit" / "weights")
 RUNS = _EnvPath("MEDVIT_RUNS", lambda: "runs")
-DATA = _EnvPath("MEDVIT_DATA", None, hint="README 'Data' (or pass --data-root)")
 INSIGHTFACE_MODELS = _EnvPath("INSIGHTFACE_HOME", lambda: Path.home() / ".insightface" / "models")
 
 
@@ -88,16 +84,6 @@ def weights_dir(override: str | os.PathLike | None = None) -> Path:
 def runs_dir(override: str | os.PathLike | None = None) -> Path:
     """Folder of run directories: ``override``, else ``$MEDVIT_RUNS``, else ``./runs`` (made absolute)."""
     return RUNS.require(override)
-
-
-def data_dir(override: str | os.PathLike | None = None) -> Path | None:
-    """Dataset root: ``override``, else ``$MEDVIT_DATA``, else None (see :func:`require_data_dir`)."""
-    return DATA.get(override)
-
-
-def require_data_dir(override: str | os.PathLike | None = None) -> Path:
-    """Dataset root, or :class:`ConfigError` naming ``MEDVIT_DATA`` when neither it nor ``override`` is set."""
-    return DATA.require(override)
 
 
 def insightface_models_dir(override: str | os.PathLike | None = None) -> Path:

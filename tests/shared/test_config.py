@@ -459,16 +459,6 @@ def test_env_paths_are_lazy_with_defaults(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert func(override=tmp_path / "cli") == tmp_path / "cli"  # a CLI option wins
 
 
-def test_data_dir_is_required_only_when_used(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("MEDVIT_DATA", raising=False)
-    assert paths.data_dir() is None
-    with pytest.raises(ConfigError, match="MEDVIT_DATA is not set"):
-        paths.require_data_dir()
-    assert paths.require_data_dir(tmp_path) == tmp_path
-    monkeypatch.setenv("MEDVIT_DATA", str(tmp_path))
-    assert paths.data_dir() == tmp_path == paths.require_data_dir()
-
-
 def test_preset_layer_sits_between_defaults_and_config_file(tmp_path: Path) -> None:
     preset = tmp_path / "tiny.yaml"
     preset.write_text("optim:\n  lr: 0.5\n  betas: [0.8, 0.9]\n")

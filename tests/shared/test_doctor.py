@@ -26,7 +26,6 @@ def _quiet_console() -> tuple[Console, io.StringIO]:
 
 def test_report_returns_every_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MEDVIT_RUNS", str(tmp_path / "runs"))
-    monkeypatch.delenv("MEDVIT_DATA", raising=False)
     console, buf = _quiet_console()
     info = doctor.report(console=console)
 
@@ -46,8 +45,7 @@ def test_report_returns_every_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert len(info["torch"]["cuda_devices"]) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
     assert info["paths"]["runs"] == str(tmp_path / "runs")
-    assert info["paths"]["data"] is None
-    assert set(info["paths"]) == {"weights", "runs", "data", "insightface_models"}
+    assert set(info["paths"]) == {"weights", "runs", "insightface_models"}
     assert set(info["opencv_distributions"]) >= {"opencv-python", "opencv-python-headless"}
 
     text = buf.getvalue()
