@@ -248,6 +248,7 @@ def test_mae_method_with_config_file_and_official_init(ct_root: Path, cache_dir:
     )
 
 
+@pytest.mark.slow  # torchrun spawn
 def test_torchrun_two_processes(ct_root: Path, cache_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -27,6 +27,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow  # the learning loop: 200 training steps
 def test_train_predict_evaluate_reaches_dice_0_8(synthetic: Path, tmp_path: Path, cli) -> None:
     run, pred, runner = tmp_path / "run", tmp_path / "pred", CliRunner()
     opts = f"--preset tiny --set data.spacing=native --steps {STEPS} --fold 0 --quiet"
@@ -87,6 +88,7 @@ def test_train_resumes_to_the_requested_step(synthetic: Path, tmp_path: Path, cl
     assert json.loads((run / "model.json").read_text())["weights"] == {"from": "last.pt", "step": 4}
 
 
+@pytest.mark.slow  # three training runs
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_after_kill_equals_uninterrupted(
     synthetic: Path, tmp_path: Path, cli, workers: int, kill_training_at
@@ -168,6 +170,7 @@ def test_monai_unetr_weights_start_the_whole_network(small: Path, tmp_path: Path
     assert dec["taps"] == [3, 6, 9, 11] and dec["feature_size"] == 4  # MONAI's layout, kept
 
 
+@pytest.mark.slow  # torchrun spawn
 def test_train_under_torchrun_two_processes(synthetic: Path, tmp_path: Path) -> None:
     """``torchrun --nproc_per_node=2 -m medvit ct-seg train``: gloo, 2 steps, one checkpoint written by rank 0."""
     import os

@@ -73,6 +73,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "run": root / "run", "held": root / "held"}
 
 
+@pytest.mark.slow  # uses the learning loop (1200 training steps, trained once per run)
 def test_train_writes_a_run_directory(loop: dict[str, Path]) -> None:
     run = loop["run"]
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "last.pt", "model.safetensors", "model.json"):
@@ -86,6 +87,7 @@ def test_train_writes_a_run_directory(loop: dict[str, Path]) -> None:
     assert side["identities"] == IDS and side["head"] == "crfiqa"
 
 
+@pytest.mark.slow  # uses the learning loop (1200 training steps, trained once per run)
 def test_score_then_evaluate_writes_edc_and_resumes(loop: dict[str, Path]) -> None:
     root, held = loop["root"], loop["held"]
     out = root / "scores"
@@ -120,6 +122,7 @@ def test_score_then_evaluate_writes_edc_and_resumes(loop: dict[str, Path]) -> No
     assert {r["status"] for r in _read(out / "manifest.csv")} == {"skipped"}
 
 
+@pytest.mark.slow  # uses the learning loop (1200 training steps, trained once per run)
 def test_bad_inputs_get_rows_and_the_batch_continues(loop: dict[str, Path], fake_models: Path, tmp_path: Path) -> None:
     from medvit.apps.fiqa.data import read_face_file
 
@@ -283,6 +286,7 @@ def test_scoring_is_rgb_and_the_readme_says_how_the_official_script_differs(tmp_
     assert scored == pytest.approx(q_rgb, abs=1e-5) and abs(q_rgb - q_bgr) > 1e-3
 
 
+@pytest.mark.slow  # uses the learning loop (1200 training steps, trained once per run)
 def test_bin_extract_and_evaluate(loop: dict[str, Path], tmp_path: Path) -> None:
     from medvit.apps.fiqa.bin_reader import write_bin
     from medvit.apps.fiqa.data import read_pairs
@@ -303,6 +307,7 @@ def test_bin_extract_and_evaluate(loop: dict[str, Path], tmp_path: Path) -> None
     assert len(_read(tmp_path / "ev" / "pairs_scored.csv")) == 20
 
 
+@pytest.mark.slow  # uses the learning loop (1200 training steps, trained once per run)
 def test_evaluate_needs_genuine_and_impostor_pairs(loop: dict[str, Path], tmp_path: Path) -> None:
     from medvit.apps.fiqa.bin_reader import write_bin
     from medvit.apps.fiqa.data import read_pairs

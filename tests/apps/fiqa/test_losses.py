@@ -120,6 +120,7 @@ def _worker(rank: int, world: int, port: int, emb: torch.Tensor, labels: torch.T
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # process spawn
 def test_sharded_centres_match_one_process() -> None:
     """Partial-FC over 2 gloo ranks gives the single-process CE, CR (exact NNCCS) and gradients."""
     import torch.multiprocessing as mp

@@ -501,6 +501,7 @@ def test_merge_manifest_parts_needs_every_part(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.csv"]
 
 
+@pytest.mark.slow  # torchrun spawn
 @pytest.mark.skipif(shutil.which("true") is None, reason="needs a POSIX system")
 def test_torchrun_two_ranks(job_inputs: tuple[Path, list[Path]], tmp_path: Path) -> None:
     root, inputs = job_inputs

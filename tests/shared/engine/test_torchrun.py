@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPT = Path(__file__).with_name("_torchrun_script.py")
 
 
+@pytest.mark.slow  # torchrun spawn
 def test_torchrun_two_ranks_identical_weights(tmp_path: Path) -> None:
     run_dir, out_dir = tmp_path / "run", tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
