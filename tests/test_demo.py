@@ -85,7 +85,7 @@ def test_unknown_part_is_refused_before_anything_is_written(tmp_path: Path) -> N
 
 
 @pytest.mark.slow  # the CT learning loop: 100 pretraining + 160 fine-tuning steps
-def test_demo_ct_seg_part_learns_and_keeps_every_file_promise(tmp_path: Path) -> None:
+def test_demo_ct_seg_part_learns_and_keeps_every_file_promise(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """``medvit demo ct-seg``: Hi-End-MAE pretraining -> ct-seg fine-tuning from the exported encoder -> predict ->
     evaluate, through the CLI. Asserts the demo's learning target (mean foreground Dice >= 0.8 on the 4 held-out
     cases; 0.90 measured) and what each command owes its user on the way."""
@@ -93,6 +93,7 @@ def test_demo_ct_seg_part_learns_and_keeps_every_file_promise(tmp_path: Path) ->
 
     from medvit.cli import app
 
+    caplog.set_level("INFO")  # what the CLI logs outside pytest (and what train.log keeps)
     out = tmp_path / "demo"
     res = CliRunner().invoke(app, ["demo", "ct-seg", "--out", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
