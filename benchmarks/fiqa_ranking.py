@@ -1,6 +1,6 @@
 """Does a trained ViT-FIQA rank degradations? Held-out Spearman(quality, -degradation strength) on synthetic faces.
 
-The quality target of issue 6: train a preset on synthetic identities with graded degradations
+The quality target of the fiqa app: train a preset on synthetic identities with graded degradations
 (:func:`medvit.shared.data.synth.synth_faces`), score a held-out folder of unseen identities with
 :func:`medvit.apps.fiqa.api.score`, and report the Spearman correlation between the predicted quality and minus the
 degradation strength (target >= 0.5), pooled and per degradation kind. For each seed it also reports two

@@ -11,7 +11,7 @@ Three numbers from one run (the machine is shared, so only ratios within a run a
 3. **FLOP/s**: model FLOPs per image from ``torch.utils.flop_counter.FlopCounterMode`` (2 FLOPs per MAC) times
    the bare-forward rate, against a square fp32 ``torch.mm`` peak measured in the same process.
 
-Target (issue 6): score >= 0.8 x bare forward (IO hidden behind compute).
+Target: score >= 0.8 x bare forward (IO hidden behind compute).
 
 Usage: ``python benchmarks/fiqa_score.py --n 512 --batch-size 64 --workers 2`` (``--backbone test_vit_fiqa`` for
 a quick check; ``--device cuda`` on a GPU).

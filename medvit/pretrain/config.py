@@ -2,11 +2,12 @@
 
 Precedence: defaults < ``--config file.yaml`` < ``--set a.b=c`` < first-class options. The resolved config is
 written to ``<out>/config.yaml``. Defaults follow the Hi-End-MAE code (FengheTan9/Hi-End-MAE ``main.py``,
-``trainer.py``, ``dataloader/med_datasets.py``; pretraining.md section 2.5-2.6): AdamW betas (0.9, 0.95), weight decay
+``trainer.py``, ``dataloader/med_datasets.py``): AdamW betas (0.9, 0.95), weight decay
 0.05, lr 1e-4 not scaled by batch, linear warmup for 1% of the run then cosine to 0, mask ratio 0.75; CT
-preprocessing RAS, 1.5 mm, HU -175..250 -> [0, 1], foreground crop; crops biased to tissue 6:2; flips p 0.5 per axis,
-rot90 p 0.3, intensity scale/shift 0.1 with p 0.1. The official run uses 8 crops per volume and 24 volumes per GPU;
-our defaults are smaller (4 crops, 2 volumes) so that a first run fits a single modest GPU.
+preprocessing RAS, 1.5 mm, HU -175..250 -> [0, 1], foreground crop; crops biased to tissue (pos:neg 6:2);
+flips p 0.5 per axis, rot90 p 0.3, intensity scale/shift 0.1 with p 0.1. The official run uses 8 crops per
+volume and 24 volumes per GPU; our defaults are smaller (4 crops, 2 volumes) so that a first run fits a single
+modest GPU.
 """
 
 from __future__ import annotations

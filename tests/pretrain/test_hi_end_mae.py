@@ -231,7 +231,7 @@ def test_state_dict_key_layout() -> None:
 def _official_state_dict(
     d: int, depth: int, dd: int, patch: int, grid: int, in_chans: int = 1, gen: torch.Generator | None = None
 ) -> dict[str, torch.Tensor]:
-    """Key names and shapes of pretraining.md section 2.8, written out independently of our modules."""
+    """Key names and shapes of the official Hi-End-MAE checkpoint, written out independently of our modules."""
     n = grid**3
     shapes: dict[str, tuple[int, ...]] = {
         "encoder.cls_token": (1, 1, d),

@@ -126,7 +126,7 @@ def test_monai_unetr_with_other_classes_keeps_the_decoder_but_not_the_head(tmp_p
 
 
 def _hi_end_mae_checkpoint(d: int, depth: int, patch: int, grid: int, dec: int = 12) -> dict[str, torch.Tensor]:
-    """Synthetic state dict with the official key names (pretraining.md section 2.8), DDP prefix included."""
+    """Synthetic state dict with the official Hi-End-MAE keys (``encoder.*``, ``encoder_pos_embed``), DDP prefix."""
     sd: dict[str, torch.Tensor] = {
         "encoder.cls_token": torch.randn(1, 1, d),
         "encoder.patch_embed.proj.weight": torch.randn(d, 1, patch, patch, patch),

@@ -110,7 +110,7 @@ def test_score_then_evaluate_writes_edc_and_resumes(loop: dict[str, Path]) -> No
     assert (out / "quality_hist.png").stat().st_size > 0 and (out / "contact_sheet.png").stat().st_size > 0
     strength = {os.path.abspath(held / r["path"]): float(r["strength"]) for r in _read(held / "degradations.csv")}
     assert set(strength) == {r["path"] for r in rows}  # every held-out face scored, paths absolute
-    # Issue 6's target: quality ranks the degradations of unseen identities (pooled over kinds and per kind).
+    # The app's target: quality ranks the degradations of unseen identities (pooled over kinds and per kind).
     ranking = degradation_ranking(out / "scores.csv", held)
     print(f"held-out ranking: {ranking}")  # shown with -s; the number behind the assertion
     assert ranking["rho"] >= 0.5, ranking

@@ -51,7 +51,7 @@ def _block_keys(prefix: str, d: int, qkv_bias: bool = True) -> dict[str, torch.T
 
 
 def mae_checkpoint(in_chans: int = 3, img: int = 32, patch: int = 8, dec: int = 32) -> dict:
-    """facebookresearch/mae training checkpoint layout (pretraining.md section 1.3)."""
+    """facebookresearch/mae training checkpoint layout (``main_pretrain.py``'s ``{'model': ...}`` with decoder keys)."""
     n = (img // patch) ** 2
     model = {
         "cls_token": torch.randn(1, 1, D),
@@ -76,7 +76,7 @@ def mae_checkpoint(in_chans: int = 3, img: int = 32, patch: int = 8, dec: int = 
 
 
 def hi_end_mae_checkpoint(img: int = 32, patch: int = 8, dec: int = 24) -> dict:
-    """FengheTan9/Hi-End-MAE checkpoint layout (pretraining.md section 2.8), DDP ``module.`` prefix."""
+    """FengheTan9/Hi-End-MAE checkpoint layout (``{'state_dict': ...}``, ``encoder.*``, ``decoder*``, ``module.``)."""
     n = (img // patch) ** 3
     sd = {
         "encoder.cls_token": torch.randn(1, 1, D),

@@ -67,7 +67,7 @@ def test_ct_preprocess_spacing_orientation_range_and_crop(ct_files) -> None:
     np.testing.assert_allclose(img.pixdim.numpy(), [1.5, 1.5, 1.5])
     assert "".join(nib.aff2axcodes(img.affine.numpy())) == "RAS"
     assert float(img.min()) >= 0.0 and float(img.max()) <= 1.0
-    # HU window -175..250: soft tissue 40 HU -> (40 + 175) / 425; bone 700 HU clipped to 1
+    # HU window -175..250: soft-tissue voxels at 40 HU -> (40 + 175) / 425; bone 700 HU clipped to 1
     assert np.isclose(img.numpy(), (40 + 175) / 425, atol=1e-4).any() and float(img.max()) == 1.0
     assert set(torch.unique(lab).tolist()) == {0.0, 1.0}  # nearest neighbour keeps labels
     # foreground crop: the box of tissue (32 x 20 voxels at 0.75 mm, 8 slices at 3 mm) -> about 16 x 10 x 16
