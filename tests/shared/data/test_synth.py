@@ -401,3 +401,15 @@ def test_cli_synth_faces(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [f"person_{k:03d}" for k in range(3)]
     assert len(list(out.rglob("*.jpg"))) == 6
+
+
+def test_faces_drawn_in_a_process_pool_are_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medvit.shared.data import synth
+
+    synth.synth_faces(tmp_path / "serial", identities=4, images_per_identity=5, seed=3)
+    monkeypatch.setattr(synth, "_PARALLEL_FACES", 10)  # 20 images: the pool path
+    synth.synth_faces(tmp_path / "pool", identities=4, images_per_identity=5, seed=3)
+    files = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*") if p.is_file())
+    assert len(files) == 23
+    for rel in files:
+        assert (tmp_path / "pool" / rel).read_bytes() == (tmp_path / "serial" / rel).read_bytes(), rel
