@@ -159,7 +159,10 @@ class FolderLock:
             _HELD[self._key] += 1
             self._nested = True
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(f"cannot create output folder {self.folder}: {exc.strerror or exc}") from None
         me = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -174,6 +177,8 @@ class FolderLock:
             except FileExistsError:
                 self._check_live(self.path)  # raises if live, removes it if stale
                 continue
+            except OSError as exc:  # a read-only or full file system, no permission
+                raise DataError(f"cannot write to output folder {self.folder}: {exc.strerror or exc}") from None
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(me, fh)
             break

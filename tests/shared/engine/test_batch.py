@@ -619,3 +619,21 @@ def test_output_folder_keeps_the_log(job_inputs: tuple[Path, list[Path]], tmp_pa
     out = tmp_path / "out"
     run_batch(UpperJob(root), inputs, out, quiet=True)
     assert f"{len(inputs)} ok, 0 skipped, 0 errors" in (out / "predict.log").read_text()
+
+
+def test_unwritable_output_folder_is_one_clear_error(
+    job_inputs: tuple[Path, list[Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, inputs = job_inputs
+    out = tmp_path / "out"
+    out.mkdir()
+    real_open = os.open
+
+    def refusing(path: Any, flags: int, *args: Any) -> int:
+        if str(path).endswith(".medvit.lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refusing)  # what a read-only share does (root ignores mode bits)
+    with pytest.raises(DataError, match=f"cannot write to output folder {re.escape(str(out))}: Permission denied"):
+        run_batch(UpperJob(root), inputs, out, quiet=True)
