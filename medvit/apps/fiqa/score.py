@@ -31,6 +31,7 @@ from medvit.shared.data.io import IMAGE_SUFFIXES, ReadError, list_folder
 from medvit.shared.engine import distributed as D
 from medvit.shared.engine.batch import BatchJob, BatchSummary, resolve_inputs, run_batch
 from medvit.shared.engine.fit import resolve_device
+from medvit.shared.engine.lock import FolderLock
 from medvit.shared.errors import ConfigError, DataError
 from medvit.shared.faces.align import FaceAligner, align_face, given_crop
 from medvit.shared.files import atomic_path, write_csv_atomic
@@ -405,11 +406,15 @@ def score(
     items = resolve_inputs(inp, IMAGE_SUFFIXES, dirs_as_items=_unlistable)
     D.init_distributed(str(job.device), required=False)  # RANK/WORLD_SIZE alone shard the inputs (a Slurm array)
     images_per_batch = batch_size if aligned or not all_faces else max(1, batch_size // 4)
-    summary = run_batch(
-        job, items, out, overwrite=overwrite, workers=workers, batch_size=max(1, images_per_batch), quiet=quiet
-    )
-    scores_csv = Path(out) / "scores.csv"
-    rows, hist, sheet = _folder_outputs(summary, job.detector, Path(out), inp, contact)
+    out_dir = Path(out).expanduser()
+    # The folder stays locked until scores.csv and the plots are written (run_batch's own lock nests in this one),
+    # so a second run cannot slip in between the manifest and the files built from it.
+    with FolderLock(out_dir, "fiqa score", rank=D.rank(), world=D.world_size()):
+        summary = run_batch(
+            job, items, out_dir, overwrite=overwrite, workers=workers, batch_size=max(1, images_per_batch), quiet=quiet
+        )
+        rows, hist, sheet = _folder_outputs(summary, job.detector, out_dir, inp, contact)
+    scores_csv = out_dir / "scores.csv"
     counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("ok", "no_face", "error")}
     images = len({r["path"] for r in rows})
     line = (

@@ -637,3 +637,16 @@ def test_unwritable_output_folder_is_one_clear_error(
     monkeypatch.setattr(os, "open", refusing)  # what a read-only share does (root ignores mode bits)
     with pytest.raises(DataError, match=f"cannot write to output folder {re.escape(str(out))}: Permission denied"):
         run_batch(UpperJob(root), inputs, out, quiet=True)
+
+
+def test_a_command_holding_the_folder_lock_runs_batches_inside_it(
+    job_inputs: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    from medvit.shared.engine.lock import FolderLock
+
+    root, inputs = job_inputs
+    out = tmp_path / "out"
+    with FolderLock(out, "score"):  # e.g. fiqa score: the batch, then files built from its manifest
+        assert run_batch(UpperJob(root), inputs, out, quiet=True).ok == len(inputs)
+        assert (out / ".medvit.lock").is_file()  # still the command's until it is done
+    assert hidden_files(out) == []
