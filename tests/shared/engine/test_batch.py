@@ -131,17 +131,18 @@ def test_missing_input_and_outputs_for_error_are_item_errors(tmp_path: Path) -> 
     assert rows["gone.txt"]["message"] == f"input not found: {gone}"
 
 
+def _start_job(root: Path, out: Path, *, sleep: float) -> subprocess.Popen:
+    """The toy job over ``root`` into ``out`` in a separate process (one thread, no rank environment)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, str(_SCRIPT), str(root), str(out), "--sleep", str(sleep)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def test_kill_and_rerun(job_inputs: tuple[Path, list[Path]], tmp_path: Path) -> None:
     root, inputs = job_inputs
     out = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
-    proc = subprocess.Popen(
-        [sys.executable, str(_SCRIPT), str(root), str(out), "--sleep", "0.2"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _start_job(root, out, sleep=0.2)
     try:
         deadline = time.monotonic() + 60
         while len(list(out.rglob("f*.out.txt"))) < 3:
@@ -179,14 +180,7 @@ def _lock_of(pid: int, host: str | None = None) -> str:
 def test_second_writer_refused_while_first_runs(job_inputs: tuple[Path, list[Path]], tmp_path: Path) -> None:
     root, inputs = job_inputs
     out = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
-    proc = subprocess.Popen(
-        [sys.executable, str(_SCRIPT), str(root), str(out), "--sleep", "0.3"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = _start_job(root, out, sleep=0.3)
     try:
         deadline = time.monotonic() + 60
         while not (out / ".medvit.lock").exists():
