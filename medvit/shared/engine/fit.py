@@ -94,7 +94,10 @@ class TrainConfig:
         eps: AdamW epsilon.
         warmup_steps: Linear warmup length in steps.
         warmup_fraction: Warmup as a fraction of ``steps`` (instead of ``warmup_steps``).
-        schedule: Decay after warmup: ``"cosine"`` (half cycle), ``"linear"`` or ``"constant"``.
+        schedule: Decay after warmup: ``"cosine"`` (half cycle), ``"linear"``, ``"constant"`` or
+            ``"exponential"`` (``lr * lr_gamma ** (steps after warmup // decay_every)``).
+        lr_gamma: Factor of the ``exponential`` schedule.
+        decay_every: Steps between two ``exponential`` decays; None = one epoch (batches per epoch / grad_accum).
         layer_decay: Layer-wise LR decay factor (MAE/BEiT), None = off.
         grad_accum: Micro-batches per optimizer step.
         grad_clip: Max global gradient norm, None = off.
@@ -125,7 +128,9 @@ class TrainConfig:
     eps: float = 1e-8
     warmup_steps: int = 0
     warmup_fraction: float | None = None
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant", "exponential"] = "cosine"
+    lr_gamma: float = 0.95
+    decay_every: int | None = None
     layer_decay: float | None = None
     grad_accum: int = 1
     grad_clip: float | None = None
@@ -165,7 +170,7 @@ class TrainConfig:
                 raise self._bad(key, "must be >= 1")
 
     def _check_numbers(self) -> None:
-        for key in ("lr", "min_lr", "weight_decay", "eps", "warmup_fraction", "layer_decay", "grad_clip"):
+        for key in ("lr", "min_lr", "weight_decay", "eps", "warmup_fraction", "layer_decay", "grad_clip", "lr_gamma"):
             value = getattr(self, key)
             if value is not None and not math.isfinite(value):
                 raise self._bad(key, "must be a finite number")
@@ -197,8 +202,12 @@ class TrainConfig:
             raise self._bad("precision", "must be one of auto, fp32, bf16, fp16")
         if not _DEVICE_RE.match(self.device):
             raise self._bad("device", "must be auto, cpu, cuda or cuda:N")
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise self._bad("schedule", "must be one of cosine, linear, constant")
+        if self.schedule not in ("cosine", "linear", "constant", "exponential"):
+            raise self._bad("schedule", "must be one of cosine, linear, constant, exponential")
+        if not 0.0 < self.lr_gamma <= 1.0:
+            raise self._bad("lr_gamma", "must be in (0, 1]")
+        if self.decay_every is not None and self.decay_every < 1:
+            raise self._bad("decay_every", "must be >= 1 or null")
         if self.best_mode not in ("max", "min"):
             raise self._bad("best_mode", "must be max or min")
 
@@ -612,6 +621,8 @@ class _Trainer:
                     f"({self.batches_per_epoch} batches/epoch, grad_accum={cfg.grad_accum})"
                 )
             self.cfg = dataclasses.replace(cfg, steps=steps, epochs=None)
+        if self.cfg.decay_every is None:
+            self.cfg = dataclasses.replace(self.cfg, decay_every=max(self.batches_per_epoch // cfg.grad_accum, 1))
         self.total = int(self.cfg.steps)
 
     def _build_optimizer(self) -> None:
@@ -769,7 +780,10 @@ class _Trainer:
         """Yield ``(epoch, index_in_epoch_after_this, batch)`` forever, from the resumed position."""
         cfg = self.cfg
         epoch, skip = self.epoch, self.batch_in_epoch
+        on_epoch_start = getattr(self.raw, "on_epoch_start", None)
         while True:
+            if callable(on_epoch_start):  # e.g. unfreezing a backbone at an epoch; also on a resumed epoch
+                on_epoch_start(epoch)
             self.sampler.set_epoch(epoch)
             self.sampler.skip_next(skip * cfg.batch_size)
             self.loader_gen.manual_seed(cfg.seed * 1_000_003 + epoch)

@@ -39,6 +39,8 @@ class ScheduleConfig(Protocol):
     warmup_steps: int
     warmup_fraction: float | None
     schedule: str
+    lr_gamma: float
+    decay_every: int | None
 
 
 def no_weight_decay_names(model: nn.Module) -> set[str]:
@@ -103,7 +105,9 @@ def build_param_groups(model: nn.Module, weight_decay: float, layer_decay: float
     No weight decay on: 1-D parameters (biases, norm weights), names ending in ``.bias``, learned tokens
     (last name component ending in ``token``/``tokens``: cls, mask, register, prefix, quality), position
     tables (``pos_embed``, ``relative_position*``) and every name listed by a ``no_weight_decay()`` method
-    anywhere in the module tree. Frozen parameters (``requires_grad=False``) are left out.
+    anywhere in the module tree. Frozen parameters (``requires_grad=False``) are left out, unless marked
+    ``param.unfreezable = True`` (a backbone a task unfreezes at some epoch): those join their group from the start
+    and AdamW leaves them untouched while they get no gradient.
 
     With ``layer_decay``, the outermost submodules that define ``layer_id(name) -> int`` (MAE convention:
     0 for patch embedding / tokens / position embedding, ``i + 1`` for ``blocks.i``, ``depth + 1`` for the
@@ -138,7 +142,7 @@ def build_param_groups(model: nn.Module, weight_decay: float, layer_decay: float
 
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, param in model.named_parameters():
-        if not param.requires_grad:
+        if not param.requires_grad and not getattr(param, "unfreezable", False):
             continue
         layer_id, scale = -1, 1.0
         for prefix, module, num_layers in owners:
@@ -173,8 +177,9 @@ def lr_at(step: int, cfg: ScheduleConfig) -> float:
 
     Linear warmup from 0 to ``lr`` over ``W`` steps (``lr * step / W``), then a half-cycle cosine (or a
     linear ramp when ``cfg.schedule == "linear"``) from ``lr`` at ``step = W`` to ``min_lr`` at
-    ``step = steps``; MAE's ``util/lr_sched.py`` with iterations instead of fractional epochs. Param groups
-    multiply it by their ``lr_scale``.
+    ``step = steps``; MAE's ``util/lr_sched.py`` with iterations instead of fractional epochs. ``exponential``
+    multiplies ``lr`` by ``lr_gamma`` every ``decay_every`` steps after warmup (one epoch: torch's
+    ``ExponentialLR`` stepped per epoch), never below ``min_lr``. Param groups multiply it by their ``lr_scale``.
 
     Args:
         step: Completed optimizer steps, ``0 <= step <= cfg.steps``.
@@ -190,10 +195,14 @@ def lr_at(step: int, cfg: ScheduleConfig) -> float:
         return cfg.lr * step / warmup
     if cfg.schedule == "constant":
         return cfg.lr
+    if cfg.schedule == "exponential":
+        # torch's ExponentialLR stepped once per epoch (CellViT/CellVTA): lr * gamma ** completed epochs.
+        every = cfg.decay_every or cfg.steps
+        return max(cfg.lr * cfg.lr_gamma ** ((step - warmup) // every), cfg.min_lr)
     span = max(cfg.steps - warmup, 1)
     t = min(max((step - warmup) / span, 0.0), 1.0)
     if cfg.schedule == "linear":
         return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1.0 - t)
     if cfg.schedule == "cosine":
         return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
-    raise ConfigError(f"schedule must be 'cosine', 'linear' or 'constant', got {cfg.schedule!r}")
+    raise ConfigError(f"schedule must be 'cosine', 'linear', 'constant' or 'exponential', got {cfg.schedule!r}")

@@ -29,7 +29,8 @@ class OptimSection:
         weight_decay: AdamW weight decay (not on biases, norms, tokens, position tables).
         betas: AdamW betas.
         warmup_fraction: linear warmup as a fraction of the run.
-        schedule: decay after warmup: ``cosine`` (half cycle), ``linear`` or ``constant``.
+        schedule: decay after warmup: ``cosine`` (half cycle), ``linear``, ``constant`` or ``exponential``.
+        lr_gamma: factor per epoch of the ``exponential`` schedule (torch's ``ExponentialLR``).
         layer_decay: layer-wise LR decay of the encoder (null: off).
         grad_accum: micro-batches per optimizer step.
         grad_clip: global gradient-norm clip (null: off).
@@ -55,7 +56,8 @@ class OptimSection:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_fraction: float = 0.0
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant", "exponential"] = "cosine"
+    lr_gamma: float = 0.95
     layer_decay: float | None = None
     grad_accum: int = 1
     grad_clip: float | None = None

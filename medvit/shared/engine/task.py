@@ -41,7 +41,10 @@ class Task(Protocol):
     mixed precision is on. Optional hooks the engine uses when present:
 
     - ``no_weight_decay() -> set[str]`` on the task or any submodule (names relative to that submodule);
-    - ``layer_id(name) -> int`` plus ``blocks`` on the backbone submodule, for layer-wise LR decay.
+    - ``layer_id(name) -> int`` plus ``blocks`` on the backbone submodule, for layer-wise LR decay;
+    - ``on_epoch_start(epoch: int)`` on the task, called before each epoch's first batch (also when a resumed run
+      starts mid-epoch), e.g. to unfreeze a backbone (mark its parameters ``unfreezable``, see
+      :func:`~medvit.shared.engine.optim.build_param_groups`).
     """
 
     def forward(self, batch: Any) -> TaskOutput:

@@ -429,3 +429,31 @@ def test_run_directory_keeps_the_log(tmp_path: Path, caplog: pytest.LogCaptureFi
     fit(make_task(), Regression(64), cfg_of(steps=6, ckpt_every=2), run, quiet=True, resume=True)
     text = (run / "train.log").read_text()
     assert text.startswith(first) and "resuming from" in text  # appended across resumes
+
+
+class UnfreezeTask(MLPTask):
+    """The first layer frozen (``unfreezable``) until epoch ``at``; records the epochs it was told about."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.epochs_seen = at, []
+        for p in self.net[0].parameters():
+            p.requires_grad_(False)
+            p.unfreezable = True
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.epochs_seen.append(epoch)
+        for p in self.net[0].parameters():
+            p.requires_grad_(epoch >= self.at)
+
+
+def test_on_epoch_start_unfreezes_a_frozen_layer_at_its_epoch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    task = UnfreezeTask(at=1)
+    first = task.net[0].weight.detach().clone()
+    data = Regression(n=64)  # batch 16 -> 4 steps per epoch
+    fit(task, data, cfg_of(steps=4, batch_size=16, log_every=1), tmp_path / "a", quiet=True)
+    assert torch.equal(task.net[0].weight, first)  # epoch 0: frozen, untouched by AdamW (no grad, no decay)
+    fit(task, data, cfg_of(steps=8, batch_size=16, log_every=1), tmp_path / "a", resume=True, quiet=True)
+    assert not torch.equal(task.net[0].weight, first)  # epoch 1: trained
+    assert task.epochs_seen == [0, 1]

@@ -150,6 +150,11 @@ def sched(**kw: Any) -> TrainConfig:
         (sched(schedule="linear"), 100, 1e-5),
         (sched(schedule="constant"), 90, 1e-3),
         (sched(warmup_steps=0), 0, 1e-3),
+        # ExponentialLR per epoch (CellViT/CellVTA): 10 steps per epoch, gamma 0.95, after 10 warmup steps
+        (sched(schedule="exponential", decay_every=10, min_lr=0.0), 19, 1e-3),
+        (sched(schedule="exponential", decay_every=10, min_lr=0.0), 20, 1e-3 * 0.95),
+        (sched(schedule="exponential", decay_every=10, min_lr=0.0), 100, 1e-3 * 0.95**9),
+        (sched(schedule="exponential", decay_every=1, lr_gamma=0.5), 30, 1e-5),  # floored at min_lr
     ],
 )
 def test_lr_schedule(cfg: TrainConfig, step: int, expected: float) -> None:
