@@ -23,6 +23,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -220,7 +221,13 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(n, lq, m, nl, p, 2)
         logits = self.attention_weights(query).view(n, lq, m, nl * p)
         device_type = query.device.type
-        with torch.autocast(device_type=device_type, enabled=False):
+        # Autocast off for the sampling (devices without autocast, such as "meta", need no context).
+        no_autocast = (
+            torch.autocast(device_type=device_type, enabled=False)
+            if torch.amp.is_autocast_available(device_type)
+            else contextlib.nullcontext()
+        )
+        with no_autocast:
             weights = logits.float().softmax(-1).view(n, lq, m, nl, p)
             norm = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=torch.float32, device=query.device)
             loc = reference.float()[:, :, None, :, None, :] + offsets.float() / norm[None, None, None, :, None, :]

@@ -6,15 +6,11 @@ Importing this module is torch-free (it only registers the formats); the functio
 "optimizer_state_dict", ..., "config"}`` (``config`` flattened with "." separators). Its ``model_state_dict`` maps
 onto :class:`~medvit.apps.cell_seg.model.CellVTA` by one rename, the identity elsewhere:
 
-=======================================================  ======================================================
-CellVTA                                                  medvit
-=======================================================  ======================================================
-``encoder.{patch_embed,cls_token,pos_embed,blocks,norm}``  ``encoder.backbone.*`` (any ``*_token`` / ``fc_norm`` too)
-``encoder.head.*``                                       ``tissue_head.*``
-``encoder.{spm,level_embed,interactions,up,norm1..4}``   same
-``decoder{0..3}``, ``{nuclei_binary_map,hv_map,``        same
-``nuclei_type_maps}_decoder``
-=======================================================  ======================================================
+* ``encoder.{patch_embed,cls_token,pos_embed,blocks,norm}.*`` (and any ``encoder.*_token``, ``encoder.fc_norm``)
+  -> ``encoder.backbone.*``;
+* ``encoder.head.*`` -> ``tissue_head.*``;
+* ``encoder.{spm,level_embed,interactions,up,norm1..norm4}.*``, ``decoder0..3.*`` and
+  ``{nuclei_binary_map,hv_map,nuclei_type_maps}_decoder.*`` -> the same names.
 
 So stripping ``encoder.`` from a CellVTA backbone key gives the backbone's own (timm) key. The mapping is idempotent
 (our own keys map to themselves). Released CellVTA files are imported with ``tissue_head="official"``: their patch

@@ -21,7 +21,7 @@ from medvit.apps.cell_seg.formats import (
     medvit_key_to_cellvta,
     read_cell_checkpoint,
 )
-from medvit.apps.cell_seg.model import CellVTA, build_cell_model
+from medvit.apps.cell_seg.model import ADAPTER_DEFAULTS, CellVTA, build_cell_model
 from medvit.shared.backbone.formats import WholeModelImport, get_format
 from medvit.shared.backbone.registry import create_backbone
 from medvit.shared.backbone.weights import detect_format, load_backbone, load_pretrained, load_strict
@@ -261,3 +261,20 @@ def test_timm_backbone_weights_load_into_a_cellvta_backbone() -> None:
     assert report.source_format == "timm" and report.missing == []
     assert torch.equal(model.backbone.blocks[1].attn.qkv.weight, sd["blocks.1.attn.qkv.weight"])
     assert torch.equal(model.backbone.pos_embed, sd["pos_embed"])
+
+
+def test_published_cellvta_layout_gives_the_published_spec() -> None:
+    spec = {
+        "backbone": "vit_large_patch16_224",
+        "backbone_overrides": {"init_values": 1e-5},
+        "num_nuclei_classes": 5,
+        "num_tissue_classes": 19,
+    }
+    with torch.device("meta"):  # shapes only: a UNI-sized CellVTA without allocating it
+        sd = export_cellvta_state_dict(build_cell_model(spec))
+    assert tuple(sd["encoder.pos_embed"].shape) == (1, 197, 1024)
+    inferred = cellvta_spec_from_state_dict(sd)
+    assert inferred["backbone"] == "vit_large_patch16_224"
+    assert inferred["backbone_overrides"] == {"init_values": 1e-5}
+    assert inferred["adapter"] == {**ADAPTER_DEFAULTS, "tissue_head": "official"}
+    assert (inferred["num_nuclei_classes"], inferred["num_tissue_classes"]) == (5, 19)

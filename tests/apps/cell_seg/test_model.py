@@ -73,6 +73,10 @@ def test_published_parameter_counts_vit_large_on_meta() -> None:
     assert model.nuclei_type_maps_decoder.decoder0_header[2].out_channels == 6
     assert [b.extra_extractors is not None for b in model.encoder.interactions] == [False, False, False, True]
     assert model.encoder.segments == [(0, 6), (6, 12), (12, 18), (18, 24)]
+    # The full-size forward, shapes only (meta tensors compute nothing; the skip concatenations check that f1..f4
+    # come at 128, 64, 32, 16 px for a 256 px input).
+    out = model(torch.empty(1, 3, 256, 256, device="meta"))
+    assert tuple(out["nuclei_type_map"].shape) == (1, 6, 256, 256) and tuple(out["tissue_types"].shape) == (1, 19)
 
 
 def test_gradients_reach_adapter_and_decoder_not_the_frozen_backbone() -> None:
