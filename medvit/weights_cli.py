@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+import medvit.apps.cell_seg  # noqa: F401 - registers the CellVTA / CellViT checkpoint formats
 import medvit.apps.fiqa  # noqa: F401 - registers the ViT-FIQA checkpoint format
 
 app = typer.Typer(no_args_is_help=True)

@@ -66,6 +66,8 @@ __all__ = [
 #: The sidecar ``format`` of a whole medvit cell model file (safetensors + JSON).
 CELL_MODEL_FORMAT = "medvit-cell-model"
 CELL_MODEL_FORMAT_VERSION = 1
+PANNUKE_TYPES = ("Background", "Neoplastic", "Inflammatory", "Connective", "Dead", "Epithelial")
+"""PanNuke's nuclei types by id (CellViT's ``dataset_config.yaml``), the names of an imported 6-output model."""
 
 _BACKBONE_NAMES = frozenset({"patch_embed", "cls_token", "pos_embed", "reg_token", "blocks", "norm", "fc_norm"})
 _OURS_BACKBONE = "encoder.backbone."
@@ -370,8 +372,9 @@ def import_cellvta(
         overwrite: replace an existing ``out``.
 
     Returns:
-        The sidecar written: ``model`` (the spec), ``source``, ``converted_from``, ``load_report`` and, when the
-        checkpoint's config has them, ``nuclei_types`` / ``tissue_types`` (names by id).
+        The sidecar written: the fields of a ``cell train`` ``model.json`` (``encoder``, ``model``, class names from
+        the checkpoint's config when it has them, else PanNuke's / generic ones, 40x, the 0.5/0.5 normalisation),
+        plus ``source``, ``converted_from`` and ``load_report``.
     """
     from medvit.apps.cell_seg.model import build_cell_model
     from medvit.shared.backbone.weights import report_to_dict, save_model_file
@@ -383,20 +386,31 @@ def import_cellvta(
     spec = cellvta_spec_from_state_dict(state_dict, overrides)
     model = build_cell_model(spec)
     report = load_cellvta_state_dict(model, state_dict)
+    config = (info or {}).get("config")
+    nuclei = _class_names(config, "dataset_config.nuclei_types")
+    tissues = _class_names(config, "dataset_config.tissue_types")
+    n_types, n_tissues = model.spec["num_nuclei_classes"], model.spec["num_tissue_classes"]
+    if nuclei is None or len(nuclei) != n_types + 1:
+        nuclei = (
+            list(PANNUKE_TYPES)
+            if n_types == len(PANNUKE_TYPES) - 1
+            else ["Background"] + [f"type_{i}" for i in range(1, n_types + 1)]
+        )
+    if tissues is None or len(tissues) != n_tissues:
+        tissues = [f"tissue_{i}" for i in range(n_tissues)]
     side: dict[str, Any] = {
-        "model": model.spec,
+        # the fields of a `cell train` model.json (medvit.apps.cell_seg.model_file), so `cell predict` runs it
+        "encoder": model.backbone.arch_kwargs,
+        "model": {"num_nuclei_classes": n_types, "num_tissue_classes": n_tissues, "adapter": model.spec["adapter"]},
+        "nuclei_types": nuclei,
+        "tissue_types": tissues,
+        "magnification": 40,
+        "mpp": 0.25,
+        "normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
         "source": "cellvta",
         "converted_from": Path(src).name,
         "load_report": report_to_dict(report),
     }
-    config = (info or {}).get("config")
-    for field, key in (
-        ("nuclei_types", "dataset_config.nuclei_types"),
-        ("tissue_types", "dataset_config.tissue_types"),
-    ):
-        names = _class_names(config, key)
-        if names is not None:
-            side[field] = names
     save_model_file(out, model.state_dict(), side, format=CELL_MODEL_FORMAT, format_version=CELL_MODEL_FORMAT_VERSION)
     return side
 
@@ -482,10 +496,11 @@ def _import_cellvta_job(job: WholeModelImport) -> str:
     side = import_cellvta(
         job.src, job.out, state_dict=job.state_dict, info=job.info, overrides=job.overrides, overwrite=job.overwrite
     )
-    spec = side["model"]
+    spec, enc = side["model"], side["encoder"]
     return (
-        f"wrote {job.out} (CellVTA on {spec['backbone']}, {spec['num_nuclei_classes']} nucleus and "
-        f"{spec['num_tissue_classes']} tissue classes, tissue head {spec['adapter']['tissue_head']!r})"
+        f"wrote {job.out} (CellVTA on a ViT {enc['embed_dim']} wide x {enc['depth']} blocks, "
+        f"{spec['num_nuclei_classes']} nucleus and {spec['num_tissue_classes']} tissue classes, tissue head "
+        f"{spec['adapter']['tissue_head']!r}); run it with `medvit cell predict {job.out} IMAGES --out DIR`"
     )
 
 

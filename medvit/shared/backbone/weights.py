@@ -318,7 +318,7 @@ def build_vit(
 
 
 # Dicts that hold the state dict; ``state_dict_backbone``: arcface_torch's checkpoint_gpu_<rank>.pt.
-_WRAPPERS = ("state_dict", "state_dict_backbone", "model", "module", "model_state", "backbone")
+_WRAPPERS = ("state_dict", "state_dict_backbone", "model", "module", "model_state", "model_state_dict", "backbone")
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -22,6 +22,7 @@ from medvit.apps.cell_seg.formats import (
     read_cell_checkpoint,
 )
 from medvit.apps.cell_seg.model import ADAPTER_DEFAULTS, CellVTA, build_cell_model
+from medvit.apps.cell_seg.model_file import model_from_spec
 from medvit.shared.backbone.formats import WholeModelImport, get_format
 from medvit.shared.backbone.registry import create_backbone
 from medvit.shared.backbone.weights import detect_format, load_backbone, load_pretrained, load_strict
@@ -196,8 +197,8 @@ def test_cellvta_checkpoint_imports_as_a_cell_model_file(tmp_path) -> None:  # n
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["format"] == CELL_MODEL_FORMAT and side["format_version"] == 1
     assert side["nuclei_types"] == ["Background", "Neo", "Inf", "Con", "Dead", "Epi"]
-    assert "tissue_types" not in side
-    rebuilt = build_cell_model(side["model"]).eval()
+    assert side["tissue_types"] == ["tissue_0", "tissue_1", "tissue_2"]  # none in the config: generic names
+    rebuilt = model_from_spec(side, source=str(out)).eval()  # the sidecar is a `cell train` model.json
     load_strict(rebuilt, load_file(out), what="cell model file")
     a, b = src_model.state_dict(), rebuilt.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
