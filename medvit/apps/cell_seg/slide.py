@@ -24,7 +24,8 @@ PNG tiles). A ratio within :data:`SCALE_TOLERANCE` of 1 is read without resampli
 that is at least as fine as the working grid, then resampled: ``cv2.INTER_AREA`` when shrinking, bilinear when
 enlarging, with the sub-pixel phase of the region kept exactly (working pixel ``j`` has its centre at level-0
 coordinate ``(j + 0.5) * scale``), so tiles read separately agree where they overlap. Pixels outside the image
-are white (255), like glass.
+are white (255), like glass. :func:`read_tiles` reads many tiles a row block at a time in background threads
+(each stored tile decoded once instead of about twice).
 
 Tissue detection (:func:`tissue_mask`) follows the usual slide preprocessing (CellViT's patch extraction): Otsu
 on the saturation of a low-resolution thumbnail, a morphological closing and opening, holes filled, small
@@ -36,7 +37,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,6 +58,7 @@ __all__ = [
     "ImageSource",
     "TissueMask",
     "open_source",
+    "read_tiles",
     "tissue_mask",
 ]
 
@@ -410,6 +414,60 @@ class ImageSource:
         return out, factor
 
 
+def _tile_blocks(tiles: Iterable[Any], block: int) -> Iterator[list[Any]]:
+    """Runs of consecutive tiles on one tile row, each spanning at most ``block`` working pixels (>= 1 tile)."""
+    run: list[Any] = []
+    for t in tiles:
+        if run and (t.y != run[0].y or t.h != run[0].h or t.x < run[-1].x or t.x + t.w - run[0].x > block):
+            yield run
+            run = []
+        run.append(t)
+    if run:
+        yield run
+
+
+def _read_block(source: ImageSource, run: list[Any]) -> list[tuple[Any, np.ndarray]]:
+    x0, y, h = run[0].x, run[0].y, run[0].h
+    x1 = max(t.x + t.w for t in run)
+    region = source.read_region(x0, y, x1 - x0, h)
+    return [(t, np.ascontiguousarray(region[:, t.x - x0 : t.x - x0 + t.w])) for t in run]
+
+
+def read_tiles(
+    source: ImageSource, tiles: Iterable[Any], *, block: int = 2048, workers: int = 2
+) -> Iterator[tuple[Any, np.ndarray]]:
+    """Read many tiles of one source, in their order, a row block at a time and in background threads.
+
+    Neighbouring tiles share most of their pixels and a slide's stored tiles rarely line up with ours, so reading
+    each tile alone decodes every stored tile about twice; one read per run of up to ``block`` pixels of a tile row
+    decodes it once (a 4096^2 JPEG TIFF on one core: 9.5 ms per 256 px tile alone, 1.7 ms in 2048 px blocks).
+    At a resampled magnification a block's sub-pixel phase is the block's, so a tile may differ from its
+    :meth:`ImageSource.read_region` by interpolation rounding.
+
+    Args:
+        source: The input.
+        tiles: Objects with ``x, y, w, h`` (e.g. the tissue tiles of :func:`~medvit.apps.cell_seg.tiling.tile_grid`).
+        block: Widest read, in working pixels.
+        workers: Reader threads (decoders release the GIL); 0 reads in the calling thread.
+
+    Yields:
+        ``(tile, rgb)`` with ``rgb`` RGB uint8 ``[tile.h, tile.w, 3]``, in the order of ``tiles``.
+    """
+    runs = _tile_blocks(tiles, block)
+    if workers <= 0:
+        for run in runs:
+            yield from _read_block(source, run)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read_tiles") as pool:
+        pending: deque[Future[list[tuple[Any, np.ndarray]]]] = deque()
+        for run in runs:
+            pending.append(pool.submit(_read_block, source, run))
+            if len(pending) > 2 * workers:  # bounded look-ahead: memory stays a few blocks
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
 # ---------------------------------------------------------------------------------------------- opening
 
 
@@ -627,7 +685,10 @@ def tissue_mask(
     if detect is None:
         detect = source.kind == "slide"
     if not detect:
-        return TissueMask(np.ones((1, 1), dtype=bool), float(max(source.width, source.height)))
+        # All tissue, on a coarse grid that still ends at the image border (tiles past it are partly glass).
+        f = max(1.0, max(source.width, source.height) / 256)
+        shape = (max(1, math.ceil(source.height / f)), max(1, math.ceil(source.width / f)))
+        return TissueMask(np.ones(shape, dtype=bool), f)
     thumb, factor = source.thumbnail(max_side)
     sat = cv2.cvtColor(thumb, cv2.COLOR_RGB2HSV)[..., 1]
     sat = cv2.medianBlur(sat, 5) if min(sat.shape) >= 5 else sat

@@ -11,7 +11,8 @@ import pytest
 import tifffile
 
 from medvit.apps.cell_seg import slide as slide_mod
-from medvit.apps.cell_seg.slide import TissueMask, open_source, tissue_mask
+from medvit.apps.cell_seg.slide import TissueMask, open_source, read_tiles, tissue_mask
+from medvit.apps.cell_seg.tiling import tile_grid
 from medvit.shared.errors import ConfigError, DataError
 
 H, W = 520, 700
@@ -106,28 +107,36 @@ def test_aperio_mpp_both_backends_agree(tmp_path: Path) -> None:
             np.testing.assert_array_equal(src.read_region(40, 30, 64, 64), pyr[1][30:94, 40:104])
 
 
-def _gradient(h: int, w: int) -> np.ndarray:
+def _gradient(h: int, w: int, gx: float, gy: float) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    g = 20 + 0.7 * xx + 0.3 * yy
+    g = 20 + gx * xx + gy * yy
+    assert g.max() <= 255
     return np.round(np.stack([g, g * 0.5, 255 - g], axis=-1)).astype(np.uint8)
+
+
+def _ramp_error(rgb: np.ndarray, x: int, y: int, s: float, gx: float, gy: float) -> float:
+    """Largest distance of a read region's red channel from the ramp sampled at (j + 0.5) * s - 0.5."""
+    h, w = rgb.shape[:2]
+    ys, xs = np.mgrid[y : y + h, x : x + w].astype(np.float64)
+    g = 20 + gx * ((xs + 0.5) * s - 0.5) + gy * ((ys + 0.5) * s - 0.5)
+    return float(np.abs(rgb[..., 0] - g).max())
 
 
 @pytest.mark.parametrize("mpp", [0.2, 0.3])
 def test_non_integer_resampling_keeps_the_pixel_grid(tmp_path: Path, mpp: float) -> None:
     # A linear ramp survives area averaging and bilinear interpolation: working pixel j must carry the ramp's value
-    # at level-0 coordinate (j + 0.5) * scale - 0.5, whatever the region's sub-pixel phase.
-    img = _gradient(160, 200)
+    # at level-0 coordinate (j + 0.5) * scale - 0.5, whatever the region's sub-pixel phase. The ramp is steep
+    # (2 grey levels per level-0 pixel), so a shift by one working pixel fails.
+    img = _gradient(60, 100, 2.0, 0.5)
     path = tmp_path / "ramp.png"
     cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     with open_source(path, mpp=mpp, target_mag=40) as src:
         s = 0.25 / mpp
-        assert src.scale == pytest.approx(s) and src.width == round(200 / s)
-        x, y, w, h = 7, 5, 60, 50
-        reg = src.read_region(x, y, w, h).astype(np.float64)
-    ys, xs = np.mgrid[y : y + h, x : x + w].astype(np.float64)
-    g = 20 + 0.7 * ((xs + 0.5) * s - 0.5) + 0.3 * ((ys + 0.5) * s - 0.5)
-    assert np.abs(reg[..., 0] - g).max() <= 1.5
-    assert np.abs(reg[..., 2] - (255 - g)).max() <= 1.5
+        assert src.scale == pytest.approx(s) and src.width == round(100 / s)
+        for x, y in ((7, 5), (8, 6), (13, 3)):
+            region = src.read_region(x, y, 50, 40)
+            assert _ramp_error(region, x, y, s, 2.0, 0.5) <= 1.2
+            assert _ramp_error(region, x + 1, y, s, 2.0, 0.5) > 1.2  # the check does see a one-pixel shift
 
 
 def test_plain_png_rgba_and_16bit_grey(tmp_path: Path) -> None:
@@ -138,6 +147,7 @@ def test_plain_png_rgba_and_16bit_grey(tmp_path: Path) -> None:
         assert (src.kind, src.width, src.height, src.mpp, src.scale) == ("image", 120, 90, None, 1.0)
         np.testing.assert_array_equal(src.read_region(0, 0, 120, 90), rgb)
         assert tissue_mask(src).fraction(0, 0, 120, 90) == 1.0  # plain images: all tissue unless asked
+        assert tissue_mask(src).fraction(60, 0, 120, 90) == 0.5  # ... up to their border
     grey16 = np.random.default_rng(4).integers(0, 65536, (40, 50), dtype=np.uint16)
     cv2.imwrite(str(tmp_path / "g.png"), grey16)
     with open_source(tmp_path / "g.png") as src:
@@ -243,3 +253,26 @@ def test_blank_glass_has_no_tissue(tmp_path: Path) -> None:
     _write_pyramid(path, img, mpp=0.25, levels=1)
     with open_source(path) as src:
         assert not tissue_mask(src, max_side=128).mask.any()
+
+
+def test_read_tiles_in_blocks_equals_tile_by_tile(pyramid_tif: tuple[Path, list[np.ndarray]]) -> None:
+    path, _ = pyramid_tif
+    with open_source(path, target_mag=40) as src:
+        tiles = [t for t in tile_grid(src.width, src.height, 128, 32) if (t.row + t.col) % 3]  # gaps break runs
+        for workers in (0, 2):
+            got = list(read_tiles(src, tiles, block=300, workers=workers))
+            assert [t for t, _ in got] == tiles
+            for t, rgb in got:
+                np.testing.assert_array_equal(rgb, src.read_region(t.x, t.y, t.w, t.h))
+
+
+def test_read_tiles_at_a_resampled_magnification(tmp_path: Path) -> None:
+    path = tmp_path / "flat.tif"
+    _write_pyramid(path, _gradient(100, 200, 1.0, 0.3), mpp=0.3, levels=1)  # to 0.5 um/px: 1.667 px per pixel
+    with open_source(path, target_mag=20) as src:
+        s = src.scale
+        tiles = tile_grid(src.width, src.height, 32, 8)
+        for t, rgb in read_tiles(src, tiles, block=70):
+            # Away from the image border (white padding enters the interpolation there).
+            inner = rgb[1 : min(t.h, src.height - t.y) - 1, 1 : min(t.w, src.width - t.x) - 1]
+            assert _ramp_error(inner, t.x + 1, t.y + 1, s, 1.0, 0.3) <= 1.2
