@@ -12,17 +12,20 @@ Merge (:class:`CellMerger`, :func:`merge_cells`), after CellViT's post-processin
 (Hörst et al., CellViT, Medical Image Analysis 2024; the same in CellVTA's whole-slide inference):
 
 1. a cell whose bounding box meets no other tile's rectangle cannot have a copy in another tile: kept at once;
-2. every other cell is a candidate; a candidate whose box touches a tile side that has a neighbour is *cut* (the
-   neighbour holds the complete nucleus);
+2. every other cell is a candidate; a candidate whose box touches a tile side that has a neighbour is *cut*. A cut
+   cell is dropped when another processed tile covers its whole box (that tile saw this part of the nucleus
+   without the cut, CellViT's rule; it also removes slivers that do not overlap the neighbour's slightly
+   different outline);
 3. candidates of different tiles whose filled outlines overlap by more than 1 % of either area
    (``overlap_threshold``, CellViT's value; pairs found with a shapely ``STRtree`` over the boxes, overlap counted
    in pixels) are copies of one nucleus: the complete one wins over a cut one, then the **largest** (pixel area),
    then the one whose centroid lies in its tile's core, then the earlier tile. Chains are resolved greedily in that
    order (a winner removes every candidate it overlaps, as CellViT's repeated keep-the-largest passes do).
 
-Deviation from CellViT: CellViT drops a cut cell whenever the neighbouring tile exists. Here a cut cell is only a
-weakest candidate, so a nucleus is still reported (its largest piece) when no tile sees it whole (a nucleus longer
-than the overlap) or when the neighbour tile was skipped (no tissue) or missed it.
+Deviation from CellViT: CellViT drops a cut cell whenever the neighbouring tile exists. Here a cut cell that no
+other processed tile covers stays a (weakest) candidate, so a nucleus is still reported, by its largest piece,
+when no tile sees it whole (a nucleus longer than the overlap) or when the neighbour tile was skipped (no
+tissue).
 
 Memory. Tiles arrive in raster order (row by row). A candidate can only overlap cells of tiles whose rectangles
 its box meets, so once tile row ``r`` is complete, every group of overlapping candidates that reaches no later row
@@ -361,6 +364,14 @@ class CellMerger:
         graph = coo_matrix((np.ones(len(ii)), (ii, jj)), shape=(n, n))
         return connected_components(graph, directed=False)[1]
 
+    def _seen_whole_elsewhere(self, cell: PlacedCell) -> bool:
+        """Whether another tile that was added covers the whole box of a cut cell (so it saw the nucleus there)."""
+        r0, c0, r1, c1 = cell.bbox
+        tw, th = self._tile_size
+        rows = range(bisect.bisect_left(self._ys, r1 - th), bisect.bisect_right(self._ys, r0))  # y <= r0, y + th >= r1
+        cols = range(bisect.bisect_left(self._xs, c1 - tw), bisect.bisect_right(self._xs, c0))
+        return any((r, c) != cell.tile and (r, c) in self._seen for r in rows for c in cols)
+
     def _resolve(self, done_row: int | None) -> list[PlacedCell]:
         """Resolve the groups of overlapping candidates that no tile after row ``done_row`` can reach."""
         cands = [c for group in self._by_tile.values() for c in group]
@@ -377,7 +388,7 @@ class CellMerger:
         kept: list[_Candidate] = []
         for i in sorted(np.flatnonzero(ready).tolist(), key=lambda k: cands[k].key, reverse=True):
             c = cands[i]
-            if c.serial in removed:
+            if c.serial in removed or (not c.key[0] and self._seen_whole_elsewhere(c.cell)):
                 continue
             kept.append(c)
             removed.update(self._edges.get(c.serial, ()))
