@@ -251,35 +251,43 @@ def _tissues(path: Path, n: int) -> list[str]:
     return [str(x).strip() for x in arr]
 
 
-def _conic_plan(src: Path) -> tuple[list[_Fold], dict[str, list[str]]]:
-    """The 5 source-disjoint CoNIC folds (see the module docstring) and the image names of each."""
-    images, labels = src / "images.npy", src / "labels.npy"
+def _conic_plan(src: Path) -> tuple[list[_Fold], dict[str, dict[str, list[str]]]]:
+    """The (up to) 5 source-disjoint CoNIC folds (see the module docstring) and their rotating splits."""
+    images, labels, info = src / "images.npy", src / "labels.npy", src / "patch_info.csv"
     _dirs(src)
-    n = _load(images).shape[0] if images.is_file() else 0
-    if not images.is_file() or not labels.is_file():
-        missing = images if not images.is_file() else labels
-        raise DataError(f"{missing}: missing (a CoNIC release holds images.npy and labels.npy)")
-    names = _patch_names(src / "patch_info.csv", n)
+    for path in (images, labels):
+        if not path.is_file():
+            raise DataError(f"{path}: missing (a CoNIC release holds images.npy and labels.npy)")
+    names = _patch_names(info, _load(images).shape[0])
     groups: dict[str, list[int]] = {}
     for i, name in enumerate(names):
-        groups.setdefault(name.rsplit("-", 1)[0] if (src / "patch_info.csv").is_file() else name, []).append(i)
+        groups.setdefault(name.rsplit("-", 1)[0] if info.is_file() else name, []).append(i)
     order = sorted(groups)
     np.random.default_rng(_CONIC_SEED).shuffle(order)
     members: list[list[int]] = [[] for _ in range(CONIC_FOLDS)]
     for g in order:
         smallest = min(range(CONIC_FOLDS), key=lambda f: (len(members[f]), f))
         members[smallest].extend(groups[g])
+    members = [sorted(m) for m in members if m]  # fewer source images than folds: fewer folds
     folds = [
-        _Fold(f"fold{f + 1}", images, labels, None, tuple(sorted(m)), tuple(names[i] for i in sorted(m)))
-        for f, m in enumerate(members)
-        if m
+        _Fold(f"fold{f + 1}", images, labels, None, tuple(m), tuple(names[i] for i in m)) for f, m in enumerate(members)
     ]
+    return folds, _rotating_splits(len(folds))
+
+
+def _rotating_splits(n_folds: int) -> dict[str, dict[str, list[str]]]:
+    """Split ``k`` tests on fold ``k``, validates on the next fold and trains on the rest (no validation fold
+    below 3 folds, no test fold with 1)."""
+    names = [f"fold{f}" for f in range(1, n_folds + 1)]
+    if n_folds == 1:
+        return {"1": {"train": names}}
     splits = {}
-    for k in range(1, CONIC_FOLDS + 1):
-        val = k % CONIC_FOLDS + 1
-        train = [f"fold{f}" for f in range(1, CONIC_FOLDS + 1) if f not in (k, val)]
-        splits[str(k)] = {"train": train, "val": [f"fold{val}"], "test": [f"fold{k}"]}
-    return folds, splits
+    for k in range(n_folds):
+        test = [names[k]]
+        val = [names[(k + 1) % n_folds]] if n_folds >= 3 else []
+        train = [f for f in names if f not in test and f not in val]
+        splits[str(k + 1)] = {"train": train, "val": val, "test": test}
+    return splits
 
 
 def _patch_names(path: Path, n: int) -> list[str]:

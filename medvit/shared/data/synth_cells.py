@@ -162,9 +162,8 @@ def _background(shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.nd
     rot = cv2.getRotationMatrix2D((w / 2, h / 2), math.degrees(angle), 1.0)
     fib = cv2.warpAffine(fib, rot, (w, h), borderMode=cv2.BORDER_REFLECT_101)
     fib = np.maximum(fib / max(float(fib.std()), 1e-6), 0.0)
-    gaps = cv2.resize(
-        rng.standard_normal((max(2, h // 40), max(2, w // 40))).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC
-    )
+    coarse = rng.standard_normal((max(2, h // 40), max(2, w // 40)), dtype=np.float32)
+    gaps = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
     gaps = cv2.GaussianBlur(gaps, (0, 0), 6.0)
     pale = np.clip((gaps - 0.9) * 3.0, 0.0, 0.85)  # a few white spaces (fat, tears)
     eosin = (base + float(rng.uniform(0.06, 0.12)) * fib) * (1.0 - pale)
