@@ -261,18 +261,29 @@ class CellTiles(Dataset):
         folds: Fold folders to read (``["fold1"]``).
         augment: Apply the augmentation recipe (module docstring); False gives the normalised image only.
         info: The parsed ``dataset.json`` (read from ``root`` when None).
+        limit: Keep at most this many images, evenly spaced over the folds' order (a quick validation subset
+            that still covers every fold and tissue); None keeps all.
 
     Raises:
         ConfigError, DataError: See :func:`list_items`.
     """
 
     def __init__(
-        self, root: str | Path, folds: Sequence[str], *, augment: bool, info: CellDatasetInfo | None = None
+        self,
+        root: str | Path,
+        folds: Sequence[str],
+        *,
+        augment: bool,
+        info: CellDatasetInfo | None = None,
+        limit: int | None = None,
     ) -> None:
         self.root = Path(root)
         self.info = info or load_cell_dataset(self.root)
         self.folds = tuple(folds)
         self.items = list_items(self.root, self.folds, self.info)
+        if limit is not None and 0 <= limit < len(self.items):
+            keep = np.unique(np.linspace(0, len(self.items) - 1, limit).round().astype(int)) if limit else []
+            self.items = [self.items[int(k)] for k in keep]
         self.augment = augment
         self._pipelines: dict[tuple[int, int], SeededAlbumentations] = {}
         self._seed: int | None = None

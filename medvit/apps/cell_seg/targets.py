@@ -43,29 +43,27 @@ def hv_map(inst_map: np.ndarray, *, one_based: bool = True) -> np.ndarray:
     inst = np.asarray(inst_map)
     if inst.ndim != 2:
         raise ValueError(f"inst_map must be 2-D [H, W], got shape {inst.shape}")
+    if inst.size and int(inst.min()) < 0:
+        raise ValueError("inst_map has negative ids")
     out = np.zeros((2, *inst.shape), dtype=np.float32)
     fg = inst > 0
     if not fg.any():
-        if inst.size and int(inst.min()) < 0:
-            raise ValueError("inst_map has negative ids")
         return out
-    if int(inst.min()) < 0:
-        raise ValueError("inst_map has negative ids")
-    # contiguous labels 1..K so that bincount and find_objects index instances directly
-    ids, inverse = np.unique(inst, return_inverse=True)
-    inverse = inverse.reshape(inst.shape)
-    if ids[0] != 0:  # no background pixel at all
-        inverse = inverse + 1
-    n = int(inverse.max())
+    # contiguous labels 1..K (sorted ids) so that bincount and find_objects index instances directly; only the
+    # nucleus pixels are sorted
     rows, cols = np.nonzero(fg)
-    lab = inverse[rows, cols]
+    ids, lab = np.unique(inst[rows, cols], return_inverse=True)
+    lab = lab.ravel() + 1
+    n = int(ids.size)
+    labelled = np.zeros(inst.shape, dtype=np.int32)
+    labelled[rows, cols] = lab
     count = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
     com_r = np.bincount(lab, weights=rows, minlength=n + 1)[1:] / count
     com_c = np.bincount(lab, weights=cols, minlength=n + 1)[1:] / count
     shift = 1 if one_based else 0
     cen_r = np.floor(com_r + 0.5).astype(np.int64) - shift  # int(com + 0.5) on non-negative values
     cen_c = np.floor(com_c + 0.5).astype(np.int64) - shift
-    boxes = ndimage.find_objects(inverse, max_label=n)
+    boxes = ndimage.find_objects(labelled, max_label=n)
     lo_r = np.array([b[0].start for b in boxes]) - cen_r  # the most negative y of each instance
     hi_r = np.array([b[0].stop - 1 for b in boxes]) - cen_r
     lo_c = np.array([b[1].start for b in boxes]) - cen_c

@@ -77,6 +77,13 @@ def test_items_without_augmentation_are_the_files(root: Path) -> None:
     )
 
 
+def test_limit_keeps_evenly_spaced_items(root: Path) -> None:
+    full = CellTiles(root, ["fold1", "fold2", "fold3"], augment=False)
+    part = CellTiles(root, ["fold1", "fold2", "fold3"], augment=False, limit=3)
+    assert [it.name for it in part.items] == [full.items[k].name for k in (0, 4, 8)]
+    assert len(CellTiles(root, ["fold1"], augment=False, limit=10)) == 3
+
+
 def test_augmented_items_same_seed_same_sample(root: Path) -> None:
     ds = CellTiles(root, ["fold1"], augment=True)
     ds.reseed(7)
