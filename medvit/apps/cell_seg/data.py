@@ -32,7 +32,7 @@ very weak elastic field), border reflect-101                strength (scale 0.9-
 
 then ``(x / 255 - 0.5) / 0.5`` (the recipe's ``Normalize(0.5, 0.5)``). Reflect-101 borders (1.3.0's default for
 the elastic step) mirror nuclei at the border with the same id; after an ``Affine``/``ElasticTransform`` the
-instance map is therefore relabelled so that every connected fragment of an id is its own instance. The HV target
+instance map is therefore relabelled so that every (8-)connected fragment of an id is its own instance. The HV target
 is recomputed from the augmented instance map (:func:`~medvit.apps.cell_seg.targets.hv_map`), as in CellViT's
 dataset classes. The pipeline draws from one numpy and one python generator
 (:class:`~medvit.shared.data.augment.SeededAlbumentations`) that :meth:`CellTiles.reseed` restarts per sample.
@@ -328,7 +328,7 @@ class CellTiles(Dataset):
         image, inst, types = out["image"], out["masks"][0], out["masks"][1]
         applied = {t[0] if isinstance(t, (tuple, list)) else str(t) for t in out.get("applied_transforms", [])}
         if applied & {"Affine", "ElasticTransform"}:
-            inst = label(inst, background=0, connectivity=1).astype(np.int32)
+            inst = label(inst, background=0, connectivity=2).astype(np.int32)
         return image, inst, types
 
     def __getitem__(self, i: int) -> dict[str, Any]:

@@ -179,13 +179,11 @@ def _shape_of(kind: _Kind, rng: np.random.Generator) -> tuple[float, float, np.n
     return a, b, amps.astype(np.float32), phases.astype(np.float32)
 
 
-def _place(
-    canvas: _Canvas, t: int, cy: float, cx: float, angle: float, rng: np.random.Generator, *, force: bool = False
-) -> bool:
+def _place(canvas: _Canvas, t: int, cy: float, cx: float, angle: float, rng: np.random.Generator) -> bool:
     """Draw one nucleus of type ``t`` centred at (cy, cx) with its major axis at ``angle``; False if refused.
 
-    Refused when it would leave a nucleus it covers with less than half of its drawn area (unless ``force``), or
-    when it would be smaller than 6 px in the image.
+    Refused when it would leave a nucleus it covers with less than half of its drawn area, or when it would be
+    smaller than 6 px in the image.
     """
     kind = _KINDS[t]
     a, b, amps, phases = _shape_of(kind, rng)
@@ -206,7 +204,7 @@ def _place(
     covered = canvas.inst[rows, cols][inside]
     covered = covered[covered > 0]
     ids, lost = np.unique(covered, return_counts=True)
-    if ids.size and not force:
+    if ids.size:
         visible = np.asarray(canvas.visible)[ids] - lost
         if np.any(visible < 0.5 * np.asarray(canvas.areas)[ids]):
             return False
