@@ -9,6 +9,10 @@ files follow on disk, and which methods and apps use it; ``data_cards/README.md`
   label values declared in ``dataset.json``, image/label geometry equal, ``numTraining``.
 * ``identity-folders``: ``ROOT/<identity>/<image>`` (ImageFolder-style, as insightface's and CR-FIQA's
   tools read it) with an optional LFW-style ``pairs.txt``.
+* ``pannuke``: a prepared nucleus dataset (:mod:`medvit.shared.data.cell_format`): ``dataset.json``, per fold
+  ``images/*.png`` paired with ``labels/*.npz`` of equal size, type values within the declared classes, one type
+  per instance, tissues of ``types.csv`` declared, ``cell_count.csv`` equal to the labels. A raw PanNuke or
+  CoNIC release gets one problem saying to run ``medvit cell prepare``.
 
 Files are read with the readers of :mod:`medvit.shared.data.io` that training uses, voxels and pixels included, so
 that a folder found OK will train; ``quick=True`` reads headers only (faster, but blind to truncated data, NaN
@@ -46,7 +50,9 @@ LAYOUTS: tuple[str, ...] = (
     "faceforensics",
 )
 """Layouts a card may declare. ``catalog`` cards list datasets (``datasets``) instead of describing a folder;
-:func:`validate_dir` checks ``nnunet-raw`` and ``identity-folders`` folders (other layouts: later issues)."""
+:func:`validate_dir` checks ``nnunet-raw``, ``identity-folders`` and ``pannuke`` folders (other layouts: later
+issues). ``pannuke`` is the prepared nucleus-segmentation layout that ``medvit cell prepare`` writes for PanNuke
+and CoNIC alike (:mod:`medvit.shared.data.cell_format`)."""
 
 MIN_FACE_SIZE: int = 32
 """Smallest side, in pixels, of an image that can hold a usable face: aligned crops are 112x112, and below 32 px
@@ -486,7 +492,11 @@ def validate_dir(
     root_path = Path(root)
     if not root_path.is_dir():
         raise DataError(f"{root_path}: dataset folder not found")
-    validators = {"nnunet-raw": _validate_nnunet_raw, "identity-folders": _validate_identity_folders}
+    validators = {
+        "nnunet-raw": _validate_nnunet_raw,
+        "identity-folders": _validate_identity_folders,
+        "pannuke": _validate_cells,
+    }
     validator = validators.get(card.layout)
     if validator is None:
         if card.layout == "catalog":
@@ -953,3 +963,181 @@ def _validate_identity_folders(
     if (root / "pairs.txt").is_file():
         _validate_pairs(root, problems, counts)
     return problems, counts
+
+
+# ----------------------------------------------------------------------------------------------------------
+# pannuke: the prepared nucleus-segmentation layout (medvit.shared.data.cell_format)
+
+
+@dataclass
+class _CellCheck:
+    """State of one ``pannuke``-layout check: the dataset's declarations and what was found so far."""
+
+    root: Path
+    num_classes: int
+    class_names: tuple[str, ...]
+    tissues: tuple[str, ...]
+    quick: bool
+    problems: list[str] = field(default_factory=list)
+    images: int = 0
+    nuclei: int = 0
+
+
+def _validate_cells(
+    card: DataCard, root: Path, progress: Callable[[int, int], None] | None, quick: bool = False
+) -> tuple[list[str], dict[str, int]]:
+    """A prepared nucleus dataset: ``dataset.json``, per fold ``images/*.png`` paired with ``labels/*.npz``,
+    ``types.csv`` and ``cell_count.csv`` (see :mod:`medvit.shared.data.cell_format`). A raw PanNuke or CoNIC
+    release is one problem that says to run ``medvit cell prepare``."""
+    from medvit.shared.data.cell_format import parse_dataset_json, raw_release_hint
+    from medvit.shared.data.io import read_json_object
+
+    problems: list[str] = []
+    ds_path = root / "dataset.json"
+    if not ds_path.exists():
+        hint = raw_release_hint(root)
+        problems.append(f"dataset.json: missing; {hint}" if hint else "dataset.json: missing (not a prepared dataset)")
+        return problems, {}
+    try:
+        info = parse_dataset_json(read_json_object(ds_path), root)
+    except DataError as err:
+        return [f"dataset.json: {_problem(ReadError(str(err)), ds_path)}"], {}
+    for name, value in (card.labels or {}).items():
+        found = info.nuclei_types[value] if value < len(info.nuclei_types) else None
+        if found != name:
+            problems.append(f"dataset.json: the card requires nuclei type {name!r} = {value}, found {found!r}")
+    check = _CellCheck(root, info.num_nuclei_classes, info.nuclei_types[1:], info.tissue_types, quick, problems)
+    pairs = {fold: _cell_pairs(check, fold) for fold in info.folds}
+    total = sum(len(p) for p in pairs.values())
+    done = 0
+    for fold, fold_pairs in pairs.items():
+        tissues = _cell_table(check, fold, "types.csv", ("img", "tissue"))
+        counts = _cell_table(check, fold, "cell_count.csv", ("img", *check.class_names))
+        for stem in fold_pairs:
+            _check_cell_pair(check, fold, stem, tissues, counts)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        for table, rows in (("types.csv", tissues), ("cell_count.csv", counts)):
+            extra = sorted(set(rows or {}) - set(fold_pairs))
+            if extra:
+                problems.append(f"{fold}/{table}: rows for missing image(s) {', '.join(extra[:5])}")
+        declared = info.images.get(fold)
+        if declared is not None and declared != len(fold_pairs):
+            problems.append(f"dataset.json: images[{fold!r}] is {declared} but {fold}/ holds {len(fold_pairs)}")
+    counts_out = {"folds": len(info.folds), "images": check.images}
+    if not quick:
+        counts_out["nuclei"] = check.nuclei
+    return problems, counts_out
+
+
+def _cell_pairs(check: _CellCheck, fold: str) -> list[str]:
+    """Stems of ``fold/images/*.png`` that have ``fold/labels/*.npz``; unpaired and stray files are problems."""
+    if not (check.root / fold).is_dir():
+        check.problems.append(f"{fold}: fold folder missing (listed in dataset.json)")
+        return []
+    images = {p.stem: p for p in _listing(check.root, f"{fold}/images", check.problems)}
+    labels = {p.stem: p for p in _listing(check.root, f"{fold}/labels", check.problems)}
+    for kind, found, suffix in (("images", images, ".png"), ("labels", labels, ".npz")):
+        if not (check.root / fold / kind).is_dir():
+            check.problems.append(f"{fold}/{kind}: folder missing")
+        for p in found.values():
+            if p.suffix != suffix or p.is_dir():
+                check.problems.append(f"{fold}/{kind}/{p.name}: not a {suffix} file")
+    stems = sorted(s for s in images if images[s].suffix == ".png")
+    for stem in stems:
+        if stem not in labels:
+            check.problems.append(f"{fold}/images/{stem}.png: has no labels {fold}/labels/{stem}.npz")
+    for stem, p in labels.items():
+        if p.suffix == ".npz" and stem not in images:
+            check.problems.append(f"{fold}/labels/{p.name}: has no image {fold}/images/{stem}.png")
+    return [s for s in stems if s in labels and labels[s].suffix == ".npz"]
+
+
+def _cell_table(check: _CellCheck, fold: str, name: str, columns: tuple[str, ...]) -> dict[str, dict[str, str]] | None:
+    """Rows of ``fold/name`` keyed by image stem, or None (a problem) when missing or malformed."""
+    import csv
+
+    path = check.root / fold / name
+    if not path.is_file():
+        check.problems.append(f"{fold}/{name}: missing")
+        return None
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+            header = rows[0].keys() if rows else []
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        check.problems.append(f"{fold}/{name}: unreadable: {err}")
+        return None
+    if rows and not set(columns) <= set(header):
+        check.problems.append(f"{fold}/{name}: expected columns {','.join(columns)}, got {','.join(header)}")
+        return None
+    return {(r["img"] or "").removesuffix(".png"): r for r in rows}
+
+
+def _check_cell_pair(
+    check: _CellCheck, fold: str, stem: str, tissues: dict[str, Any] | None, counts: dict[str, Any] | None
+) -> None:
+    """One image and its labels, read as ``medvit cell train`` reads them (headers only with ``quick``)."""
+    from medvit.shared.data.cell_format import label_problem, read_labels
+    from medvit.shared.data.io import read_image, read_image_header
+
+    png, npz = check.root / fold / "images" / f"{stem}.png", check.root / fold / "labels" / f"{stem}.npz"
+    rel = f"{fold}/images/{stem}.png"
+    if tissues is not None:
+        row = tissues.get(stem)
+        if row is None:
+            check.problems.append(f"{rel}: no row in {fold}/types.csv")
+        elif row["tissue"] not in check.tissues:
+            check.problems.append(f"{rel}: tissue {row['tissue']!r} in {fold}/types.csv is not in dataset.json")
+    try:
+        if check.quick:
+            read_image_header(png)
+            check.images += 1
+            return
+        image, meta = read_image(png, mode="rgb")
+    except ReadError as err:
+        check.problems.append(f"{rel}: {_problem(err, png)}")
+        return
+    if image.dtype.name != "uint8":
+        check.problems.append(f"{rel}: expected 8-bit RGB, got {meta.dtype}")
+        return
+    try:
+        inst, types = read_labels(npz)
+    except ReadError as err:
+        check.problems.append(f"{fold}/labels/{stem}.npz: {_problem(err, npz)}")
+        return
+    problem = label_problem(inst, types, check.num_classes)
+    if inst.shape != image.shape[:2]:
+        problem = f"label size {inst.shape} != image size {image.shape[:2]}"
+    if problem is not None:
+        check.problems.append(f"{fold}/labels/{stem}.npz: {problem}")
+        return
+    check.images += 1
+    _check_cell_counts(check, f"{fold}/cell_count.csv", stem, inst, types, counts)
+
+
+def _check_cell_counts(
+    check: _CellCheck, table: str, stem: str, inst: Any, types: Any, counts: dict[str, Any] | None
+) -> None:
+    """The image's ``cell_count.csv`` row must equal its instances per class (the sampler's weights use it)."""
+    import numpy as np
+
+    first = np.unique(inst.ravel(), return_index=True)[1]
+    per_class = np.bincount(types.ravel()[first], minlength=check.num_classes + 1)[1:]
+    check.nuclei += int(per_class.sum())
+    if counts is None:
+        return
+    row = counts.get(stem)
+    if row is None:
+        check.problems.append(f"{table}: no row for {stem}.png")
+        return
+    try:
+        listed = [int(row[c]) for c in check.class_names]
+    except (TypeError, ValueError):
+        check.problems.append(f"{table}: row {stem}.png has non-integer counts")
+        return
+    if listed != per_class.tolist():
+        check.problems.append(
+            f"{table}: row {stem}.png lists {listed} nuclei per class, labels hold {per_class.tolist()}"
+        )

@@ -20,10 +20,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 
 class SynthKind(str, Enum):
-    """Generators of ``medvit data synth`` (later issues add cxr, fundus, oct, cells, deepfake)."""
+    """Generators of ``medvit data synth`` (later issues add cxr, fundus, oct, deepfake)."""
 
     ct = "ct"
     faces = "faces"
+    cells = "cells"
 
 
 def _parse_tuple(text: str, n: int, cast: type, option: str) -> tuple[Any, ...]:
@@ -133,7 +134,9 @@ def _print_summary(summary: Any) -> None:
 def synth(
     kind: SynthKind = typer.Argument(..., help="What to generate."),
     out: Path = typer.Argument(..., help="Output folder (created; must be empty unless --overwrite)."),
-    n: int | None = typer.Option(None, "--n", "-n", min=1, help="ct: training cases (8). faces: identities (8)."),
+    n: int | None = typer.Option(
+        None, "--n", "-n", min=1, help="ct: training cases (8). faces: identities (8). cells: tiles over 3 folds (64)."
+    ),
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed; same seed, same files."),
     shape: str | None = typer.Option(None, "--shape", help="ct: volume size X,Y,Z in voxels (96,96,64)."),
     spacing: str | None = typer.Option(None, "--spacing", help="ct: voxel size in mm (0.8,0.8,2.5)."),
@@ -141,28 +144,43 @@ def synth(
     test: int | None = typer.Option(None, "--test", min=0, help="ct: extra cases in imagesTs/ + labelsTs/ (0)."),
     identities: int | None = typer.Option(None, "--identities", min=2, help="faces: identities (8)."),
     per_identity: int | None = typer.Option(None, "--per-identity", min=1, help="faces: images per identity (6)."),
-    size: int | None = typer.Option(None, "--size", min=32, help="faces: image side in pixels (112)."),
+    size: int | None = typer.Option(
+        None, "--size", min=32, help="faces: image side in pixels (112). cells: tile side, multiple of 16 (256)."
+    ),
     held_out: bool = typer.Option(False, "--held-out", help="faces: a disjoint set of identities (heldout_XXX)."),
     looks: int | None = typer.Option(
         None, "--looks", min=1, help="faces: coarse looks the identities share (one per 8 identities)."
     ),
+    large: int | None = typer.Option(
+        None, "--large", min=0, help="cells: extra 640x768 images with labels in large/ for tiling (0)."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous synth output in OUT."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
-    """Write a small synthetic dataset in the field's layout (ct: nnU-Net raw; faces: identity folders)."""
+    """Write a small synthetic dataset in the field's layout (ct: nnU-Net raw; faces: identity folders; cells:
+    H&E nucleus tiles as the PanNuke release, for `medvit cell prepare pannuke`)."""
     from medvit.shared.data import synth as synth_mod
 
     # check every option before touching OUT, so a rejected call never deletes anything
     kwargs: dict[str, Any]
     if kind is SynthKind.ct:
         _reject(kind, **{"--identities": identities, "--per-identity": per_identity, "--size": size})
-        _reject(kind, **{"--held-out": held_out, "--looks": looks})
+        _reject(kind, **{"--held-out": held_out, "--looks": looks, "--large": large})
         generate = synth_mod.synth_ct
         kwargs = _ct_options(n, shape, spacing, oblique, test)
     elif kind is SynthKind.faces:
         _reject(kind, **{"--shape": shape, "--spacing": spacing, "--oblique": oblique, "--test": test})
+        _reject(kind, **{"--large": large})
         generate = synth_mod.synth_faces
         kwargs = _faces_options(n, identities, per_identity, size, held_out, looks)
+    elif kind is SynthKind.cells:
+        from medvit.shared.data.synth_cells import synth_cells
+
+        _reject(kind, **{"--shape": shape, "--spacing": spacing, "--oblique": oblique, "--test": test})
+        _reject(kind, **{"--identities": identities, "--per-identity": per_identity})
+        _reject(kind, **{"--held-out": held_out, "--looks": looks})
+        generate = synth_cells
+        kwargs = {"n": n or 64, "size": size or 256, "large": large or 0}
     else:  # pragma: no cover - typer restricts KIND to the enum
         raise ConfigError(f"unknown synth kind {kind.value!r}")
 

@@ -1071,10 +1071,11 @@ def clear_synth_outputs(kind: str, out: str | os.PathLike[str]) -> list[str]:
 
     Used by ``medvit data synth --overwrite`` so that a smaller rerun does not leave stale cases behind.
     ``ct``: ``imagesTr/ labelsTr/ imagesTs/ labelsTs/ dataset.json``; ``faces``: ``person_NNN/`` and
-    ``heldout_NNN/`` folders, ``degradations.csv``, ``landmarks.csv``, ``pairs.txt``.
+    ``heldout_NNN/`` folders, ``degradations.csv``, ``landmarks.csv``, ``pairs.txt``; ``cells``: ``Fold N/``
+    folders and ``large/`` (:func:`medvit.shared.data.synth_cells.clear_cells_outputs`).
 
     Args:
-        kind: ``"ct"`` or ``"faces"``.
+        kind: ``"ct"``, ``"faces"`` or ``"cells"``.
         out: The output folder.
 
     Returns:
@@ -1088,8 +1089,12 @@ def clear_synth_outputs(kind: str, out: str | os.PathLike[str]) -> list[str]:
     elif kind == "faces":
         owned = [p for p in root.iterdir() if p.is_dir() and _FACES_DIR.match(p.name)]
         owned += [root / name for name in _FACES_OWNED_FILES]
+    elif kind == "cells":
+        from medvit.shared.data.synth_cells import clear_cells_outputs
+
+        return clear_cells_outputs(root)
     else:
-        raise ConfigError(f"unknown synth kind {kind!r}; expected ct or faces")
+        raise ConfigError(f"unknown synth kind {kind!r}; expected ct, faces or cells")
     removed = []
     for path in owned:
         if path.is_dir() and not path.is_symlink():
