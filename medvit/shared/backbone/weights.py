@@ -11,6 +11,21 @@ small rename tables:
   ``mlp.linear1/2``; perceptron patch weights are reordered from ``(p1 p2 p3 c)`` to Conv order
   ``(c p1 p2 p3)``; MONAI>=1.4's unused ``cross_attn`` / ``norm_cross_attn`` keys are dropped.
 * ``medvit``     our own safetensors files (architecture in the sidecar).
+* ``uni4eye``    Uni4Eye / Uni4Eye++ (Davidczy/Uni4Eye_pp) ``{'model': ...}`` with a unified 2D/3D patch embedding:
+  ``patch_embed.proj2`` + ``pos_embed2`` become a 2D backbone's ``patch_embed.proj`` + ``pos_embed``, or
+  ``patch_embed.proj3`` + ``pos_embed3`` a 3D one's (the target's patch size decides); the shared ``cls_token``,
+  ``blocks`` and ``norm`` go to either. Decoders (``decoder_*``, ``mask_token*``, the dual decoder's
+  ``decoder_embed1`` / ``decoder_blocks1`` / ``decoder_pred21`` / ``decoder_pred31``), the other dimensionality's
+  embedding and Uni4Eye++'s ``mlp.*`` / ``controller.*`` are dropped. A position table that is all zero in the
+  file (the successor never initialises its 3D tables, nor any table of its dual-decoder class) is not a trained
+  table: the target keeps its own.
+
+Other layouts that are these formats: the thorax Medical MAE checkpoints (lambert-x/medical_mae,
+``{'model', 'optimizer', 'epoch', 'scaler', 'args'}`` with decoder keys) and RETFound's (rmaphoh/RETFound_MAE,
+ViT-L/16 under ``'model'``) are ``mae``; a fine-tuned RETFound / MAE model (global pooling: ``fc_norm.*`` and
+``head.*``, no ``norm.*``) converts to an average-pooling backbone with ``fc_norm``.
+:func:`load_mae_full` loads an MAE training checkpoint *with* its decoder into a pretraining model (to continue
+pretraining), where the backbone importers drop the decoder.
 
 Whole task models (a backbone with an app's heads, e.g. ViT-FIQA face models) are formats that apps register
 (:mod:`medvit.shared.backbone.formats`): :func:`detect_format` names them by the app's key signature, the
@@ -60,6 +75,9 @@ from medvit.shared.schema import SchemaError, SidecarSchema, check_arch_kwargs, 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("timm", "mae", "hi-end-mae", "monai", "medvit")
+#: Converted and recognised by key signature like FORMATS; not yet listed by ``medvit weights convert --format``
+#: (its list mirrors FORMATS), so ``--format auto`` is how the command reaches them.
+EXTRA_FORMATS = ("uni4eye",)
 SIDECAR_FORMAT_VERSION = 1
 # Heads per width for the standard sizes; a state dict cannot tell the head count.
 _KNOWN_HEADS = {192: 3, 384: 6, 512: 8, 768: 12, 1024: 16, 1280: 16, 1536: 16}
@@ -396,6 +414,8 @@ def detect_format(sd: Mapping[str, torch.Tensor], info: Mapping[str, Any] | None
     whole = formats.recognise(keys)  # an app's whole-model layout wins over the backbone signatures it contains
     if whole is not None:
         return whole.name
+    if "patch_embed.proj2.weight" in keys or "pos_embed2" in keys:
+        return "uni4eye"  # its unified 2D/3D patch embedding has no ``patch_embed.proj``
     if "encoder_pos_embed" in keys or any(k.startswith("encoder.blocks.") for k in keys):
         return "hi-end-mae"
     if any(k.startswith(("patch_embedding.", "vit.patch_embedding.")) for k in keys):
@@ -489,12 +509,52 @@ def _convert_medvit(sd: Mapping[str, torch.Tensor], _: Mapping[str, Any]) -> tup
     return dict(sd), []
 
 
+def is_uni4eye_plus(keys: Iterable[str]) -> bool:
+    """A Uni4Eye++ checkpoint: the unified patch embedding plus the dynamic head's ``controller`` / ``mlp``."""
+    keys = set(keys)
+    return "patch_embed.proj2.weight" in keys and any(k.startswith(("controller.", "mlp.")) for k in keys)
+
+
+_UNI4EYE_SHARED = ("blocks.", "norm.", "fc_norm.", "head.")  # and cls_token: the shared transformer
+
+
+def _convert_uni4eye(sd: Mapping[str, torch.Tensor], target: Mapping[str, Any]) -> tuple[dict, list[str]]:
+    """Uni4Eye(++) -> a 2D backbone, or a 3D one when the target's patch size has 3 entries.
+
+    ``target`` may hold ``patch_size`` (2D by default) and ``pos_embed`` (the target's own table or None, which
+    replaces an all-zero one in the file).
+    """
+    nd = len(target.get("patch_size") or (16, 16))
+    if nd not in (2, 3):
+        raise WeightsError(f"Uni4Eye checkpoint: a {nd}D target has no patch embedding in it")
+    proj, pos = f"patch_embed.proj{nd}.", f"pos_embed{nd}"
+    out, dropped = {}, []
+    for k, v in sd.items():
+        if k.startswith(proj):
+            out["patch_embed.proj." + k[len(proj) :]] = v
+        elif k == pos and not v.any() and "pos_embed" in target:
+            # Never initialised in the successor's code (frozen zeros): not position information to keep. (Without
+            # a target table, e.g. when only the architecture is inferred, the zeros still give the grid.)
+            dropped.append(k)
+            if target["pos_embed"] is not None:
+                out["pos_embed"] = target["pos_embed"].detach()
+            logger.info("%s is all zero in the Uni4Eye checkpoint; the model keeps its own position table", k)
+        elif k == pos:
+            out["pos_embed"] = v
+        elif k == "cls_token" or k.startswith(_UNI4EYE_SHARED):
+            out[k] = v
+        else:
+            dropped.append(k)  # decoders, mask tokens, the other dimensionality, Uni4Eye++'s mlp / controller
+    return out, dropped
+
+
 _CONVERTERS = {
     "timm": _convert_timm,
     "mae": _convert_mae,
     "hi-end-mae": _convert_hi_end_mae,
     "monai": _convert_monai,
     "medvit": _convert_medvit,
+    "uni4eye": _convert_uni4eye,
 }
 
 
@@ -532,7 +592,7 @@ def convert_state_dict(
     if formats.get_format(source_format) is not None:
         raise _whole_model_error("the state dict", source_format)
     if source_format not in _CONVERTERS:
-        raise WeightsError(f"unknown format {source_format!r}; choose one of {', '.join(FORMATS)}")
+        raise WeightsError(f"unknown format {source_format!r}; choose one of {', '.join(_CONVERTERS)}")
     return _CONVERTERS[source_format](sd, target or {})
 
 
@@ -580,15 +640,30 @@ def infer_architecture(
         "reg_tokens": reg,
         "norm_eps": 1e-5 if source_format == "monai" else 1e-6,
     }
+    if source_format == "uni4eye" and img_size is None and len(patch) == 3 and "pos_embed" in sd:
+        img_size = _half_depth_volume(int(sd["pos_embed"].shape[1]) - n_prefix, patch)
     kwargs.update(_input_grid(sd, patch, n_prefix, img_size))
     if "head.weight" in sd:
         kwargs["num_classes"] = int(sd["head.weight"].shape[0])
     if not class_token and not extra and not reg:
         kwargs["global_pool"] = "avg"
         kwargs["fc_norm"] = "fc_norm.weight" in sd
-    if source_format == "hi-end-mae":
-        kwargs["pos_embed"] = "sincos"  # Hi-End-MAE's default; copied verbatim, not regenerated
+    elif "fc_norm.weight" in sd and "norm.weight" not in sd:
+        # MAE / RETFound fine-tuning with global pooling: the norm moved after the pooling of the patch tokens.
+        kwargs["global_pool"] = "avg"
+        kwargs["fc_norm"] = True
+    if source_format in ("hi-end-mae", "uni4eye"):
+        kwargs["pos_embed"] = "sincos"  # both methods' fixed tables; copied verbatim, not regenerated
     return kwargs
+
+
+def _half_depth_volume(n: int, patch: tuple[int, ...]) -> list[int] | None:
+    """Uni4Eye's volume ``(S, S, S/2)`` whose grid has ``n`` tokens (``14 * 14 * 7`` for 224 x 224 x 112), else None."""
+    for g in range(1, 257):
+        depth = (g * patch[2] // 2) // patch[2]
+        if g * g * depth == n:
+            return [g * patch[0], g * patch[1], depth * patch[2]]
+    return None
 
 
 def _input_grid(
@@ -777,7 +852,11 @@ def load_pretrained(
     backbone = model.get_submodule(prefix.rstrip(".")) if prefix else model
     if not isinstance(backbone, VisionTransformer):
         raise WeightsError(f"target {type(backbone).__name__} at {prefix or '<root>'} is not a VisionTransformer")
-    hints = {"patch_size": backbone.patch_embed.patch_size, "in_chans": backbone.patch_embed.proj.in_channels}
+    hints = {
+        "patch_size": backbone.patch_embed.patch_size,
+        "in_chans": backbone.patch_embed.proj.in_channels,
+        "pos_embed": backbone.pos_embed,  # the model's own table, for formats whose file may hold an unset one
+    }
     sd, dropped = convert_state_dict(sd, fmt, hints)
     report = LoadReport(source_format=fmt, dropped=sorted(dropped))
 
@@ -811,6 +890,103 @@ def load_pretrained(
         allow_unexpected=allow_unexpected,
     )
     logger.info("loaded weights (%s)", report.summary())
+    return report
+
+
+def _is_mae_decoder_key(key: str) -> bool:
+    return key.startswith("decoder_") or key == "mask_token"
+
+
+def _fit_mae_decoder(
+    dec: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor], encoder: VisionTransformer, report: LoadReport
+) -> None:
+    """In place: resample ``decoder_pos_embed`` to the model's grid; adapt ``decoder_pred`` rows to its channels."""
+    v, t = dec.get("decoder_pos_embed"), target.get("decoder_pos_embed")
+    if v is not None and t is not None and v.ndim == 3 and v.shape[-1] == t.shape[-1] and v.shape[1] != t.shape[1]:
+        n_prefix = t.shape[1] - encoder.patch_embed.num_patches  # the model's zero cls slot(s), or none
+        nd = encoder.spatial_dims
+        side = round((v.shape[1] - n_prefix) ** (1 / nd))
+        if n_prefix < 0 or side**nd != v.shape[1] - n_prefix:
+            raise WeightsError(f"decoder_pos_embed: checkpoint {tuple(v.shape)} does not fit model {tuple(t.shape)}")
+        dec["decoder_pos_embed"] = resample_pos_embed(v, encoder.patch_embed.grid_size, (side,) * nd, n_prefix)
+        report.resized.append(("decoder_pos_embed", tuple(v.shape), tuple(t.shape)))
+    n_vox = math.prod(encoder.patch_embed.patch_size)
+    c_model = encoder.patch_embed.proj.in_channels
+    for key in ("decoder_pred.weight", "decoder_pred.bias"):
+        w, tw = dec.get(key), target.get(key)
+        if w is None or tw is None or w.shape == tw.shape or w.shape[0] % n_vox or w.shape[1:] != tw.shape[1:]:
+            continue
+        c_src = w.shape[0] // n_vox
+        rows = w.reshape(n_vox, c_src, *w.shape[1:])  # patch vectors are ordered (p1, p2[, p3], c)
+        if c_model == 1:
+            rows = rows.float().mean(dim=1, keepdim=True).to(w.dtype)  # a grey patch = the mean of R, G, B
+        elif c_src == 1:
+            rows = rows.expand(n_vox, c_model, *w.shape[1:])
+        else:
+            continue  # load_strict names the mismatch
+        dec[key] = rows.reshape(n_vox * rows.shape[1], *w.shape[1:]).contiguous()
+        report.adapted.append((key, f"in_chans {c_src} -> {c_model}"))
+
+
+def load_mae_full(
+    model: nn.Module, source: str | Path | Mapping[str, Any], *, allow_missing: Iterable[str] = ()
+) -> LoadReport:
+    """Load an MAE *training* checkpoint, encoder and decoder, into a pretraining model to continue pretraining.
+
+    The target has the layout of ``medvit.pretrain.mae.MAE``: the backbone under ``encoder`` and MAE's decoder
+    names at the top level (``mask_token``, ``decoder_pos_embed``, ``decoder_embed``, ``decoder_blocks.N``,
+    ``decoder_norm``, ``decoder_pred``), which are the names of facebookresearch/mae, the thorax Medical MAE
+    (lambert-x/medical_mae) and RETFound training checkpoints. The encoder part goes through
+    :func:`load_pretrained` (format ``mae``: position table resampled, input channels adapted); the decoder must
+    match, except that ``decoder_pos_embed`` is resampled to the model's grid and ``decoder_pred`` rows are
+    averaged over R, G, B for a 1-channel model (or repeated for a 3-channel one from a 1-channel file).
+
+    Args:
+        model: the pretraining model.
+        source: a checkpoint file (``{'model': ...}``, ``args`` Namespace allowed) or a state dict.
+        allow_missing: glob patterns of model keys (``encoder.`` included) the checkpoint may lack.
+
+    Returns:
+        The :class:`LoadReport`, keys relative to ``model``.
+
+    Raises:
+        WeightsError: no decoder in the file (released encoder-only weights: load those into the encoder), keys
+            missing or unexpected, or a shape mismatch (naming the key and both shapes).
+    """
+    if isinstance(source, (str, Path)):
+        sd, _ = read_checkpoint(source)
+        where = str(source)
+    else:
+        inner = source.get("model") if isinstance(source.get("model"), Mapping) else source
+        sd = {strip_prefixes(str(k), ("module.", "_orig_mod.")): v for k, v in inner.items() if torch.is_tensor(v)}
+        where = "the state dict"
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, VisionTransformer):
+        raise WeightsError(f"target {type(model).__name__} has no VisionTransformer `encoder`")
+    dec = {k: v for k, v in sd.items() if _is_mae_decoder_key(k)}
+    if not dec:
+        raise WeightsError(
+            f"{where}: no MAE decoder (decoder_*, mask_token): encoder-only weights continue pretraining as the "
+            "encoder only"
+        )
+    allow = list(allow_missing)
+    enc_allow = [p[len("encoder.") :] for p in allow if p.startswith("encoder.")]
+    enc = {k: v for k, v in sd.items() if k not in dec}
+    enc_report = load_pretrained(encoder, enc, source_format="mae", expected_missing=enc_allow)
+    report = LoadReport(
+        source_format="mae",
+        missing=[f"encoder.{k}" for k in enc_report.missing],
+        unexpected=[f"encoder.{k}" for k in enc_report.unexpected],
+        resized=[(f"encoder.{k}", a, b) for k, a, b in enc_report.resized],
+        adapted=[(f"encoder.{k}", how) for k, how in enc_report.adapted],
+        dropped=[f"encoder.{k}" for k in enc_report.dropped],
+    )
+    target = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+    _fit_mae_decoder(dec, target, encoder, report)
+    missing, unexpected = load_strict(model, dec, what=f"{where} (MAE decoder)", target=target, expected_missing=allow)
+    report.missing += missing
+    report.unexpected += unexpected
+    logger.info("loaded MAE checkpoint with decoder (%s)", report.summary())
     return report
 
 
@@ -940,6 +1116,9 @@ def convert_checkpoint(
         probe_hints: dict[str, Any] = {}
         if fmt == "monai":
             probe_hints = _monai_hints(sd, arch_overrides or {})
+        elif fmt == "uni4eye" and (arch_overrides or {}).get("patch_size") is not None:
+            patch = arch_overrides["patch_size"]  # a 3-entry patch size picks the 3D embedding
+            probe_hints = {"patch_size": tuple(patch) if not isinstance(patch, int) else (patch,) * 2}
         converted, _ = convert_state_dict(sd, fmt, probe_hints)
         # The input size is an override the inference itself needs (a non-cubic grid does not give its shape).
         kwargs = infer_architecture(converted, fmt, img_size=(arch_overrides or {}).get("img_size"))
