@@ -21,8 +21,8 @@ Speed: the reference implementations loop over instances doing full-image work (
 boxes from them, ``np.unique`` votes, moments). Here everything per instance is one pass over the image:
 areas, centroid sums, nucleus-probability sums and the ``(instance, type)`` vote table are ``np.bincount``\\ s,
 bounding boxes come from ``scipy.ndimage.find_objects``, and only the contour is computed per instance, on the
-instance's bounding-box crop. Hole filling labels the background once instead of scipy's iterated dilation
-(same result: holes are the background components, 4-connected, that do not touch the tile border).
+instance's bounding-box crop. Hole filling is one flood fill of the background from the tile border instead of
+scipy's iterated dilation (same result).
 ``benchmarks/cell_postproc.py`` checks that the output equals a straightforward per-instance implementation.
 
 Deviations from the official code (CellViT ``cell_segmentation/utils/post_proc_cellvit.py``), on purpose:
@@ -55,7 +55,7 @@ __all__ = [
     "Cell",
     "fill_holes",
     "postprocess",
-    "remove_small_objects",
+    "cells_from_instances",
     "type_argmax",
 ]
 
@@ -123,29 +123,44 @@ def postprocess(
     return inst, cells
 
 
-def _check_shapes(nuclei_prob: np.ndarray, hv: np.ndarray, type_prob: np.ndarray | None) -> None:
+def cells_from_instances(
+    inst: np.ndarray, nuclei_prob: np.ndarray | None = None, type_prob: np.ndarray | None = None
+) -> tuple[np.ndarray, list[Cell]]:
+    """Steps 8-9 alone: the cells of an existing instance map (e.g. a ground-truth one).
+
+    Args:
+        inst: ``[H, W]`` integer instance map (0 background); not modified.
+        nuclei_prob: ``[H, W]`` nucleus probability, or None (every ``Cell.prob`` is then 1.0).
+        type_prob: ``[C+1, H, W]`` type scores whose per-pixel argmax votes (a one-hot type map works), or None.
+
+    Returns:
+        ``(inst_map, cells)``: an int32 copy of ``inst`` without the instances whose contour has < 3 points, and
+        one :class:`Cell` per remaining id, in increasing id order.
+    """
+    if inst.ndim != 2 or (inst.size and inst.min() < 0):
+        raise ValueError(f"cells_from_instances: inst must be [H, W] with ids >= 0, got shape {inst.shape}")
+    if nuclei_prob is None:
+        nuclei_prob = np.ones(inst.shape, np.float32)
+    _check_shapes(nuclei_prob, None, type_prob)
+    out = np.array(inst, dtype=np.int32)
+    return out, _describe(out, nuclei_prob, type_prob) if out.any() else []
+
+
+def _check_shapes(nuclei_prob: np.ndarray, hv: np.ndarray | None, type_prob: np.ndarray | None) -> None:
     if nuclei_prob.ndim != 2:
         raise ValueError(f"postprocess: nuclei_prob must be [H, W], got {nuclei_prob.shape}")
-    if hv.shape != (2, *nuclei_prob.shape):
+    if hv is not None and hv.shape != (2, *nuclei_prob.shape):
         raise ValueError(f"postprocess: hv must be [2, H, W] = {(2, *nuclei_prob.shape)}, got {hv.shape}")
     if type_prob is not None and (type_prob.ndim != 3 or type_prob.shape[1:] != nuclei_prob.shape):
         raise ValueError(f"postprocess: type_prob must be [C+1, H, W], got {type_prob.shape}")
 
 
-def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Zero (in place) every label of ``labels`` covering fewer than ``min_size`` pixels; returns ``labels``."""
-    too_small = np.bincount(labels.ravel()) < min_size
-    too_small[0] = False
-    if too_small.any():
-        labels[too_small[labels]] = 0
-    return labels
-
-
 def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """``scipy.ndimage.binary_fill_holes`` (default structure) by one background labelling.
+    """``scipy.ndimage.binary_fill_holes`` (default structure) by one flood fill.
 
-    A hole is a background component (4-connected) that does not touch the image border; scipy finds the same
-    set by dilating the border into the background until nothing changes.
+    scipy dilates an all-ones border into the background (4-connectivity) until nothing changes and keeps the
+    complement of what it reached; here the background reachable from a one-pixel frame around the image is
+    flood-filled once (4-connectivity) and everything else is kept. Same set, a few tens of times faster.
 
     Args:
         mask: ``[H, W]`` bool.
@@ -153,12 +168,10 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     Returns:
         ``[H, W]`` bool, ``mask`` with its holes filled.
     """
-    n, bg = cv2.connectedComponents((~mask).view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
-    hole = np.ones(n, bool)
-    hole[0] = False
-    for edge in (bg[0], bg[-1], bg[:, 0], bg[:, -1]):
-        hole[edge] = False
-    return mask | hole[bg]
+    framed = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), np.uint8)
+    framed[1:-1, 1:-1] = mask
+    cv2.floodFill(framed, None, (0, 0), 2, flags=4)
+    return framed[1:-1, 1:-1] != 2
 
 
 def _foreground(nuclei_prob: np.ndarray) -> np.ndarray:
@@ -192,9 +205,12 @@ def _energy_and_markers(blb: np.ndarray, hv: np.ndarray, ksize: int, marker_min:
     dist = -cv2.GaussianBlur(np.where(blb, 1.0 - overall, 0.0), (3, 3), 0)
     marker = fill_holes(blb & (overall < MARKER_THRESHOLD)).view(np.uint8)
     marker = cv2.morphologyEx(marker, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
-    # scipy's labelling numbers markers in raster order of their first pixel; the ids of the map are these numbers.
-    markers = ndimage.label(marker)[0].astype(np.int32, copy=False)
-    remove_small_objects(markers, marker_min)
+    # Markers are numbered in raster order of their first pixel (as scipy.ndimage.label); they become the ids.
+    _, markers, stats, _ = cv2.connectedComponentsWithStats(marker, connectivity=4, ltype=cv2.CV_32S)
+    too_small = stats[:, cv2.CC_STAT_AREA] < marker_min
+    too_small[0] = False
+    if too_small.any():
+        markers[too_small[markers]] = 0
     return dist, markers
 
 
@@ -223,7 +239,7 @@ def _type_votes(
     n_ids, k = len(slices), type_prob.shape[0]
     flat = inst.ravel()
     inside = flat > 0  # only instance pixels vote: the argmax of the other pixels is never used
-    voted = type_argmax(type_prob.reshape(k, -1)[:, inside])
+    voted = type_argmax(np.compress(inside, type_prob.reshape(k, -1), axis=1))
     # One vote table for all instances: row = instance id, column = voted type.
     votes = np.bincount(flat[inside].astype(np.intp) * k + voted, minlength=(n_ids + 1) * k)
     votes = votes.reshape(n_ids + 1, k)
@@ -296,13 +312,15 @@ def _contours(
     for i, sl in enumerate(slices, start=1):
         if sl is None:
             continue
+        rows, cols = sl
         crop = np.equal(inst[sl], i)
-        contour = cv2.findContours(crop.view(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0][0][:, 0, :]
+        found = cv2.findContours(
+            crop.view(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE, offset=(cols.start, rows.start)
+        )
+        contour = found[0][0][:, 0, :]
         if contour.shape[0] < 3:
             inst[sl][crop] = 0
             continue
-        rows, cols = sl
-        contour += (cols.start, rows.start)
         ids.append(i)
         boxes.append((rows.start, cols.start, rows.stop, cols.stop))
         contours.append(contour)

@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from medvit.apps.cell_seg.postproc import (
     Cell,
-    _describe,
+    cells_from_instances,
     fill_holes,
     postprocess,
     type_argmax,
@@ -160,13 +160,17 @@ def test_empty_input_gives_no_cells() -> None:
 
 
 def test_instances_with_degenerate_contours_leave_map_and_list() -> None:
-    inst = np.zeros((20, 20), np.int32)
+    inst = np.zeros((20, 20), np.int64)
     inst[2:8, 2:8] = 3
     inst[12, 3:9] = 5  # a one-pixel-high line: 2 contour points
     inst[15:18, 15:18] = 7
-    cells = _describe(inst, np.full(inst.shape, 0.8, np.float32), None)
-    assert [c.id for c in cells] == [3, 7]
-    assert not (inst == 5).any() and (inst == 3).sum() == 36 and (inst == 7).sum() == 9
+    given = inst.copy()
+    out, cells = cells_from_instances(inst)
+    assert np.array_equal(inst, given)  # the input is not modified
+    assert out.dtype == np.int32 and [c.id for c in cells] == [3, 7]
+    assert not (out == 5).any() and (out == 3).sum() == 36 and (out == 7).sum() == 9
+    assert [c.prob for c in cells] == [1.0, 1.0] and cells[0].contour.tolist() == [[2, 2], [2, 7], [7, 7], [7, 2]]
+    assert cells_from_instances(np.zeros((5, 5), np.int32))[1] == []
 
 
 def test_fill_holes_equals_scipy() -> None:
