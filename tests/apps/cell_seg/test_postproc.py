@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from scipy import ndimage
+from skimage.segmentation import watershed
 
 from medvit.apps.cell_seg.postproc import (
     Cell,
@@ -185,3 +187,43 @@ def test_type_argmax_equals_numpy_with_ties() -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 3, (5, 30, 30)).astype(np.float32)  # many ties: the lowest channel must win
     assert np.array_equal(type_argmax(x), np.argmax(x, axis=0))
+
+
+def _published_instances(prob: np.ndarray, hv: np.ndarray, ksize: int = 21, marker_min: int = 10) -> np.ndarray:
+    """Steps 1-7 written as the HoVer-Net / CellViT code writes them (scipy labelling and hole filling)."""
+
+    def norm(x: np.ndarray) -> np.ndarray:
+        return cv2.normalize(x, None, alpha=0, beta=1, norm_type=cv2.NORM_MINMAX, dtype=cv2.CV_32F)
+
+    def drop_small(lab: np.ndarray, size: int) -> np.ndarray:
+        lab[(np.bincount(lab.ravel()) < size)[lab]] = 0
+        return lab
+
+    blb = drop_small(ndimage.label((prob > 0.5).astype(np.int32))[0], 10)
+    blb[blb > 0] = 1
+    sh = 1 - norm(cv2.Sobel(norm(hv[0]), cv2.CV_64F, 1, 0, ksize=ksize))
+    sv = 1 - norm(cv2.Sobel(norm(hv[1]), cv2.CV_64F, 0, 1, ksize=ksize))
+    overall = np.maximum(sh, sv) - (1 - blb)
+    overall[overall < 0] = 0
+    dist = -cv2.GaussianBlur((1.0 - overall) * blb, (3, 3), 0)
+    marker = blb - (overall >= 0.4).astype(np.int32)
+    marker[marker < 0] = 0
+    marker = ndimage.binary_fill_holes(marker).astype(np.uint8)
+    marker = cv2.morphologyEx(marker, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    marker = drop_small(ndimage.label(marker)[0], marker_min)
+    return watershed(dist, markers=marker, mask=blb)
+
+
+def test_instance_map_equals_the_published_pipeline() -> None:
+    rng = np.random.default_rng(2)
+    discs = [(rng.uniform(6, 90), rng.uniform(6, 90), rng.uniform(4, 9)) for _ in range(30)]
+    true = _discs((96, 96), discs)
+    prob, hv = _maps(true)
+    prob = np.clip(prob + rng.normal(0, 0.2, prob.shape), 0, 1).astype(np.float32)  # specks and holes
+    hv = (hv + rng.normal(0, 0.05, hv.shape)).astype(np.float32)
+    for magnification, (ksize, marker_min) in ((40, (21, 10)), (20, (11, 3))):
+        inst, cells = postprocess(prob, hv, None, magnification=magnification)
+        expected = _published_instances(prob, hv, ksize, marker_min)
+        kept = np.isin(expected, [c.id for c in cells])  # ours also drops instances with degenerate contours
+        assert np.array_equal(inst, np.where(kept, expected, 0))
+        assert len(cells) > 10 and len(np.unique(expected)) - 1 - len(cells) <= 2
