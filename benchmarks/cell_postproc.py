@@ -5,7 +5,10 @@ same threshold / Sobel / marker / watershed steps with scipy's ``binary_fill_hol
 instances doing full-image work for each (``inst == i`` mask, bounding box from ``np.any`` + ``np.where``,
 ``cv2.moments`` and ``cv2.findContours`` on the crop, ``np.unique`` type votes, the mean probability under the
 full mask). The medvit version does one pass per quantity (``np.bincount`` tables, ``ndimage.find_objects``) and
-only the contour per instance, on its crop.
+only the contour per instance, on its crop; it also fills holes with one flood fill instead of scipy's iterated
+dilation. Two tables: the whole ``postprocess`` (where both spend the same ~4 ms in ``cv2.Sobel`` and
+scikit-image's watershed), and the instances -> cells stage alone (``cells_from_instances`` vs the reference
+loop, given the same instance map), which is what the vectorisation rewrites.
 
 Inputs are synthetic but shaped like a model's output on a PanNuke tile at 40x: 60-120 elliptic nuclei (radii
 4-11 px, many touching), a blurred noisy nucleus probability, an HV map computed analytically per instance
