@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[dev,face]'
+	$(PY) -m pip install -q -e '.[dev,face,wsi]'
 	# insightface declares opencv-python, which would overwrite cv2/ from opencv-python-headless
 	# (albumentations' choice); take it without deps (its pure-Python requirements are in the face extra).
 	$(PY) -m pip install -q --no-deps 'insightface~=2.1'

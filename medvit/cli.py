@@ -14,6 +14,7 @@ import typer
 from typer.core import TyperGroup, TyperOption
 
 from medvit import __version__
+from medvit.apps.cell_seg.cli import app as cell_app
 from medvit.apps.ct_seg.cli import app as ct_seg_app
 from medvit.apps.fiqa.cli import app as fiqa_app
 from medvit.pretrain.cli import pretrain_command
@@ -87,7 +88,7 @@ def doctor() -> None:
 
 @app.command()
 def demo(
-    part: str = typer.Argument("all", help="ct-seg (CT pretraining + segmentation), fiqa, or all."),
+    part: str = typer.Argument("all", help="ct-seg (CT pretraining + segmentation), cell, fiqa, or all."),
     out: str = typer.Option("demo_out", "--out", help="Folder for the demo's data and runs."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
@@ -100,6 +101,7 @@ def demo(
 # Sub-apps, mounted explicitly (no registry for apps: see ARCHITECTURE.md).
 app.command("pretrain")(pretrain_command)
 app.add_typer(ct_seg_app, name="ct-seg", help="CT segmentation: UNETR decoder on the shared ViT.")
+app.add_typer(cell_app, name="cell", help="Pathology nucleus segmentation and classification (CellVTA).")
 app.add_typer(fiqa_app, name="fiqa", help="Face-image quality assessment (ViT-FIQA).")
 app.add_typer(weights_app, name="weights", help="Inspect and convert checkpoints; list backbones.")
 app.add_typer(data_app, name="data", help="Synthetic datasets and data-card validation.")
