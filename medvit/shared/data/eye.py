@@ -561,10 +561,11 @@ def resample_volume(
 ) -> tuple[np.ndarray, tuple[float, ...]]:
     """Resample a ``[rows, columns, slices]`` volume to a voxel size or a shape, keeping its physical extent.
 
-    Voxel centres follow ``align_corners=False``: the volume's outer faces stay where they were, so the new spacing
-    is ``spacing * old_size / new_size`` on every axis. Axes shrunk by a factor ``f >= 2`` are first smoothed with a
-    Gaussian of sigma ``(f - 1) / 2`` voxels (as scikit-image's ``resize(anti_aliasing=True)``), which keeps OCT
-    speckle from aliasing into stripes.
+    Trilinear (or nearest) interpolation by ``scipy.ndimage.zoom`` in grid mode, i.e. torch's ``align_corners=False``:
+    the volume's outer faces stay where they were, so the new spacing is ``spacing * old_size / new_size`` on every
+    axis, and samples beyond the edge voxels' centres repeat the edge. Axes shrunk by a factor ``f >= 2`` are first
+    smoothed with a Gaussian of sigma ``(f - 1) / 2`` voxels (as scikit-image's ``resize(anti_aliasing=True)``),
+    which keeps OCT speckle from aliasing into stripes.
 
     Args:
         volume: ``[D0, D1, D2]`` array (any real dtype).
@@ -582,8 +583,7 @@ def resample_volume(
         ValueError: Not exactly one target, bad sizes, unknown mode.
         ReadError: ``target_spacing`` with an unknown spacing.
     """
-    import torch
-    import torch.nn.functional as F
+    from scipy.ndimage import zoom
 
     if volume.ndim != 3:
         raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
@@ -596,10 +596,10 @@ def resample_volume(
     if tuple(vol.shape) == new:
         out = np.array(vol, dtype=np.float32, copy=True)
     else:
-        t = torch.from_numpy(np.ascontiguousarray(vol))[None, None]
-        torch_mode = "trilinear" if mode == "trilinear" else "nearest-exact"
-        kwargs = {"align_corners": False} if mode == "trilinear" else {}
-        out = F.interpolate(t, size=new, mode=torch_mode, **kwargs)[0, 0].numpy()
+        # grid_mode: voxels are cells whose outer faces map onto each other (torch's align_corners=False; the same
+        # values as F.interpolate(mode="trilinear" / "nearest-exact") up to float rounding)
+        factors = [n / o for n, o in zip(new, vol.shape, strict=True)]
+        out = zoom(vol, factors, order=1 if mode == "trilinear" else 0, grid_mode=True, mode="nearest")
     new_spacing = (
         tuple(float(sp) * int(s) / n for sp, s, n in zip(spacing, volume.shape, new, strict=True))
         if len(spacing) == 3
