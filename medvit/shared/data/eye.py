@@ -19,7 +19,9 @@ OCT volumes are returned as ``[rows, columns, slices]``:
     * vendor files through optional packages imported only when such a file is read: Heidelberg ``.vol`` and
       ``.e2e`` (eyepy), Topcon ``.fds`` and Zeiss Cirrus ``.img`` (oct-converter). A missing package is a
       ``ReadError`` naming ``pip install 'medvit[eye]'``. Vendor headers hold patient names and IDs: only pixels
-      and spacing are taken, and the packages' printed output is discarded.
+      and spacing are taken, and the packages' printed output is discarded. Known limit: oct-converter 0.7.0's
+      ``.fds`` reader calls ``np.fromstring`` in binary mode, which NumPy 2.3 removed, so ``.fds`` files fail (a
+      ``ReadError`` naming the file) under NumPy >= 2.3 until that is fixed upstream; ``.img`` reading works.
 
 Intensities: float32 output is in ``[0, 1]``: integer data divided by its type's full scale (255, 65535), float data
 kept when already in ``[0, 1]`` and min-max scaled otherwise. :func:`resample_volume` brings anisotropic volumes
