@@ -424,7 +424,9 @@ def is_bscan_folder(files: Sequence[Path], *, min_slices: int = MIN_SLICES) -> b
         last = list(_DIGITS.finditer(stem))[-1]
         templates.add((stem[: last.start()], stem[last.end() :], f.suffix.lower()))
         numbers.add(k)
-    if len(templates) != 1 or len(numbers) != len(files):
+        if len(templates) > 1:
+            return False  # names that differ by more than their number (patient IDs, classes): not one volume
+    if len(numbers) != len(files):
         return False
     prefix, suffix, _ = next(iter(templates))
     if suffix or not _SLICE_TEMPLATE.match(prefix):

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from medvit.shared.data.synth import ProgressFn, SynthSummary, _check_seed, _csv_text, _rng
-from medvit.shared.data.synth_xray import _remove_owned
+from medvit.shared.data.synth_xray import remove_owned
 from medvit.shared.errors import ConfigError
 from medvit.shared.files import write_bytes_atomic
 
@@ -506,4 +506,4 @@ def clear_eye_outputs(kind: str, out: str | os.PathLike[str]) -> list[str]:
     owned = {"fundus": FUNDUS_OWNED, "oct": OCT_OWNED}.get(kind)
     if owned is None:
         raise ConfigError(f"unknown synth kind {kind!r}; expected fundus or oct")
-    return _remove_owned(Path(out), owned)
+    return remove_owned(Path(out), owned)

@@ -465,11 +465,16 @@ def clear_cxr_outputs(out: str | os.PathLike[str]) -> list[str]:
     Returns:
         Names removed (relative to ``out``).
     """
-    return _remove_owned(Path(out), CXR_OWNED)
+    return remove_owned(Path(out), CXR_OWNED)
 
 
-def _remove_owned(root: Path, names: tuple[str, ...]) -> list[str]:
-    removed = []
+def remove_owned(root: Path, names: tuple[str, ...]) -> list[str]:
+    """Remove the files and folders ``names`` directly under ``root`` (symbolic links unlinked, not followed).
+
+    Returns:
+        The names that existed and were removed.
+    """
+    removed: list[str] = []
     if not root.is_dir():
         return removed
     for name in names:
