@@ -20,11 +20,25 @@ app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 
 class SynthKind(str, Enum):
-    """Generators of ``medvit data synth`` (later issues add cxr, fundus, oct, deepfake)."""
+    """Generators of ``medvit data synth``."""
 
     ct = "ct"
     faces = "faces"
     cells = "cells"
+    cxr = "cxr"
+    fundus = "fundus"
+    oct = "oct"
+
+
+ACCEPTS: dict[str, tuple[str, ...]] = {
+    "ct": ("--n", "--shape", "--spacing", "--oblique", "--test"),
+    "faces": ("--n", "--identities", "--per-identity", "--size", "--held-out", "--looks"),
+    "cells": ("--n", "--size", "--large"),
+    "cxr": ("--n", "--size", "--bit-depth", "--dicom", "--layout"),
+    "fundus": ("--n", "--size"),
+    "oct": ("--n", "--shape", "--bscans"),
+}
+"""The options each generator takes; any other option given is an error (never silently ignored)."""
 
 
 def _parse_tuple(text: str, n: int, cast: type, option: str) -> tuple[Any, ...]:
@@ -38,9 +52,9 @@ def _parse_tuple(text: str, n: int, cast: type, option: str) -> tuple[Any, ...]:
     return values
 
 
-def _reject(kind: SynthKind, **given: Any) -> None:
-    """Unknown-for-this-kind options are errors, not silently ignored."""
-    bad = [name for name, value in given.items() if value not in (None, False)]
+def _reject(kind: SynthKind, given: dict[str, Any]) -> None:
+    """Options that do not apply to this kind are errors, not silently ignored."""
+    bad = [name for name, value in given.items() if value not in (None, False) and name not in ACCEPTS[kind.value]]
     if bad:
         raise ConfigError(f"option(s) {', '.join(bad)} do not apply to 'synth {kind.value}'")
 
@@ -99,6 +113,42 @@ def _faces_options(
     }
 
 
+def _generator(kind: SynthKind, o: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The generator of ``kind`` and its keyword arguments from the command's options ``o`` (by option name)."""
+    if kind is SynthKind.ct:
+        from medvit.shared.data.synth import synth_ct
+
+        return synth_ct, _ct_options(o["--n"], o["--shape"], o["--spacing"], o["--oblique"], o["--test"])
+    if kind is SynthKind.faces:
+        from medvit.shared.data.synth import synth_faces
+
+        opts = (o["--n"], o["--identities"], o["--per-identity"], o["--size"], o["--held-out"], o["--looks"])
+        return synth_faces, _faces_options(*opts)
+    if kind is SynthKind.cells:
+        from medvit.shared.data.synth_cells import synth_cells
+
+        return synth_cells, {"n": o["--n"] or 64, "size": o["--size"] or 256, "large": o["--large"] or 0}
+    if kind is SynthKind.cxr:
+        from medvit.shared.data.synth_xray import synth_cxr
+
+        layout = o["--layout"] or "flat"
+        if layout not in ("flat", "chestxray14"):
+            raise ConfigError(f"--layout must be flat or chestxray14, got {layout!r}")
+        bits = o["--bit-depth"] or 8
+        if bits not in (8, 16):
+            raise ConfigError(f"--bit-depth must be 8 or 16, got {bits}")
+        kw = {"n": o["--n"] or 64, "size": o["--size"] or 256, "bit_depth": bits, "layout": layout}
+        return synth_cxr, {**kw, "n_dicom": o["--dicom"] or 0}
+    if kind is SynthKind.fundus:
+        from medvit.shared.data.synth_eye import synth_fundus
+
+        return synth_fundus, {"n": o["--n"] or 64, "size": o["--size"] or 256}
+    from medvit.shared.data.synth_eye import synth_oct
+
+    shape = _parse_tuple(o["--shape"], 3, int, "--shape") if o["--shape"] else (64, 64, 32)
+    return synth_oct, {"n": o["--n"] or 16, "shape": shape, "bscan_folders": o["--bscans"]}
+
+
 def _clear_out(kind: SynthKind, out: Path, overwrite: bool) -> None:
     """Refuse a non-empty OUT unless ``overwrite``; then remove only what a previous synth of ``kind`` wrote."""
     from medvit.shared.data.synth import clear_synth_outputs
@@ -135,17 +185,27 @@ def synth(
     kind: SynthKind = typer.Argument(..., help="What to generate."),
     out: Path = typer.Argument(..., help="Output folder (created; must be empty unless --overwrite)."),
     n: int | None = typer.Option(
-        None, "--n", "-n", min=1, help="ct: training cases (8). faces: identities (8). cells: tiles over 3 folds (64)."
+        None,
+        "--n",
+        "-n",
+        min=1,
+        help="ct: training cases (8). faces: identities (8). cells: tiles over 3 folds (64). cxr, fundus: images "
+        "(64). oct: volumes (16).",
     ),
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed; same seed, same files."),
-    shape: str | None = typer.Option(None, "--shape", help="ct: volume size X,Y,Z in voxels (96,96,64)."),
+    shape: str | None = typer.Option(
+        None, "--shape", help="ct: volume size X,Y,Z in voxels (96,96,64). oct: rows,columns,B-scans (64,64,32)."
+    ),
     spacing: str | None = typer.Option(None, "--spacing", help="ct: voxel size in mm (0.8,0.8,2.5)."),
     oblique: bool = typer.Option(False, "--oblique", help="ct: tilt the grid a few degrees (rotated affine)."),
     test: int | None = typer.Option(None, "--test", min=0, help="ct: extra cases in imagesTs/ + labelsTs/ (0)."),
     identities: int | None = typer.Option(None, "--identities", min=2, help="faces: identities (8)."),
     per_identity: int | None = typer.Option(None, "--per-identity", min=1, help="faces: images per identity (6)."),
     size: int | None = typer.Option(
-        None, "--size", min=32, help="faces: image side in pixels (112). cells: tile side, multiple of 16 (256)."
+        None,
+        "--size",
+        min=32,
+        help="faces: image side in pixels (112). cells: tile side, multiple of 16 (256). cxr, fundus: side (256).",
     ),
     held_out: bool = typer.Option(False, "--held-out", help="faces: a disjoint set of identities (heldout_XXX)."),
     looks: int | None = typer.Option(
@@ -154,36 +214,36 @@ def synth(
     large: int | None = typer.Option(
         None, "--large", min=0, help="cells: extra 640x768 images with labels in large/ for tiling (0)."
     ),
+    bit_depth: int | None = typer.Option(None, "--bit-depth", help="cxr: PNG bit depth, 8 or 16 (8)."),
+    dicom: int | None = typer.Option(None, "--dicom", min=0, help="cxr: write the first N images as DICOM DX (0)."),
+    layout: str | None = typer.Option(None, "--layout", help="cxr: flat or chestxray14 (flat)."),
+    bscans: bool = typer.Option(False, "--bscans", help="oct: also write each volume as numbered B-scan PNGs."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous synth output in OUT."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Write a small synthetic dataset in the field's layout (ct: nnU-Net raw; faces: identity folders; cells:
-    H&E nucleus tiles as the PanNuke release, for `medvit cell prepare pannuke`)."""
-    from medvit.shared.data import synth as synth_mod
-
+    H&E nucleus tiles as the PanNuke release; cxr: chest X-rays with findings; fundus: graded photographs; oct:
+    NIfTI volumes with a class each)."""
+    given = {
+        "--n": n,
+        "--shape": shape,
+        "--spacing": spacing,
+        "--oblique": oblique,
+        "--test": test,
+        "--identities": identities,
+        "--per-identity": per_identity,
+        "--size": size,
+        "--held-out": held_out,
+        "--looks": looks,
+        "--large": large,
+        "--bit-depth": bit_depth,
+        "--dicom": dicom,
+        "--layout": layout,
+        "--bscans": bscans,
+    }
     # check every option before touching OUT, so a rejected call never deletes anything
-    kwargs: dict[str, Any]
-    if kind is SynthKind.ct:
-        _reject(kind, **{"--identities": identities, "--per-identity": per_identity, "--size": size})
-        _reject(kind, **{"--held-out": held_out, "--looks": looks, "--large": large})
-        generate = synth_mod.synth_ct
-        kwargs = _ct_options(n, shape, spacing, oblique, test)
-    elif kind is SynthKind.faces:
-        _reject(kind, **{"--shape": shape, "--spacing": spacing, "--oblique": oblique, "--test": test})
-        _reject(kind, **{"--large": large})
-        generate = synth_mod.synth_faces
-        kwargs = _faces_options(n, identities, per_identity, size, held_out, looks)
-    elif kind is SynthKind.cells:
-        from medvit.shared.data.synth_cells import synth_cells
-
-        _reject(kind, **{"--shape": shape, "--spacing": spacing, "--oblique": oblique, "--test": test})
-        _reject(kind, **{"--identities": identities, "--per-identity": per_identity})
-        _reject(kind, **{"--held-out": held_out, "--looks": looks})
-        generate = synth_cells
-        kwargs = {"n": n or 64, "size": size or 256, "large": large or 0}
-    else:  # pragma: no cover - typer restricts KIND to the enum
-        raise ConfigError(f"unknown synth kind {kind.value!r}")
-
+    _reject(kind, given)
+    generate, kwargs = _generator(kind, given)
     _clear_out(kind, out, overwrite)
     with _ProgressCallback(f"synth {kind.value}", enabled=not quiet) as progress:
         summary = generate(out, seed=seed, progress=progress, **kwargs)

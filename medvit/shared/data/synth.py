@@ -1075,7 +1075,7 @@ def clear_synth_outputs(kind: str, out: str | os.PathLike[str]) -> list[str]:
     folders and ``large/`` (:func:`medvit.shared.data.synth_cells.clear_cells_outputs`).
 
     Args:
-        kind: ``"ct"``, ``"faces"`` or ``"cells"``.
+        kind: ``"ct"``, ``"faces"``, ``"cells"``, ``"cxr"``, ``"fundus"`` or ``"oct"``.
         out: The output folder.
 
     Returns:
@@ -1093,8 +1093,16 @@ def clear_synth_outputs(kind: str, out: str | os.PathLike[str]) -> list[str]:
         from medvit.shared.data.synth_cells import clear_cells_outputs
 
         return clear_cells_outputs(root)
+    elif kind == "cxr":
+        from medvit.shared.data.synth_xray import clear_cxr_outputs
+
+        return clear_cxr_outputs(root)
+    elif kind in ("fundus", "oct"):
+        from medvit.shared.data.synth_eye import clear_eye_outputs
+
+        return clear_eye_outputs(kind, root)
     else:
-        raise ConfigError(f"unknown synth kind {kind!r}; expected ct, faces or cells")
+        raise ConfigError(f"unknown synth kind {kind!r}; expected ct, faces, cells, cxr, fundus or oct")
     removed = []
     for path in owned:
         if path.is_dir() and not path.is_symlink():
