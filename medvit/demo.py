@@ -3,7 +3,9 @@
 1. Synthetic CT in nnU-Net raw layout (``medvit data synth ct``).
 2. Hi-End-MAE pretraining with the ``tiny`` preset; the encoder is exported (``encoder.safetensors``).
 3. ``ct-seg`` fine-tuning from that encoder, prediction of the held-out cases, evaluation (Dice per class).
-4. ``fiqa``: the tiny ViT-FIQA preset (CR-FIQA head) trained on synthetic identities with graded blur, occlusion
+4. ``cell``: synthetic H&E tiles in the PanNuke release format, ``cell prepare``, the tiny CellVTA preset, prediction
+   of held-out tiles and of a larger image cut into overlapping tiles (QuPath GeoJSON, overlays), bPQ / mPQ.
+5. ``fiqa``: the tiny ViT-FIQA preset (CR-FIQA head) trained on synthetic identities with graded blur, occlusion
    and low light, a held-out folder scored, and the rank correlation between predicted quality and degradation
    strength.
 
@@ -48,6 +50,7 @@ SEG_OPTIONS: dict[str, Any] = {
     "optim.ckpt_every": SEG_STEPS,
 }
 FIQA_STEPS = 600  # 40 identities x 100 faces, crfiqa head: held-out Spearman 0.52-0.65 (BENCHMARKS.md)
+CELL_STEPS = 300  # 80 synthetic 64 px tiles: held-out bPQ above 0.6 (BENCHMARKS.md)
 
 
 def _prepare(out: Path) -> None:
@@ -59,9 +62,10 @@ def _prepare(out: Path) -> None:
     (out / _MARKER).write_text("made by medvit demo; safe to delete\n")
 
 
-PARTS: tuple[str, ...] = ("ct-seg", "fiqa")
+PARTS: tuple[str, ...] = ("ct-seg", "cell", "fiqa")
 """What ``medvit demo APP`` runs: ``ct-seg`` (synthetic CT, Hi-End-MAE pretraining, fine-tuning, prediction,
-evaluation) and ``fiqa``; no APP runs both."""
+evaluation), ``cell`` (synthetic H&E tiles, prepare, train, tiled prediction, evaluation) or ``fiqa``; no APP runs
+them all."""
 
 
 def _ct_part(out: Path, console: Any, timings: dict[str, float], *, quiet: bool) -> dict[str, Any]:
@@ -129,6 +133,23 @@ def _ct_part(out: Path, console: Any, timings: dict[str, float], *, quiet: bool)
     return {"dice": overall, "summary": summary, "encoder": encoder}
 
 
+def _cell_part(out: Path, console: Any, timings: dict[str, float], *, quiet: bool) -> dict[str, Any]:
+    """Synthetic H&E tiles -> cell prepare -> train tiny CellVTA -> predict tiles and a stitched image -> evaluate."""
+    from medvit.apps.cell_seg.demo import run_demo as cell_demo
+
+    console.print("[bold]cell[/bold] prepare synthetic PanNuke-format tiles, train tiny CellVTA, predict, evaluate")
+    t = time.perf_counter()
+    cell = cell_demo(out, quiet=quiet, steps=CELL_STEPS)
+    timings["cell"] = time.perf_counter() - t
+    console.print(
+        f"cell held-out tiles: bPQ [bold]{cell['bpq']:.3f}[/bold], mPQ {cell['mpq']:.3f} "
+        f"({cell['cells']} nuclei in the stitched 640x768 image)"
+    )
+    console.print(f"cell overlay:           {cell['overlay']}")
+    console.print(f"QuPath detections:      {cell['geojson']}")
+    return {"cell_bpq": cell["bpq"], "cell_mpq": cell["mpq"], "cell_overlay": cell["overlay"]}
+
+
 def _fiqa_part(out: Path, console: Any, timings: dict[str, float], *, quiet: bool) -> dict[str, Any]:
     """Tiny ViT-FIQA trained on synthetic identities, a held-out folder scored and ranked; prints the result."""
     from medvit.apps.fiqa.api import run_demo as fiqa_demo
@@ -164,6 +185,8 @@ def run_demo(out: str | Path, *, quiet: bool = False, parts: tuple[str, ...] = P
     result: dict[str, Any] = {"timings": timings}
     if "ct-seg" in parts:
         result.update(_ct_part(out, console, timings, quiet=quiet))
+    if "cell" in parts:
+        result.update(_cell_part(out, console, timings, quiet=quiet))
     if "fiqa" in parts:
         result.update(_fiqa_part(out, console, timings, quiet=quiet))
     total = time.perf_counter() - t0

@@ -79,7 +79,7 @@ def test_prepare_refuses_a_foreign_folder_and_replaces_its_own(tmp_path: Path) -
 
 
 def test_unknown_part_is_refused_before_anything_is_written(tmp_path: Path) -> None:
-    with pytest.raises(MedvitError, match="unknown demo part cxr; choose from ct-seg, fiqa"):
+    with pytest.raises(MedvitError, match="unknown demo part cxr; choose from ct-seg, cell, fiqa"):
         demo.run_demo(tmp_path / "out", parts=("cxr",))
     assert not (tmp_path / "out").exists()
 
@@ -119,3 +119,26 @@ def test_demo_ct_seg_part_learns_and_keeps_every_file_promise(tmp_path: Path, ca
     summary = json.loads((pred / "summary.json").read_text())
     assert summary["cases"] == demo.CT_TEST_CASES
     assert summary["overall"]["dice"]["mean"] >= 0.8, summary["per_class"]
+
+
+@pytest.mark.slow  # the cell learning loop: 300 steps of the tiny CellVTA on 64 px tiles
+def test_demo_cell_part_learns_and_writes_what_qupath_reads(tmp_path: Path) -> None:
+    """``medvit demo cell``: synthetic tiles in the PanNuke release format -> cell prepare -> train -> predict the
+    40 held-out tiles and a 640x768 image cut into overlapping tiles -> evaluate. Asserts the demo's learning target
+    (image-averaged bPQ >= 0.6 on the held-out tiles) and the files a pathologist opens."""
+    from typer.testing import CliRunner
+
+    from medvit.apps.cell_seg.export import validate_geojson
+    from medvit.cli import app
+
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(app, ["demo", "cell", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    cell = out / "cell"
+    summary = json.loads((cell / "evaluation" / "summary.json").read_text())
+    assert summary["counts"]["images"] == 40
+    assert summary["image_average"]["bPQ"] >= 0.6, summary["image_average"]
+    assert validate_geojson(cell / "predictions" / "stitched.cells.geojson") > 50
+    assert (cell / "predictions" / "stitched.overlay.png").is_file()
+    with np.load(cell / "predictions" / "stitched.labels.npz") as z:
+        assert z["inst_map"].shape == (640, 768)
