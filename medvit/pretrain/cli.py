@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     single.command()(pretrain_command)
     command = typer.main.get_command(single)
     try:
-        command.main(
+        # typer turns Ctrl-C into Exit(130), which a non-standalone call returns instead of raising
+        rv = command.main(
             args=argv if argv is not None else sys.argv[1:], prog_name="medvit pretrain", standalone_mode=False
         )
     except MedvitError as err:
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as err:
         err.show()
         return err.exit_code
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":
