@@ -283,7 +283,7 @@ def save_image_preview(path: str | os.PathLike[str], panels: dict[str, Any], tit
 class SamplePreviewHook:
     """Engine hook: previews of fixed 2D images and/or 3D volumes every ``every`` steps and at the end (rank 0).
 
-    A 2D sample is drawn by :func:`save_image_preview`, a 3D one as orthogonal mid-slices (:func:`save_preview`).
+    A 2D sample is drawn by :func:`save_image_preview`, a 3D one as three orthogonal planes (:func:`save_preview`).
     Files: ``<run>/previews/step_000200[_NAME].png`` and ``<run>/previews/latest[_NAME].png`` for each sample
     ``NAME`` (no suffix for the name ``""``).
 
@@ -292,13 +292,22 @@ class SamplePreviewHook:
         every: steps between previews (0: only at the end).
         seed: seed of the preview masks (the same masks at every step).
         model_of: picks the masked autoencoder out of the training task (default: the task itself).
+        slices: the planes of a 3D sample (:func:`oct_slices` for OCT, :func:`mid_slices` for CT).
     """
 
-    def __init__(self, samples: dict[str, torch.Tensor], every: int, seed: int = 0, model_of: Any = None) -> None:
+    def __init__(
+        self,
+        samples: dict[str, torch.Tensor],
+        every: int,
+        seed: int = 0,
+        model_of: Any = None,
+        slices: Any = oct_slices,
+    ) -> None:
         self.samples = samples
         self.every = every
         self.seed = seed
         self.model_of = model_of or (lambda task: task)
+        self.slices = slices
         self.written: list[Path] = []
 
     def _draw_one(self, state: Any, model: torch.nn.Module, name: str, sample: torch.Tensor) -> None:
