@@ -184,3 +184,16 @@ def test_image_augment_is_the_recipe_and_replays_per_seed() -> None:
     )[0].clamp(0, 1)
     torch.testing.assert_close(view(square), expect)
     assert math.isclose(float(view(square).mean()), float(expect.mean()))
+
+
+@pytest.mark.slow  # about 20 s: the two demo runs
+def test_pretrain_demo_learns_and_exports(tmp_path: Path) -> None:
+    from medvit.pretrain.demo import run_pretrain_demo
+
+    result = run_pretrain_demo(tmp_path, quiet=True)
+    cxr, eye = result["cxr"], result["eye"]
+    assert cxr["final_loss"] < 0.7 * cxr["first_loss"]
+    assert eye["final_loss_2d"] < eye["first_loss_2d"] and eye["final_loss_3d"] < eye["first_loss_3d"]
+    for path in (cxr["encoder"], eye["encoder_2d"], eye["encoder_3d"]):
+        load_backbone(path)
+    assert (cxr["previews"] / "latest.png").is_file() and (eye["previews"] / "latest_3d.png").is_file()
