@@ -214,3 +214,28 @@ def test_volume_augment_z_scores_the_non_zero_voxels() -> None:
     train.reseed(3)
     flipped = train(vol)[0].numpy()
     np.testing.assert_allclose(flipped[::-1, ::-1, ::-1][2:], ref, atol=1e-5)  # every axis flipped
+
+
+@pytest.mark.slow  # torchrun spawn, two gloo processes
+def test_torchrun_two_processes_take_the_same_kind_each_step(eye_root: Path, cache_dir: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "medvit.pretrain.cli", str(eye_root), "--out", str(out), *map(str, TINY), "--steps", "4"]
+    cmd += ["--set", "train.log_every=1", "--set", f"data.cache_dir={cache_dir}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["step"] == 4 and ckpt["world_size"] == 2
+    # 8 images / (2 x 2) = 2 2D steps and 3 volumes / (1 x 2) = 1 3D step per epoch: each step one kind on both ranks
+    metrics = _metrics(out)
+    assert [r["step"] for r in metrics] == [1, 2, 3, 4]
+    assert sum("loss_2d" in r for r in metrics[:3]) == 2 and sum("loss_3d" in r for r in metrics[:3]) == 1
+    _, side = load_backbone(out / "encoder_3d.safetensors")
+    assert side["pretrain_steps"] == 4 and (side["steps_2d_per_epoch"], side["steps_3d_per_epoch"]) == (2, 1)
