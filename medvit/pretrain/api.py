@@ -1,13 +1,17 @@
-"""``run_pretrain``: self-supervised pretraining on a folder of raw CT, the typed function behind ``medvit pretrain``.
+"""``run_pretrain``: self-supervised pretraining on a folder of raw images, the function behind ``medvit pretrain``.
 
-Pipeline: find volumes (NIfTI, nnU-Net raw ``imagesTr/*_0000.nii.gz``, DICOM series; mixed) -> preprocess each
+The method follows the data unless ``model.method`` names one (:func:`choose_method`, which logs the choice and
+why): 3D CT -> Hi-End-MAE (this module); 2D chest X-rays -> MAE with the thorax recipe and 2D colour fundus
+photographs + 3D OCT -> Uni4Eye (:mod:`medvit.pretrain.pipeline2d`). ``--method`` always wins.
+
+CT pipeline: find volumes (NIfTI, nnU-Net raw ``imagesTr/*_0000.nii.gz``, DICOM series; mixed) -> preprocess each
 once (orientation, spacing, HU window, foreground crop; :mod:`medvit.shared.data.transforms`) into a disk cache
 (:mod:`medvit.shared.data.cache`), skipping unreadable volumes with a warning -> random crops biased to tissue +
 augmentation every step -> the method's model (:mod:`~medvit.pretrain.hi_end_mae` or :mod:`~medvit.pretrain.mae`)
 trained by the shared engine (:func:`medvit.shared.engine.fit.fit`: AdamW, cosine LR, AMP, DDP under torchrun,
 atomic checkpoints, resume) -> ``encoder.safetensors`` + sidecar, reconstruction previews, ``plots/loss.png``.
 
-Run directory::
+Run directory (CT)::
 
     out/config.yaml  metrics.jsonl  summary.json  last.pt  ckpt_step*.pt (engine)
     out/volumes.csv                                                       every input: ok | skipped: reason
@@ -23,20 +27,26 @@ overfit and small archives cannot spare a volume).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from monai.transforms import Compose
 
-from medvit.pretrain.config import DEFAULT_EPOCHS, PretrainConfig, TrainCfg
+from medvit.pretrain.common import (
+    MethodChoice,
+    check_run_dir,
+    failure_reason,
+    gather_in_order,
+    optim_plan,
+    process_group,
+)
+from medvit.pretrain.config import PretrainConfig, TrainCfg
 from medvit.pretrain.hi_end_mae import load_official_hi_end_mae
 from medvit.pretrain.presets import Preset, build_model, get_preset
 from medvit.pretrain.preview import PreviewHook, crop_center
@@ -49,13 +59,16 @@ from medvit.shared.data.transforms import ct_augment, ct_preprocess, ct_random_c
 from medvit.shared.engine import distributed as D
 from medvit.shared.engine.fit import TrainConfig, fit, resolve_device
 from medvit.shared.engine.progress import ItemProgress
-from medvit.shared.engine.rundir import RunDir
-from medvit.shared.errors import ConfigError, DataError, MedvitError, TrainingError, WeightsError
+from medvit.shared.errors import ConfigError, DataError, WeightsError
 from medvit.shared.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VolumeStatus", "resolve_method", "run_pretrain"]
+__all__ = ["DEFAULT_PRESETS", "MethodChoice", "VolumeStatus", "choose_method", "run_pretrain"]
+
+DEFAULT_PRESETS: dict[str, str] = {"ct": "base", "2d": "cxr-vit-s", "eye": "uni4eye-vit-b"}
+"""The preset of each pipeline when none is given: CT -> ``base`` (Hi-End-MAE or 3D MAE), 2D images -> the thorax
+``cxr-vit-s`` (Medical MAE's ViT-S), eye -> ``uni4eye-vit-b`` (ViT-B; ``uni4eye-vit-l`` is the successor's size)."""
 
 _SKIPPED = "skipped: "
 
@@ -89,12 +102,86 @@ class _Plan:
     train_cfg: TrainConfig
 
 
-def resolve_method(method: str) -> str:
-    """``auto`` -> the method for the data: 3D CT volumes -> ``hi-end-mae`` (the only kind the command reads)."""
-    return "hi-end-mae" if method == "auto" else method
-
-
 # ---------------------------------------------------------------------------------------------------- the method
+def _given_choice(data_dir: Path, method: str, preset: str | None) -> MethodChoice:
+    """``--method`` given: the pipeline follows the method (for ``mae``, the preset's dimensionality or the data)."""
+    if method == "hi-end-mae":
+        return MethodChoice(method, "ct", preset or DEFAULT_PRESETS["ct"], "ct", "--method hi-end-mae", given=True)
+    if method == "uni4eye":
+        return MethodChoice(method, "eye", preset or DEFAULT_PRESETS["eye"], "eye", "--method uni4eye", given=True)
+    if preset is not None:
+        data = "ct" if get_preset("mae", preset).spatial_dims == 3 else "2d"
+        why = f"--method mae with the {data.upper()} preset {preset}"
+        return MethodChoice(method, data, preset, "ct" if data == "ct" else "xray", why, given=True)
+    from medvit.shared.data.folders import classify_folder
+
+    found = classify_folder(data_dir)
+    data = "ct" if found["kind"] == "ct" else "2d"
+    reader = "ct" if data == "ct" else "image" if found["kind"] == "photo" else "xray"
+    why = f"--method mae; {'3D' if data == 'ct' else '2D'} from the data ({found['reason']})"
+    return MethodChoice(method, data, DEFAULT_PRESETS[data], reader, why, given=True)
+
+
+def _preset_choice(preset: str) -> MethodChoice:
+    """``auto`` with a preset: the preset names the method (a CT size -> hi-end-mae, ``cxr-*`` and other 2D MAE
+    presets -> mae, ``uni4eye-*`` -> uni4eye)."""
+    from medvit.pretrain.presets import METHODS, list_presets
+
+    owners = [m for m in METHODS if preset in list_presets(m)]
+    if not owners:
+        get_preset("mae", preset)  # raises, listing the valid names
+    method = "hi-end-mae" if "hi-end-mae" in owners else owners[0]
+    p = get_preset(method, preset)
+    data = "eye" if method == "uni4eye" else "ct" if p.spatial_dims == 3 else "2d"
+    reader = {"ct": "ct", "eye": "eye"}.get(data, "xray")
+    return MethodChoice(method, data, preset, reader, f"preset {preset} is a {method} preset ({data} pipeline)")
+
+
+def choose_method(data_dir: str | Path, method: str = "auto", preset: str | None = None) -> MethodChoice:
+    """The method, pipeline and preset for a folder: ``--method`` when given, else what the data are.
+
+    From the data (:func:`medvit.shared.data.folders.classify_folder`): 3D CT volumes -> ``hi-end-mae``; 2D chest
+    X-rays (a public release layout, or grayscale images / DICOM CR/DX) -> ``mae`` with the thorax recipe
+    (``cxr-vit-s`` unless ``preset``); 2D colour fundus photographs and/or 3D OCT volumes -> ``uni4eye``; other
+    colour photographs -> ``mae`` on RGB images. A named method always wins; ``mae`` then still looks at the data
+    (or at a given preset's dimensionality) to choose between the CT and the 2D pipeline. Without a method, a
+    given preset names it (CT sizes ``paper``/``base``/``small``/``tiny`` -> hi-end-mae, as before this choice
+    existed; ``cxr-*`` -> mae; ``uni4eye-*`` -> uni4eye) and the folder is not inspected.
+
+    Args:
+        data_dir: the input folder.
+        method: ``auto``, ``hi-end-mae``, ``mae`` or ``uni4eye``.
+        preset: a preset name, or None for the pipeline's default (:data:`DEFAULT_PRESETS`).
+
+    Returns:
+        The :class:`~medvit.pretrain.common.MethodChoice` (with the reason in one line).
+
+    Raises:
+        DataError: ``auto`` (or ``mae`` without a preset) on a folder without images or volumes.
+        ConfigError: an unknown method or preset.
+    """
+    data_dir = Path(data_dir)
+    if method != "auto":
+        choice = _given_choice(data_dir, method, preset)
+    elif preset is not None:
+        choice = _preset_choice(preset)
+    else:
+        from medvit.shared.data.folders import classify_folder
+
+        found = classify_folder(data_dir)
+        data = {"hi-end-mae": "ct", "uni4eye": "eye"}.get(found["method"], "2d")
+        reader = {"ct": "ct", "eye": "eye"}.get(data, "image" if found["kind"] == "photo" else "xray")
+        why = f"chosen from the data: {found['reason']}"
+        choice = MethodChoice(found["method"], data, DEFAULT_PRESETS[data], reader, why)
+    get_preset(choice.method, choice.preset)  # an unknown preset fails here, naming the valid ones
+    return choice
+
+
+def _log_choice(choice: MethodChoice) -> None:
+    if D.rank() == 0:
+        logger.info("method %s, preset %s (%s)", choice.method, choice.preset, choice.reason)
+
+
 def run_pretrain(
     cfg: PretrainConfig,
     *,
@@ -104,6 +191,8 @@ def run_pretrain(
     """Pretrain an encoder on a folder of CT volumes.
 
     Works the same in one process and under ``torchrun --nproc_per_node=N`` (each rank calls this function).
+    The pipeline follows :func:`choose_method`: CT volumes here, 2D images and eye data in
+    :mod:`medvit.pretrain.pipeline2d` (``run_images``, ``run_eye``; their run directories are described there).
 
     Args:
         cfg: the resolved configuration.
@@ -114,15 +203,27 @@ def run_pretrain(
         The run directory.
 
     Raises:
-        DataError: no volume found or none usable (each skipped one is listed in ``volumes.csv``), or fewer
-            volumes than one batch.
+        DataError: no input found or none usable (each one is listed in ``volumes.csv`` / ``inputs.csv``), or fewer
+            inputs than one batch.
         ConfigError: unknown preset, a crop size that is not a multiple of the patch size, bad options.
         TrainingError: checkpoints in ``out`` without ``resume`` (or none with it), non-finite loss.
     """
-    plan = _plan(cfg)
+    choice = choose_method(cfg.data_dir, cfg.model.method, cfg.model.preset)
+    _log_choice(choice)
+    if choice.data != "ct":
+        from medvit.pretrain.pipeline2d import run_eye, run_images
+
+        runner = run_images if choice.data == "2d" else run_eye
+        return runner(cfg, choice, resume=resume, hooks=hooks)
+    return _run_ct(cfg, choice, resume=resume, hooks=hooks)
+
+
+def _run_ct(cfg: PretrainConfig, choice: MethodChoice, *, resume: bool, hooks: Sequence[Any]) -> Path:
+    """The CT pipeline (see the module docstring)."""
+    plan = _plan(cfg, choice)
     out = Path(cfg.out)
-    _check_run_dir(out, resume)  # before the (possibly long) preprocessing pass
-    with _process_group(resolve_device(plan.train_cfg.device)):
+    check_run_dir(out, resume)  # before the (possibly long) preprocessing pass
+    with process_group(resolve_device(plan.train_cfg.device)):
         main = D.rank() == 0
         preprocess, cache = _volume_cache(cfg)
         usable = _scan_and_preprocess(cfg, preprocess, cache, plan.train.batch_size)
@@ -131,7 +232,7 @@ def run_pretrain(
         all_hooks: list[Any] = list(hooks)
         if main:
             all_hooks += _preview_and_export_hooks(cfg, plan, usable, preprocess, cache, model)
-        resolved = _resolved_config(cfg, plan)
+        resolved = _resolved_config(cfg, plan, choice)
         if main:
             _log_start(plan, len(usable), resolved["resolved"]["crops_per_step"], model.mask_ratio)
         fit(
@@ -156,16 +257,11 @@ def run_pretrain(
 
 
 # ---------------------------------------------------------------------------------------------------- the plan
-def _plan(cfg: PretrainConfig) -> _Plan:
-    method = resolve_method(cfg.model.method)
-    preset = get_preset(method, cfg.model.preset)
+def _plan(cfg: PretrainConfig, choice: MethodChoice) -> _Plan:
+    preset = get_preset(choice.method, choice.preset)
     crop = _crop_size(cfg, preset)
-    t = cfg.train
-    if t.steps is None and t.epochs is None:
-        t = replace(t, epochs=DEFAULT_EPOCHS)
-    lr = t.lr if t.lr is not None else preset.lr
-    train_cfg = TrainConfig.from_section(t, lr=lr, betas=tuple(t.betas))
-    return _Plan(method=method, preset=preset, crop=crop, train=t, lr=lr, train_cfg=train_cfg)
+    opt = optim_plan(cfg.train, preset, world=D.world_size())
+    return _Plan(method=choice.method, preset=preset, crop=crop, train=opt.train, lr=opt.lr, train_cfg=opt.loop)
 
 
 def _crop_size(cfg: PretrainConfig, preset: Preset) -> tuple[int, int, int]:
@@ -175,41 +271,13 @@ def _crop_size(cfg: PretrainConfig, preset: Preset) -> tuple[int, int, int]:
             "(tiny, small, base, paper for hi-end-mae; tiny, small, base for mae)"
         )
     crop = tuple(int(c) for c in (cfg.data.crop_size or preset.crop_size))
+    if len(crop) != 3:
+        raise ConfigError(f"data.crop_size: CT crops need 3 sizes (got {list(crop)})")
     patch = preset.backbone_overrides.get("patch_size") or backbone_kwargs(preset.backbone)["patch_size"]
     patch = (patch,) * 3 if isinstance(patch, int) else tuple(patch)
     if any(c % p for c, p in zip(crop, patch, strict=True)):
         raise ConfigError(f"data.crop_size {list(crop)} must be a multiple of the patch size {list(patch)}")
     return crop  # type: ignore[return-value]
-
-
-def _check_run_dir(out: Path, resume: bool) -> None:
-    """Fail early when ``out`` cannot be used: a previous run without ``resume``, or nothing to resume."""
-    run = RunDir(out)
-    if not resume and run.has_checkpoints():
-        raise TrainingError(
-            f"{out} already holds checkpoints of a previous run; pass --resume to continue it or choose another --out"
-        )
-    if resume and not run.has_checkpoints():
-        raise TrainingError(f"--resume: no checkpoint to resume from in {out} (no last.pt)")
-
-
-@contextlib.contextmanager
-def _process_group(device: torch.device) -> Iterator[None]:
-    """The torchrun process group for the block (if launched by torchrun and none exists yet), torn down after."""
-    had_group = D.is_initialized()
-    D.init_distributed(str(device))
-    owns_group = D.is_initialized() and not had_group
-    try:
-        yield
-    except BaseException:
-        if owns_group:
-            try:
-                D.cleanup(barrier=False)
-            except Exception:  # noqa: BLE001 - already failing; keep the original error
-                logger.debug("process group teardown failed", exc_info=True)
-        raise
-    if owns_group:
-        D.cleanup()
 
 
 # ------------------------------------------------------------------------------------- scan + preprocess (cached)
@@ -247,7 +315,7 @@ def _scan_and_preprocess(
     main = rank == 0
     sources = find_volumes(cfg.data_dir)  # sorted: the same list on every rank
     mine = _check_volumes(sources[rank::world], cache, preprocess, progress=main and not cfg.quiet)
-    statuses = _gather_statuses(mine, len(sources), world)
+    statuses = gather_in_order(mine, len(sources), world)
     if main:
         _write_manifest(out / "volumes.csv", statuses)
     usable = [s for s in statuses if s.status == "ok"]
@@ -274,22 +342,6 @@ def _scan_and_preprocess(
     return usable
 
 
-def _reason(err: BaseException) -> str:
-    """One line for a failed volume: our reader's message if MONAI wrapped it ("applying transform ..."), else the
-    innermost error."""
-    chain: list[BaseException] = []
-    e: BaseException | None = err
-    while e is not None and e not in chain:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    for e in chain:
-        if isinstance(e, MedvitError):
-            return str(e).strip().splitlines()[0]
-    inner = chain[-1]
-    text = str(inner).strip().splitlines()[0] if str(inner).strip() else ""
-    return f"{type(inner).__name__}: {text}" if text else type(inner).__name__
-
-
 def _check_volumes(sources: Sequence[Any], cache: Any, preprocess: Any, progress: bool) -> list[VolumeStatus]:
     """Preprocess every volume once (filling the cache); unreadable or empty ones are marked skipped."""
     out: list[VolumeStatus] = []
@@ -302,22 +354,10 @@ def _check_volumes(sources: Sequence[Any], cache: Any, preprocess: Any, progress
                     raise DataError("no voxel inside the HU window (empty after windowing)")
                 out.append(VolumeStatus(src.case_id, src.path, "ok", tuple(int(s) for s in img.shape[1:])))
             except Exception as err:  # noqa: BLE001 - one bad volume never stops the run; the reason is recorded
-                reason = _reason(err)
+                reason = failure_reason(err)
                 logger.warning("skipping %s: %s", src.rel, reason)
                 out.append(VolumeStatus(src.case_id, src.path, f"{_SKIPPED}{reason}"))
             bar.advance()
-    return out
-
-
-def _gather_statuses(mine: list[VolumeStatus], total: int, world: int) -> list[VolumeStatus]:
-    """Statuses of every volume in scan order, from each rank's share ``sources[rank::world]``."""
-    if world == 1:
-        return mine
-    shares: list[Any] = [None] * world
-    dist.all_gather_object(shares, mine)
-    out: list[VolumeStatus] = []
-    for i in range(total):
-        out.append(shares[i % world][i // world])
     return out
 
 
@@ -409,14 +449,17 @@ def _preview_and_export_hooks(
     ]
 
 
-def _resolved_config(cfg: PretrainConfig, plan: _Plan) -> dict[str, Any]:
+def _resolved_config(cfg: PretrainConfig, plan: _Plan, choice: MethodChoice) -> dict[str, Any]:
     """``config.yaml`` of the run: the config as given plus what it resolved to."""
     t = plan.train
     resolved = to_dict(cfg)
     resolved["resolved"] = {
         "method": plan.method,
+        "method_reason": choice.reason,
+        "preset": plan.preset.name,
         "crop_size": list(plan.crop),
         "lr": plan.lr,
+        "warmup_fraction": t.warmup_fraction,
         "epochs": t.epochs,
         "steps": t.steps,
         "crops_per_step": t.batch_size * cfg.data.crops_per_volume * t.grad_accum * D.world_size(),

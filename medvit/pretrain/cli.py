@@ -1,8 +1,12 @@
 """``medvit pretrain DIR``: thin typer command over :func:`medvit.pretrain.api.run_pretrain`.
 
 Torch is imported only inside the command, so ``medvit --help`` stays fast. The root CLI mounts it with
-``app.command("pretrain")(pretrain_command)``. Distributed runs use the same command unchanged::
+``app.command("pretrain")(pretrain_command)``. The method follows the data unless ``--method`` names one (CT ->
+hi-end-mae, chest X-rays -> mae with the thorax recipe, fundus photographs + OCT -> uni4eye). Distributed runs use
+the same command unchanged::
 
+    medvit pretrain chestxray14/ --out runs/cxr                               # mae, preset cxr-vit-s
+    medvit pretrain eye/ --out runs/eye --set model.mask_strategy=entropy     # uni4eye, preset uni4eye-vit-b
     torchrun --nproc_per_node=4 -m medvit pretrain ct/ --out runs/ct --preset base
     torchrun --nproc_per_node=2 -m medvit.pretrain.cli ct/ --out runs/ct        # standalone launcher
 """
@@ -21,7 +25,9 @@ __all__ = ["app", "main", "pretrain_command"]
 
 def pretrain_command(
     data_dir: Path = typer.Argument(
-        ..., help="Folder of CT volumes: NIfTI files, nnU-Net raw layouts (imagesTr/*_0000.nii.gz), DICOM series."
+        ...,
+        help="Folder of CT volumes (NIfTI, nnU-Net raw, DICOM series), of chest X-rays (PNG/JPEG/DICOM; ChestX-ray14, "
+        "CheXpert, MIMIC-CXR-JPG layouts) or of eye data (fundus photographs and OCT volumes).",
     ),
     out: Optional[Path] = typer.Option(
         None,
@@ -30,21 +36,32 @@ def pretrain_command(
         help="Run directory (default $MEDVIT_RUNS/pretrain; runs/pretrain when MEDVIT_RUNS is unset).",
     ),
     method: Optional[str] = typer.Option(
-        None, "--method", help="hi-end-mae | mae (default: chosen from the data; 3D CT -> hi-end-mae)."
+        None,
+        "--method",
+        help="hi-end-mae | mae | uni4eye (default: chosen from the data and logged with the reason: 3D CT -> "
+        "hi-end-mae, 2D X-rays -> mae with the thorax recipe, fundus + OCT -> uni4eye).",
     ),
     preset: Optional[str] = typer.Option(
-        None, "--preset", help="Model size: paper | base | small | tiny (default base; tiny for CPU demos)."
+        None,
+        "--preset",
+        help="Model size. CT: paper | base | small | tiny (default base); X-rays: cxr-vit-s | cxr-vit-b | cxr-tiny "
+        "(default cxr-vit-s); eye: uni4eye-vit-l | uni4eye-vit-b | uni4eye-tiny (default uni4eye-vit-b).",
     ),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the volumes (default 100)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the inputs (default 100)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (instead of --epochs)."),
     batch_size: Optional[int] = typer.Option(
-        None, "--batch-size", help="Volumes per step per process; each yields --crops-per-volume crops (default 2)."
+        None,
+        "--batch-size",
+        help="Per step and process: CT volumes (each yields --crops-per-volume crops) or 2D images (default 2); "
+        "Uni4Eye's 3D batch is data.batch_size_3d (default batch / 8).",
     ),
     crops_per_volume: Optional[int] = typer.Option(
         None, "--crops-per-volume", help="Random crops drawn from each volume per step (default 4)."
     ),
     mask_ratio: Optional[float] = typer.Option(None, "--mask-ratio", help="Fraction of patches masked (0.75)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: the preset's, 1e-4)."),
+    lr: Optional[float] = typer.Option(
+        None, "--lr", help="Peak learning rate (default: CT the preset's, 1e-4; recipes blr x effective batch / 256)."
+    ),
     workers: Optional[int] = typer.Option(None, "--workers", help="Data loader processes per rank (default 0)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config (see config.yaml of a previous run)."),
@@ -52,10 +69,10 @@ def pretrain_command(
         None, "--set", help="Override any config key, e.g. --set data.spacing=[1,1,2] (repeatable)."
     ),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of weights, masks and crops (default 0)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of weights, masks, crops and order (default 0)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Self-supervised pretraining (Hi-End-MAE or MAE) on a folder of raw CT; exports encoder.safetensors."""
+    """Self-supervised pretraining (Hi-End-MAE, MAE or Uni4Eye) on a folder of raw images; exports the encoder(s)."""
     from medvit.pretrain.api import run_pretrain
     from medvit.pretrain.config import PretrainConfig
     from medvit.shared.config import load_config
@@ -103,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     single.command()(pretrain_command)
     command = typer.main.get_command(single)
     try:
-        command.main(
+        # typer turns Ctrl-C into Exit(130), which a non-standalone call returns instead of raising
+        rv = command.main(
             args=argv if argv is not None else sys.argv[1:], prog_name="medvit pretrain", standalone_mode=False
         )
     except MedvitError as err:
@@ -114,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as err:
         err.show()
         return err.exit_code
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":
