@@ -88,7 +88,7 @@ def doctor() -> None:
 
 @app.command()
 def demo(
-    part: str = typer.Argument("all", help="ct-seg (CT pretraining + segmentation), cell, fiqa, or all."),
+    part: str = typer.Argument("all", help="ct-seg (CT pretraining + segmentation), cell, cxr, eye, fiqa, or all."),
     out: str = typer.Option("demo_out", "--out", help="Folder for the demo's data and runs."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:

@@ -5,7 +5,11 @@
 3. ``ct-seg`` fine-tuning from that encoder, prediction of the held-out cases, evaluation (Dice per class).
 4. ``cell``: synthetic H&E tiles in the PanNuke release format, ``cell prepare``, the tiny CellVTA preset, prediction
    of held-out tiles and of a larger image cut into overlapping tiles (QuPath GeoJSON, overlays), bPQ / mPQ.
-5. ``fiqa``: the tiny ViT-FIQA preset (CR-FIQA head) trained on synthetic identities with graded blur, occlusion
+5. ``cxr``: synthetic chest X-rays in the ChestX-ray14 layout, thorax-MAE pretraining (``cxr-tiny``), the encoder
+   exported for the classification app.
+6. ``eye``: synthetic fundus photographs and OCT volumes, Uni4Eye pretraining with 2D and 3D steps interleaved,
+   the 2D and 3D encoders exported.
+7. ``fiqa``: the tiny ViT-FIQA preset (CR-FIQA head) trained on synthetic identities with graded blur, occlusion
    and low light, a held-out folder scored, and the rank correlation between predicted quality and degradation
    strength.
 
@@ -62,9 +66,10 @@ def _prepare(out: Path) -> None:
     (out / _MARKER).write_text("made by medvit demo; safe to delete\n")
 
 
-PARTS: tuple[str, ...] = ("ct-seg", "cell", "fiqa")
+PARTS: tuple[str, ...] = ("ct-seg", "cell", "cxr", "eye", "fiqa")
 """What ``medvit demo APP`` runs: ``ct-seg`` (synthetic CT, Hi-End-MAE pretraining, fine-tuning, prediction,
-evaluation), ``cell`` (synthetic H&E tiles, prepare, train, tiled prediction, evaluation) or ``fiqa``; no APP runs
+evaluation), ``cell`` (synthetic H&E tiles, prepare, train, tiled prediction, evaluation), ``cxr`` (thorax-MAE
+pretraining on synthetic X-rays), ``eye`` (Uni4Eye pretraining on synthetic fundus + OCT) or ``fiqa``; no APP runs
 them all."""
 
 
@@ -150,6 +155,42 @@ def _cell_part(out: Path, console: Any, timings: dict[str, float], *, quiet: boo
     return {"cell_bpq": cell["bpq"], "cell_mpq": cell["mpq"], "cell_overlay": cell["overlay"]}
 
 
+def _cxr_part(out: Path, console: Any, timings: dict[str, float], *, quiet: bool) -> dict[str, Any]:
+    """Synthetic chest X-rays -> thorax-MAE pretraining -> exported encoder."""
+    from medvit.pretrain.demo import run_cxr_pretrain_demo
+
+    console.print("[bold]cxr[/bold] thorax-MAE pretraining on synthetic chest X-rays (cxr-tiny preset)")
+    t = time.perf_counter()
+    pre = run_cxr_pretrain_demo(out, quiet=quiet)
+    timings["cxr"] = time.perf_counter() - t
+    console.print(f"thorax MAE masked-patch loss: {pre['first_loss']:.3f} -> [bold]{pre['final_loss']:.3f}[/bold]")
+    console.print(f"cxr reconstructions:    {pre['previews']}")
+    console.print(f"cxr encoder export:     {pre['encoder']}")
+    return {"cxr_pretrain_loss": (pre["first_loss"], pre["final_loss"]), "cxr_encoder": pre["encoder"]}
+
+
+def _eye_part(out: Path, console: Any, timings: dict[str, float], *, quiet: bool) -> dict[str, Any]:
+    """Synthetic fundus + OCT -> Uni4Eye pretraining (2D and 3D steps) -> exported 2D and 3D encoders."""
+    from medvit.pretrain.demo import run_eye_pretrain_demo
+
+    console.print("[bold]eye[/bold] Uni4Eye pretraining on synthetic fundus photographs + OCT volumes (uni4eye-tiny)")
+    t = time.perf_counter()
+    pre = run_eye_pretrain_demo(out, quiet=quiet)
+    timings["eye"] = time.perf_counter() - t
+    console.print(
+        f"Uni4Eye loss: 2D steps {pre['first_loss_2d']:.3f} -> [bold]{pre['final_loss_2d']:.3f}[/bold], "
+        f"3D steps {pre['first_loss_3d']:.3f} -> [bold]{pre['final_loss_3d']:.3f}[/bold]"
+    )
+    console.print(f"eye reconstructions:    {pre['previews']}")
+    console.print(f"eye encoder exports:    {pre['encoder_2d']}, {pre['encoder_3d'].name}")
+    return {
+        "eye_pretrain_loss_2d": (pre["first_loss_2d"], pre["final_loss_2d"]),
+        "eye_pretrain_loss_3d": (pre["first_loss_3d"], pre["final_loss_3d"]),
+        "eye_encoder_2d": pre["encoder_2d"],
+        "eye_encoder_3d": pre["encoder_3d"],
+    }
+
+
 def _fiqa_part(out: Path, console: Any, timings: dict[str, float], *, quiet: bool) -> dict[str, Any]:
     """Tiny ViT-FIQA trained on synthetic identities, a held-out folder scored and ranked; prints the result."""
     from medvit.apps.fiqa.api import run_demo as fiqa_demo
@@ -187,6 +228,10 @@ def run_demo(out: str | Path, *, quiet: bool = False, parts: tuple[str, ...] = P
         result.update(_ct_part(out, console, timings, quiet=quiet))
     if "cell" in parts:
         result.update(_cell_part(out, console, timings, quiet=quiet))
+    if "cxr" in parts:
+        result.update(_cxr_part(out, console, timings, quiet=quiet))
+    if "eye" in parts:
+        result.update(_eye_part(out, console, timings, quiet=quiet))
     if "fiqa" in parts:
         result.update(_fiqa_part(out, console, timings, quiet=quiet))
     total = time.perf_counter() - t0

@@ -17,7 +17,7 @@ import medvit.apps.fiqa  # noqa: F401 - registers the ViT-FIQA checkpoint format
 app = typer.Typer(no_args_is_help=True)
 
 # Backbone formats the shared layer converts itself (medvit.shared.backbone.weights.FORMATS, without importing torch).
-_BACKBONE_FORMATS = ("timm", "mae", "hi-end-mae", "monai", "medvit")
+_BACKBONE_FORMATS = ("timm", "mae", "hi-end-mae", "monai", "medvit", "uni4eye")
 
 
 def _format_names() -> list[str]:

@@ -23,7 +23,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CXR_STEPS", "EYE_STEPS", "run_pretrain_demo"]
+__all__ = ["CXR_STEPS", "EYE_STEPS", "run_cxr_pretrain_demo", "run_eye_pretrain_demo", "run_pretrain_demo"]
 
 CXR_STEPS = 200
 EYE_STEPS = 160
@@ -60,8 +60,52 @@ def _run(data: Path, out: Path, preset: str, steps: int, quiet: bool, **options:
     return result
 
 
+def run_cxr_pretrain_demo(out: Path, *, quiet: bool) -> dict[str, Any]:
+    """Synthetic chest X-rays (ChestX-ray14 layout, 64 px) -> thorax MAE (``cxr-tiny``) -> ``encoder.safetensors``.
+
+    Returns:
+        ``run``, ``encoder``, ``previews``, ``seconds``, ``first_loss`` and ``final_loss`` (masked-patch MSE, mean of
+        the first and of the last 10 steps).
+    """
+    from medvit.shared.data.synth_xray import synth_cxr
+
+    cxr_data = Path(out) / "data" / "cxr"
+    synth_cxr(cxr_data, n=24, size=64, layout="chestxray14", seed=0)
+    cxr = _run(cxr_data, Path(out) / "runs" / "pretrain-cxr", "cxr-tiny", CXR_STEPS, quiet, **{"train.batch_size": 8})
+    cxr["encoder"] = cxr["run"] / "encoder.safetensors"
+    logger.info("thorax MAE demo: loss %.3f -> %.3f (%.0f s)", cxr["first_loss"], cxr["final_loss"], cxr["seconds"])
+    return cxr
+
+
+def run_eye_pretrain_demo(out: Path, *, quiet: bool) -> dict[str, Any]:
+    """Synthetic fundus photographs + OCT volumes -> Uni4Eye (``uni4eye-tiny``), 2D and 3D steps interleaved.
+
+    Returns:
+        ``run``, ``encoder_2d``, ``encoder_3d``, ``previews``, ``seconds`` and the first/final losses: ``*_loss``,
+        ``*_loss_2d`` / ``*_loss_3d`` (mean loss of the 2D / 3D steps), ``*_loss_intensity`` and ``*_loss_edge``.
+    """
+    from medvit.shared.data.synth_eye import synth_fundus, synth_oct
+
+    eye_data = Path(out) / "data" / "eye"
+    synth_fundus(eye_data / "fundus", n=12, size=64, seed=0)
+    synth_oct(eye_data / "oct", n=6, shape=(64, 64, 32), seed=0)
+    options = {"train.batch_size": 4, "data.batch_size_3d": 1}
+    eye = _run(eye_data, Path(out) / "runs" / "pretrain-eye", "uni4eye-tiny", EYE_STEPS, quiet, **options)
+    eye["encoder_2d"] = eye["run"] / "encoder_2d.safetensors"
+    eye["encoder_3d"] = eye["run"] / "encoder_3d.safetensors"
+    logger.info(
+        "Uni4Eye demo: 2D loss %.3f -> %.3f, 3D loss %.3f -> %.3f (%.0f s)",
+        eye["first_loss_2d"],
+        eye["final_loss_2d"],
+        eye["first_loss_3d"],
+        eye["final_loss_3d"],
+        eye["seconds"],
+    )
+    return eye
+
+
 def run_pretrain_demo(out: Path, *, quiet: bool) -> dict[str, Any]:
-    """Synthetic chest X-rays -> thorax MAE; synthetic fundus + OCT -> Uni4Eye; each exports its encoder(s).
+    """Both runs: :func:`run_cxr_pretrain_demo` and :func:`run_eye_pretrain_demo`.
 
     Args:
         out: folder for the data and the runs (its ``runs/pretrain-cxr`` and ``runs/pretrain-eye`` must not hold
@@ -69,36 +113,9 @@ def run_pretrain_demo(out: Path, *, quiet: bool) -> dict[str, Any]:
         quiet: no progress bars.
 
     Returns:
-        ``{"cxr": {...}, "eye": {...}, "seconds": float}``; ``cxr`` holds ``run``, ``encoder``, ``previews``,
-        ``seconds``, ``first_loss`` and ``final_loss`` (masked-patch MSE, mean of the first and of the last 10
-        steps); ``eye`` holds ``encoder_2d``, ``encoder_3d`` and the same losses plus ``*_loss_2d``, ``*_loss_3d``
-        (mean loss of the 2D / 3D steps), ``*_loss_intensity`` and ``*_loss_edge``.
+        ``{"cxr": {...}, "eye": {...}, "seconds": float}``.
     """
-    from medvit.shared.data.synth_eye import synth_fundus, synth_oct
-    from medvit.shared.data.synth_xray import synth_cxr
-
-    out = Path(out)
     t0 = time.perf_counter()
-    cxr_data, eye_data = out / "data" / "cxr", out / "data" / "eye"
-    synth_cxr(cxr_data, n=24, size=64, layout="chestxray14", seed=0)
-    cxr = _run(cxr_data, out / "runs" / "pretrain-cxr", "cxr-tiny", CXR_STEPS, quiet, **{"train.batch_size": 8})
-    cxr["encoder"] = cxr["run"] / "encoder.safetensors"
-
-    synth_fundus(eye_data / "fundus", n=12, size=64, seed=0)
-    synth_oct(eye_data / "oct", n=6, shape=(64, 64, 32), seed=0)
-    options = {"train.batch_size": 4, "data.batch_size_3d": 1}
-    eye = _run(eye_data, out / "runs" / "pretrain-eye", "uni4eye-tiny", EYE_STEPS, quiet, **options)
-    eye["encoder_2d"] = eye["run"] / "encoder_2d.safetensors"
-    eye["encoder_3d"] = eye["run"] / "encoder_3d.safetensors"
-    seconds = time.perf_counter() - t0
-    logger.info(
-        "pretrain demo: thorax MAE loss %.3f -> %.3f; Uni4Eye 2D %.3f -> %.3f, 3D %.3f -> %.3f (%.0f s)",
-        cxr["first_loss"],
-        cxr["final_loss"],
-        eye["first_loss_2d"],
-        eye["final_loss_2d"],
-        eye["first_loss_3d"],
-        eye["final_loss_3d"],
-        seconds,
-    )
-    return {"cxr": cxr, "eye": eye, "seconds": seconds}
+    cxr = run_cxr_pretrain_demo(out, quiet=quiet)
+    eye = run_eye_pretrain_demo(out, quiet=quiet)
+    return {"cxr": cxr, "eye": eye, "seconds": time.perf_counter() - t0}

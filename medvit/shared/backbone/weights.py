@@ -74,10 +74,7 @@ from medvit.shared.schema import SchemaError, SidecarSchema, check_arch_kwargs, 
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("timm", "mae", "hi-end-mae", "monai", "medvit")
-#: Converted and recognised by key signature like FORMATS; not yet listed by ``medvit weights convert --format``
-#: (its list mirrors FORMATS), so ``--format auto`` is how the command reaches them.
-EXTRA_FORMATS = ("uni4eye",)
+FORMATS = ("timm", "mae", "hi-end-mae", "monai", "medvit", "uni4eye")
 SIDECAR_FORMAT_VERSION = 1
 # Heads per width for the standard sizes; a state dict cannot tell the head count.
 _KNOWN_HEADS = {192: 3, 384: 6, 512: 8, 768: 12, 1024: 16, 1280: 16, 1536: 16}
