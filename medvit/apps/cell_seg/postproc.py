@@ -42,6 +42,7 @@ Deviations from the official code (CellViT ``cell_segmentation/utils/post_proc_c
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -277,8 +278,9 @@ def _describe(inst: np.ndarray, nuclei_prob: np.ndarray, type_prob: np.ndarray |
     height, width = inst.shape
     area = np.bincount(flat, minlength=n_ids + 1)
     # Sums of integers, exact in float64: the same m10, m01 as cv2.moments.
-    sum_x = np.bincount(flat, weights=np.tile(np.arange(width, dtype=np.float64), height), minlength=n_ids + 1)
-    sum_y = np.bincount(flat, weights=np.repeat(np.arange(height, dtype=np.float64), width), minlength=n_ids + 1)
+    col, row = _pixel_coordinates(height, width)
+    sum_x = np.bincount(flat, weights=col, minlength=n_ids + 1)
+    sum_y = np.bincount(flat, weights=row, minlength=n_ids + 1)
     sum_p = np.bincount(flat, weights=nuclei_prob.ravel().astype(np.float64), minlength=n_ids + 1)
     if type_prob is None:
         types, fractions = np.zeros(n_ids + 1, np.int64), np.zeros(n_ids + 1)
@@ -302,6 +304,16 @@ def _describe(inst: np.ndarray, nuclei_prob: np.ndarray, type_prob: np.ndarray |
         strict=True,
     )
     return [Cell(*fields) for fields in columns]
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_coordinates(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column and row index of every pixel of a ``height`` x ``width`` tile, flattened (float64, read-only); cached
+    because every tile of a run has the same size."""
+    col = np.tile(np.arange(width, dtype=np.float64), height)
+    row = np.repeat(np.arange(height, dtype=np.float64), width)
+    col.flags.writeable = row.flags.writeable = False
+    return col, row
 
 
 def _contours(
