@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medvit.apps.deepfake.config import LEVELS
 from medvit.shared.backbone import create_backbone
 from medvit.shared.backbone.vit import VisionTransformer
 
@@ -61,7 +62,6 @@ __all__ = [
     "region_crops",
 ]
 
-LEVELS: tuple[str, ...] = ("raw", "c23", "c40")
 REGION_GEOMETRY: dict[str, tuple[tuple[float, ...], float]] = {
     # name: (weights of the five landmarks giving the centre, side in eye distances)
     "eyes": ((0.5, 0.5, 0.0, 0.0, 0.0), 2.0),
