@@ -61,8 +61,14 @@ def select_videos(
     data: PreparedSet, split: str, methods: Sequence[str] | None, levels: Sequence[str]
 ) -> list[dict[str, Any]]:
     """Videos of ``split`` at ``levels``: every real one and the fakes of ``methods`` (None: every method)."""
-    return [v for v in data.videos if v["split"] == split and v["level"] in levels and v["frames"] > 0
-            and (v["label"] == 0 or methods is None or v["method"] in methods)]  # fmt: skip
+    return [
+        v
+        for v in data.videos
+        if v["split"] == split
+        and v["level"] in levels
+        and v["frames"] > 0
+        and (v["label"] == 0 or methods is None or v["method"] in methods)
+    ]
 
 
 def _recompress(img: np.ndarray, rng: np.random.Generator, quality: tuple[int, int], video_like_p: float) -> np.ndarray:
@@ -94,9 +100,18 @@ class Frames(Dataset):
     unknown), "video": long (index into ``videos``)}``.
     """
 
-    def __init__(self, root: Path, videos: Sequence[dict[str, Any]], *, augment: bool = False,
-                 recompress_p: float = 0.5, jpeg_quality: tuple[int, int] = (40, 100), video_like_p: float = 0.25,
-                 flip_p: float = 0.5, max_frames: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: Path,
+        videos: Sequence[dict[str, Any]],
+        *,
+        augment: bool = False,
+        recompress_p: float = 0.5,
+        jpeg_quality: tuple[int, int] = (40, 100),
+        video_like_p: float = 0.25,
+        flip_p: float = 0.5,
+        max_frames: int = 0,
+    ) -> None:
         self.root = Path(root)
         self.videos = list(videos)
         self.augment = augment
@@ -162,8 +177,10 @@ class Balanced(Dataset):
         self.frames = frames
         self.by_class = [np.flatnonzero(labels == c) for c in (0, 1)]
         if not all(len(c) for c in self.by_class):
-            raise DataError("class-balanced sampling needs real and fake training frames; found "
-                            f"{len(self.by_class[0])} real, {len(self.by_class[1])} fake")  # fmt: skip
+            raise DataError(
+                "class-balanced sampling needs real and fake training frames; found "
+                f"{len(self.by_class[0])} real, {len(self.by_class[1])} fake"
+            )
 
     def __len__(self) -> int:
         return 2 * max(len(c) for c in self.by_class)

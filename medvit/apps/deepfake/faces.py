@@ -152,8 +152,9 @@ class FaceSource:
         min_score: detections below it are dropped (None: the detector's default).
     """
 
-    def __init__(self, detector: str = "auto", models: str | os.PathLike[str] | None = None,
-                 min_score: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, detector: str = "auto", models: str | os.PathLike[str] | None = None, min_score: float | None = None
+    ) -> None:
         self.detector = detector
         self.models = models
         self.min_score = min_score
@@ -232,8 +233,10 @@ def track_faces(per_frame: Sequence[tuple[int, Sequence[Detection]]], all_faces:
     """
     tracks: list[Track] = []
     for idx, dets in per_frame:
-        faces = sorted((FrameFace(idx, np.asarray(b, float), float(s), np.asarray(lm, float)) for b, s, lm in dets),
-                       key=lambda f: -_area(f.box))  # fmt: skip
+        faces = sorted(
+            (FrameFace(idx, np.asarray(b, float), float(s), np.asarray(lm, float)) for b, s, lm in dets),
+            key=lambda f: -_area(f.box),
+        )
         if not tracks:
             tracks = [Track([f]) for f in (faces if all_faces else faces[:1])]
             continue

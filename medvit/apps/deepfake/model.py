@@ -176,8 +176,9 @@ class GGViTStyle(nn.Module):
             nn.LayerNorm(dg), nn.Linear(dg, quality_hidden), nn.GELU(), nn.Linear(quality_hidden, num_levels)
         )
         self.fusion_quality = nn.Linear(num_levels, n)
-        self.fusion_content = nn.ModuleList([nn.Linear(dg, 1, bias=False)] + [nn.Linear(dp, 1, bias=False)
-                                                                               for _ in self.regions])  # fmt: skip
+        self.fusion_content = nn.ModuleList(
+            [nn.Linear(dg, 1, bias=False)] + [nn.Linear(dp, 1, bias=False) for _ in self.regions]
+        )
         for head in (*self.stream_heads, *self.fusion_content, self.fusion_quality):
             nn.init.normal_(head.weight, std=0.01)
             if head.bias is not None:

@@ -91,8 +91,9 @@ def _hash_split(rel: str) -> str:
 
 
 def _media(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-                  and not p.name.startswith("."))  # fmt: skip
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")
+    )
 
 
 _FFPP = re.compile(
@@ -105,8 +106,9 @@ def _ffpp_items(root: Path, splits_dir: Path | None) -> list[VideoItem]:
     if split_of is None:
         logger.warning("%s: no train/val/test.json split lists; splits drawn from a hash of each path", root)
     items = []
-    for p in _media(root / "original_sequences", VIDEO_SUFFIXES) + _media(root / "manipulated_sequences",
-                                                                           VIDEO_SUFFIXES):  # fmt: skip
+    for p in _media(root / "original_sequences", VIDEO_SUFFIXES) + _media(
+        root / "manipulated_sequences", VIDEO_SUFFIXES
+    ):
         rel = p.relative_to(root).as_posix()
         m = _FFPP.match(rel)
         if m is None:
@@ -130,8 +132,17 @@ def _folder_items(root: Path) -> list[VideoItem]:
         for label, name in ((0, "real"), (1, "fake")):
             for p in _media(base / name, VIDEO_SUFFIXES + IMAGE_SUFFIXES) if (base / name).is_dir() else []:
                 rel = p.relative_to(root).as_posix()
-                items.append(VideoItem(str(p), rel, label, "fake" if label else "original", "unknown",
-                                       rel.rsplit(".", 1)[0], split or _hash_split(rel)))  # fmt: skip
+                items.append(
+                    VideoItem(
+                        str(p),
+                        rel,
+                        label,
+                        "fake" if label else "original",
+                        "unknown",
+                        rel.rsplit(".", 1)[0],
+                        split or _hash_split(rel),
+                    )
+                )
     return items
 
 
@@ -162,8 +173,9 @@ class PrepareJob(BatchJob):
     description = "deepfake prepare"
     log_name = "prepare.log"
 
-    def __init__(self, items: Mapping[str, VideoItem], source: FaceSource, *, frames: int, size: int,
-                 margin: float) -> None:  # fmt: skip
+    def __init__(
+        self, items: Mapping[str, VideoItem], source: FaceSource, *, frames: int, size: int, margin: float
+    ) -> None:
         self.items = items
         self.source = source
         self.frames = frames
@@ -180,12 +192,24 @@ class PrepareJob(BatchJob):
         for f in tracks[0].faces if tracks else []:
             crop, _, lm = crop_face(frames[f.frame], f.landmarks, self.size, self.margin)
             crops.append(crop)
-            records.append({"frame": f.frame, "time": round(frame_time(f.frame, info["fps"]), 4),
-                            "box": [round(float(v), 2) for v in f.box], "score": round(f.score, 4),
-                            "landmarks": np.round(lm, 3).tolist()})  # fmt: skip
+            records.append(
+                {
+                    "frame": f.frame,
+                    "time": round(frame_time(f.frame, info["fps"]), 4),
+                    "box": [round(float(v), 2) for v in f.box],
+                    "score": round(f.score, 4),
+                    "landmarks": np.round(lm, 3).tolist(),
+                }
+            )
         used = {r["frame"] for r in records}
-        meta = {**asdict(self.items[str(item)]), **info, "size": self.size, "margin": self.margin, "crops": records,
-                "frames_no_face": sorted(set(frames) - used)}  # fmt: skip
+        meta = {
+            **asdict(self.items[str(item)]),
+            **info,
+            "size": self.size,
+            "margin": self.margin,
+            "crops": records,
+            "frames_no_face": sorted(set(frames) - used),
+        }
         arr = np.stack(crops) if crops else np.zeros((0, self.size, self.size, 3), np.uint8)
         return arr, meta
 
@@ -194,8 +218,12 @@ class PrepareJob(BatchJob):
         with open(tmp_outputs[0], "wb") as fh:
             np.save(fh, arr, allow_pickle=False)
         tmp_outputs[1].write_text(json.dumps(meta), encoding="utf-8")
-        return {"frames_used": len(arr), "frames_no_face": len(meta["frames_no_face"]),
-                "frames_total": meta["frames_total"], "detector": meta["detector"]}  # fmt: skip
+        return {
+            "frames_used": len(arr),
+            "frames_no_face": len(meta["frames_no_face"]),
+            "frames_total": meta["frames_total"],
+            "detector": meta["detector"],
+        }
 
 
 @dataclass(frozen=True)
@@ -219,10 +247,22 @@ def _index(out: Path, items: list[VideoItem], frames: int, size: int, margin: fl
         if not meta_path.is_file():
             continue  # an error row in the manifest
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        videos.append({**asdict(it), "crops": meta_path.with_suffix(".npy").relative_to(out).as_posix(),
-                       "frames": len(meta["crops"]), "frames_no_face": len(meta["frames_no_face"])})  # fmt: skip
-    return {"format": DATASET_FORMAT, "version": 1, "frames_per_video": frames, "size": size, "margin": margin,
-            "videos": videos}  # fmt: skip
+        videos.append(
+            {
+                **asdict(it),
+                "crops": meta_path.with_suffix(".npy").relative_to(out).as_posix(),
+                "frames": len(meta["crops"]),
+                "frames_no_face": len(meta["frames_no_face"]),
+            }
+        )
+    return {
+        "format": DATASET_FORMAT,
+        "version": 1,
+        "frames_per_video": frames,
+        "size": size,
+        "margin": margin,
+        "videos": videos,
+    }
 
 
 def prepare(
@@ -263,22 +303,26 @@ def prepare(
         ConfigError: a bad option or no usable detector. DataError: no videos.
     """
     if frames < 0 or not 32 <= size <= 1024 or not 1.0 <= margin <= 3.0:
-        raise ConfigError(f"need --frames >= 0, --size in [32, 1024], --margin in [1, 3]; got {frames}, {size}, "
-                          f"{margin}")  # fmt: skip
+        raise ConfigError(
+            f"need --frames >= 0, --size in [32, 1024], --margin in [1, 3]; got {frames}, {size}, {margin}"
+        )
     items = discover(root, splits)
     source = FaceSource(detector, models, min_face_score)
     source.check()
     out_dir = Path(out).expanduser()
     job = PrepareJob({it.path: it for it in items}, source, frames=frames, size=size, margin=margin)
     with FolderLock(out_dir, "deepfake prepare"):
-        summary = run_batch(job, [Path(it.path) for it in items], out_dir, overwrite=overwrite, workers=workers,
-                            quiet=quiet)  # fmt: skip
+        summary = run_batch(
+            job, [Path(it.path) for it in items], out_dir, overwrite=overwrite, workers=workers, quiet=quiet
+        )
         index = _index(out_dir, items, frames, size, margin)
         path = write_json_atomic(out_dir / "dataset.json", index)
     vids = index["videos"]
     n_frames = sum(v["frames"] for v in vids)
     no_face = sum(v["frames_no_face"] for v in vids)
     empty = sum(1 for v in vids if v["frames"] == 0)
-    line = (f"{len(vids)} videos prepared ({n_frames} face crops; {no_face} sampled frames without a face skipped, "
-            f"{empty} videos without any face), {summary.error} errors — see {path}")  # fmt: skip
+    line = (
+        f"{len(vids)} videos prepared ({n_frames} face crops; {no_face} sampled frames without a face skipped, "
+        f"{empty} videos without any face), {summary.error} errors — see {path}"
+    )
     return PrepareResult(path, len(vids), n_frames, no_face, empty, summary.error, summary.exit_code, line)

@@ -61,8 +61,9 @@ class DeepfakeTask(nn.Module):
         return {"loss": loss, "logs": logs}
 
 
-def frame_probabilities(model: GGViTStyle, frames: Frames, device: torch.device, batch_size: int = 64,
-                        autocast: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def frame_probabilities(
+    model: GGViTStyle, frames: Frames, device: torch.device, batch_size: int = 64, autocast: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fake probability of every item of ``frames``: ``(probs [N], labels [N], video index [N])``."""
     probs, labels, vids = [], [], []
     for start in range(0, len(frames), batch_size):
@@ -92,8 +93,14 @@ class _ValidationHook:
         video = detection_scores(vy, vp)
         out = {"auc": frame["auc"], "acc": frame["acc"], "eer": frame["eer"], "video_auc": video["auc"]}
         self.last = out
-        logger.info("validation (%d frames, %d videos): frame AUC %.4f, video AUC %.4f, ACC %.4f", len(p), len(vp),
-                    out["auc"], out["video_auc"], out["acc"])  # fmt: skip
+        logger.info(
+            "validation (%d frames, %d videos): frame AUC %.4f, video AUC %.4f, ACC %.4f",
+            len(p),
+            len(vp),
+            out["auc"],
+            out["video_auc"],
+            out["acc"],
+        )
         return out
 
 
@@ -126,15 +133,23 @@ def _training_frames(cfg: DeepfakeConfig, data: PreparedSet) -> tuple[Frames, Fr
     train_videos = select_videos(data, "train", methods, d.levels)
     if not train_videos:
         found = sorted({(v["split"], v["level"]) for v in data.videos})
-        raise DataError(f"{data.root}: no training videos at levels {', '.join(d.levels)} (split, level found: "
-                        f"{found[:8]})")  # fmt: skip
+        raise DataError(
+            f"{data.root}: no training videos at levels {', '.join(d.levels)} (split, level found: {found[:8]})"
+        )
     if methods is not None:
         known = {v["method"] for v in data.videos if v["label"] == 1}
         missing = sorted(set(methods) - known)
         if missing:
             raise ConfigError(f"data.method: {', '.join(missing)} not in {data.root} (methods: {sorted(known)})")
-    frames = Frames(data.root, train_videos, augment=True, recompress_p=d.recompress_p, jpeg_quality=d.jpeg_quality,
-                    video_like_p=d.video_like_p, flip_p=d.flip_p)  # fmt: skip
+    frames = Frames(
+        data.root,
+        train_videos,
+        augment=True,
+        recompress_p=d.recompress_p,
+        jpeg_quality=d.jpeg_quality,
+        video_like_p=d.video_like_p,
+        flip_p=d.flip_p,
+    )
     val_videos = select_videos(data, "val", methods, d.val_levels or d.levels)
     val = Frames(data.root, val_videos, max_frames=d.max_val_frames) if val_videos else None
     if val is not None and len(set(val.labels().tolist())) < 2:
@@ -173,22 +188,40 @@ def _load_start_weights(model: GGViTStyle, path: Path) -> None:
         model.load_state_dict(load_file(str(path)))
         logger.info("start weights: %s (whole network)", path)
         return
-    for name, vit in [("global_vit", model.global_vit), *((f"part_vits.{i}", v) for i, v in
-                                                          enumerate(model.part_vits))]:  # fmt: skip
+    for name, vit in [
+        ("global_vit", model.global_vit),
+        *((f"part_vits.{i}", v) for i, v in enumerate(model.part_vits)),
+    ]:
         report = load_pretrained(vit, path, expected_missing=("head.*",), allow_unexpected=("head.*", "fc_norm.*"))
         logger.info("start weights %s -> %s: %s", path, name, report.summary())
 
 
-def _fit(cfg: DeepfakeConfig, task: DeepfakeTask, train_set: Balanced | Frames, hook: _ValidationHook | None,
-         run: Path, *, resume: bool, quiet: bool) -> FitResult:  # fmt: skip
+def _fit(
+    cfg: DeepfakeConfig,
+    task: DeepfakeTask,
+    train_set: Balanced | Frames,
+    hook: _ValidationHook | None,
+    run: Path,
+    *,
+    resume: bool,
+    quiet: bool,
+) -> FitResult:
     o = cfg.optim
     eval_every = o.eval_every
     if hook is not None and eval_every == 0:  # once per epoch
         world = max(distributed.env_world_size(), 1)
         eval_every = max(len(train_set) // (o.batch_size * o.grad_accum * world), 1)
     tcfg = TrainConfig.from_section(o, eval_every=eval_every if hook else 0, best_metric="val/auc" if hook else None)
-    return fit(task, train_set, tcfg, run, resume=resume, quiet=quiet, hooks=[hook] if hook else [],
-               resolved_config=to_dict(cfg))  # fmt: skip
+    return fit(
+        task,
+        train_set,
+        tcfg,
+        run,
+        resume=resume,
+        quiet=quiet,
+        hooks=[hook] if hook else [],
+        resolved_config=to_dict(cfg),
+    )
 
 
 def train(
@@ -224,15 +257,23 @@ def train(
     loss = DeepfakeLoss(cfg.loss.level_weights, cfg.loss.stream_weight, cfg.loss.quality_weight)
     train_set: Balanced | Frames = Balanced(frames) if cfg.data.balance else frames
     hook = _ValidationHook(val, max(cfg.optim.batch_size, 32)) if val is not None else None
-    logger.info("training frames: %d (%d real, %d fake); validation frames: %d", len(frames),
-                int((frames.labels() == 0).sum()), int(frames.labels().sum()), len(val) if val else 0)  # fmt: skip
+    logger.info(
+        "training frames: %d (%d real, %d fake); validation frames: %d",
+        len(frames),
+        int((frames.labels() == 0).sum()),
+        int(frames.labels().sum()),
+        len(val) if val else 0,
+    )
     result = _fit(cfg, DeepfakeTask(model, loss), train_set, hook, run, resume=resume, quiet=quiet)
     weights = run / "model.safetensors"
     if main:
         src = run / "best.pt" if (run / "best.pt").is_file() else run / "last.pt"
         ck = load_checkpoint(src)
-        final = {**spec, "weights": {"from": src.name, "step": int(ck.get("step", result.step))},
-                 "best": {"metric": "val/auc", "value": result.best, "step": result.best_step}}  # fmt: skip
+        final = {
+            **spec,
+            "weights": {"from": src.name, "step": int(ck.get("step", result.step))},
+            "best": {"metric": "val/auc", "value": result.best, "step": result.best_step},
+        }
         save_run_model(weights, checkpoint_model_state(ck), final)
         logger.info("wrote %s (from %s)", weights, src.name)
     return TrainResult(run, result.step, result.best, result.best_step, hook.last if hook else {}, weights, len(frames))

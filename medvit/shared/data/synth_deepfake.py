@@ -120,8 +120,9 @@ def _motion(seed: int, k: int, frames: int, size: int) -> list[np.ndarray]:
     return out
 
 
-def _reenact(target: np.ndarray, t_lm: np.ndarray, source: np.ndarray, s_lm: np.ndarray, method: str,
-             r: np.random.Generator) -> np.ndarray:  # fmt: skip
+def _reenact(
+    target: np.ndarray, t_lm: np.ndarray, source: np.ndarray, s_lm: np.ndarray, method: str, r: np.random.Generator
+) -> np.ndarray:
     """``target`` with the method's region taken from ``source`` (aligned on the landmarks), colour-shifted."""
     import cv2
 
@@ -133,8 +134,17 @@ def _reenact(target: np.ndarray, t_lm: np.ndarray, source: np.ndarray, s_lm: np.
     d = float(np.linalg.norm(t_lm[1] - t_lm[0]))
     centre = (np.asarray(weights)[:, None] * t_lm).sum(0)
     mask = np.zeros((112 * 4, 112 * 4), np.uint8)
-    cv2.ellipse(mask, (round(centre[0] * 4), round(centre[1] * 4)), (round(ax * d * 4), round(ay * d * 4)),
-                0, 0, 360, 255, -1, cv2.LINE_AA)  # fmt: skip
+    cv2.ellipse(
+        mask,
+        (round(centre[0] * 4), round(centre[1] * 4)),
+        (round(ax * d * 4), round(ay * d * 4)),
+        0,
+        0,
+        360,
+        255,
+        -1,
+        cv2.LINE_AA,
+    )
     alpha = cv2.resize(mask, (112, 112), interpolation=cv2.INTER_AREA).astype(np.float32)[..., None] / 255.0
     # colour mismatch: a per-clip gain per channel, brighter or darker, never close to 1
     sign = 1.0 if r.random() < 0.5 else -1.0
@@ -204,8 +214,9 @@ def write_video(path: Path, frames: Sequence[np.ndarray], fps: float = 25.0) -> 
     return path
 
 
-def _write_clip(root: Path, rel_dir: str, stem: str, frames: list[np.ndarray], faces: list, levels: Sequence[str],
-                size: int) -> list[str]:  # fmt: skip
+def _write_clip(
+    root: Path, rel_dir: str, stem: str, frames: list[np.ndarray], faces: list, levels: Sequence[str], size: int
+) -> list[str]:
     written = []
     for level in levels:
         rel = f"{rel_dir.format(level=level)}/{stem}.avi"
@@ -257,10 +268,21 @@ def synth_deepfake(
             motion = _motion(seed, target, frames, size)
             clip_faces = _faces(motion, faces[target][1])
             real = _frames(faces[target][0], motion, size, seed, target)
-            files += _write_clip(root, "original_sequences/youtube/{level}/videos", f"{target:03d}", real, clip_faces,
-                                 levels, size)  # fmt: skip
-            rows += [[f"original_sequences/youtube/{lv}/videos/{target:03d}.avi", 0, "original", lv,
-                      split_of[(a, b)], f"{target:03d}", ""] for lv in levels]  # fmt: skip
+            files += _write_clip(
+                root, "original_sequences/youtube/{level}/videos", f"{target:03d}", real, clip_faces, levels, size
+            )
+            rows += [
+                [
+                    f"original_sequences/youtube/{lv}/videos/{target:03d}.avi",
+                    0,
+                    "original",
+                    lv,
+                    split_of[(a, b)],
+                    f"{target:03d}",
+                    "",
+                ]
+                for lv in levels
+            ]
             for j, method in enumerate(methods):
                 r = _rng(seed, 6, target, j)
                 fake_face = _reenact(*faces[target], *faces[source], method, r)
@@ -268,8 +290,18 @@ def synth_deepfake(
                 stem = f"{target:03d}_{source:03d}"
                 rel_dir = f"manipulated_sequences/{method}/{{level}}/videos"
                 files += _write_clip(root, rel_dir, stem, fake, clip_faces, levels, size)
-                rows += [[f"manipulated_sequences/{method}/{lv}/videos/{stem}.avi", 1, method, lv,
-                          split_of[(a, b)], f"{target:03d}", f"{source:03d}"] for lv in levels]  # fmt: skip
+                rows += [
+                    [
+                        f"manipulated_sequences/{method}/{lv}/videos/{stem}.avi",
+                        1,
+                        method,
+                        lv,
+                        split_of[(a, b)],
+                        f"{target:03d}",
+                        f"{source:03d}",
+                    ]
+                    for lv in levels
+                ]
         if progress is not None:
             progress(i + 1, n)
     (root / "splits").mkdir(parents=True, exist_ok=True)

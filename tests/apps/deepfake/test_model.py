@@ -8,8 +8,9 @@ import torch
 
 from medvit.apps.deepfake.model import DeepfakeLoss, build_model, region_boxes, region_crops
 
-TEMPLATE_112 = torch.tensor([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655],
-                             [70.7299, 92.2041]])  # fmt: skip
+TEMPLATE_112 = torch.tensor(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+)
 SIZE = 96
 
 

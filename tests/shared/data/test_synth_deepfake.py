@@ -95,12 +95,27 @@ def test_same_seed_same_clip_and_bad_arguments(tmp_path: Path, clips: Path) -> N
 def test_medvit_data_synth_deepfake(tmp_path: Path) -> None:
     from medvit.shared.data.cli import app
 
-    res = CliRunner().invoke(app, ["synth", "deepfake", str(tmp_path / "o"), "--n", "3", "--frames", "2",
-                                   "--size", "64", "--quiet"])  # fmt: skip
+    res = CliRunner().invoke(
+        app, ["synth", "deepfake", str(tmp_path / "o"), "--n", "3", "--frames", "2", "--size", "64", "--quiet"]
+    )
     assert res.exit_code == 0, res.output
     assert len(list((tmp_path / "o").rglob("*.avi"))) == 3 * 6 * 3  # real + 2 methods, 3 levels
-    res = CliRunner().invoke(app, ["synth", "deepfake", str(tmp_path / "o"), "--n", "3", "--frames", "2", "--size",
-                                   "64", "--quiet", "--overwrite"])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "synth",
+            "deepfake",
+            str(tmp_path / "o"),
+            "--n",
+            "3",
+            "--frames",
+            "2",
+            "--size",
+            "64",
+            "--quiet",
+            "--overwrite",
+        ],
+    )
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, ["synth", "deepfake", str(tmp_path / "p"), "--bscans"])
     assert isinstance(res.exception, ConfigError) and "--bscans" in str(res.exception)
