@@ -213,7 +213,7 @@ def _video_rows(manifest: Path, threshold: float) -> list[dict[str, Any]]:
                 "frames_sampled": r.get("frames_sampled", ""),
                 "frames_total": r.get("frames_total", ""),
             }
-            if r["status"] != "ok":
+            if r["status"] not in ("ok", "skipped"):  # skipped: finished by an earlier run (columns kept)
                 rows.append({**base, "track": "", "status": "error", "message": r.get("message", "")})
                 continue
             tracks = json.loads(r.get("tracks_json") or "[]")
@@ -248,7 +248,7 @@ def _frame_rows(out_dir: Path, manifest: Path) -> list[dict[str, str]]:
     with open(manifest, newline="", encoding="utf-8") as fh:
         for r in csv.DictReader(fh):
             first = (r.get("outputs") or "").split(";")[0]
-            if r["status"] == "ok" and first and (out_dir / first).is_file():
+            if r["status"] in ("ok", "skipped") and first and (out_dir / first).is_file():
                 with open(out_dir / first, newline="", encoding="utf-8") as f2:
                     rows += list(csv.DictReader(f2))
     return rows
@@ -276,6 +276,28 @@ def _folder_outputs(summary: BatchSummary, out_dir: Path, threshold: float) -> l
     write_csv_atomic(out_dir / "videos.csv", rows, VIDEO_COLUMNS)
     write_csv_atomic(out_dir / "frames.csv", _frame_rows(out_dir, summary.manifest_path), FRAME_COLUMNS)
     return rows
+
+
+def _result(rows: list[dict[str, Any]], summary: BatchSummary, out_dir: Path, threshold: float) -> PredictResult:
+    counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("ok", "no_face", "error")}
+    fake = sum(1 for r in rows if r.get("decision") == "fake")
+    line = summary.line
+    if summary.final:
+        line = (
+            f"{len(rows)} videos: {counts['ok']} scored ({fake} fake at {threshold:g}), {counts['no_face']} "
+            f"without a face, {counts['error']} errors — see {out_dir / 'videos.csv'}"
+        )
+    return PredictResult(
+        out_dir / "videos.csv",
+        out_dir / "frames.csv",
+        out_dir / "strips",
+        len(rows),
+        fake,
+        counts["no_face"],
+        counts["error"],
+        summary.exit_code,
+        line,
+    )
 
 
 def predict(
@@ -354,24 +376,4 @@ def predict(
                     "input": str(Path(inp).expanduser().resolve()),
                 },
             )
-    counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("ok", "no_face", "error")}
-    fake = sum(1 for r in rows if r.get("decision") == "fake")
-    line = (
-        (
-            f"{len(rows)} videos: {counts['ok']} scored ({fake} fake at {threshold:g}), {counts['no_face']} without a "
-            f"face, {counts['error']} errors — see {out_dir / 'videos.csv'}"
-        )
-        if summary.final
-        else summary.line
-    )
-    return PredictResult(
-        out_dir / "videos.csv",
-        out_dir / "frames.csv",
-        out_dir / "strips",
-        len(rows),
-        fake,
-        counts["no_face"],
-        counts["error"],
-        summary.exit_code,
-        line,
-    )
+    return _result(rows, summary, out_dir, threshold)

@@ -4,8 +4,8 @@ Each identity (the drawn faces of :func:`medvit.shared.data.synth.synth_faces`) 
 moves smoothly in the frame (drift, a few degrees of roll, a little zoom) over a background continued from the
 face's own. Identities come in pairs ``(a, b)``, as FF++'s official splits; a *reenacted* clip ``a_b`` keeps
 clip ``a`` (its face, background, motion) and replaces one face region by the same region of ``b``, warped onto
-``a``'s landmarks, with a colour mismatch (a per-clip gain on the pasted skin) and a hard edge (a one-pixel
-feather): the seam and tone step a reenactment leaves. Regions per method (ours):
+``a``'s landmarks, with a colour mismatch (a per-clip gain of 12-20 % on the pasted skin) and a darker one-pixel
+seam along its border: the tone step and blending edge a reenactment leaves. Regions per method (ours):
 
 ==============  ==========================================================
 method          region replaced
@@ -148,9 +148,13 @@ def _reenact(
     alpha = cv2.resize(mask, (112, 112), interpolation=cv2.INTER_AREA).astype(np.float32)[..., None] / 255.0
     # colour mismatch: a per-clip gain per channel, brighter or darker, never close to 1
     sign = 1.0 if r.random() < 0.5 else -1.0
-    gain = 1.0 + sign * (r.uniform(0.08, 0.14, size=3) + extra)
+    gain = 1.0 + sign * (r.uniform(0.12, 0.2, size=3) + extra)
     pasted = np.clip(warped * gain, 0, 255)
-    return np.clip(target * (1 - alpha) + pasted * alpha, 0, 255).round().astype(np.uint8)
+    out = target * (1 - alpha) + pasted * alpha
+    # edge mismatch: a darker seam one pixel wide along the pasted region's border
+    ring = alpha[..., 0] * (1 - alpha[..., 0]) * 4  # 1 on the border, 0 inside and outside
+    seam = cv2.dilate((ring > 0.25).astype(np.uint8), np.ones((2, 2), np.uint8)).astype(np.float32)[..., None]
+    return np.clip(out * (1 - 0.25 * seam), 0, 255).round().astype(np.uint8)
 
 
 def _frames(face: np.ndarray, motion: list[np.ndarray], size: int, seed: int, k: int) -> list[np.ndarray]:
@@ -226,6 +230,54 @@ def _write_clip(
     return written
 
 
+def _write_pair(
+    root: Path,
+    pair: tuple[int, int],
+    split: str,
+    files: list[str],
+    rows: list[list[Any]],
+    *,
+    frames: int,
+    size: int,
+    levels: Sequence[str],
+    methods: Sequence[str],
+    seed: int,
+) -> None:
+    """The real clips of both identities of ``pair`` and, per method, the two reenactments (target, source)."""
+    a, b = pair
+    faces = {k: _identity_face(seed, k) for k in (a, b)}
+    for target, source in ((a, b), (b, a)):
+        motion = _motion(seed, target, frames, size)
+        clip_faces = _faces(motion, faces[target][1])
+        real = _frames(faces[target][0], motion, size, seed, target)
+        files += _write_clip(
+            root, "original_sequences/youtube/{level}/videos", f"{target:03d}", real, clip_faces, levels, size
+        )
+        rows += [
+            [f"original_sequences/youtube/{lv}/videos/{target:03d}.avi", 0, "original", lv, split, f"{target:03d}", ""]
+            for lv in levels
+        ]
+        for j, method in enumerate(methods):
+            fake_face = _reenact(*faces[target], *faces[source], method, _rng(seed, 6, target, j))
+            fake = _frames(fake_face, motion, size, seed, target)
+            stem = f"{target:03d}_{source:03d}"
+            files += _write_clip(
+                root, f"manipulated_sequences/{method}/{{level}}/videos", stem, fake, clip_faces, levels, size
+            )
+            rows += [
+                [
+                    f"manipulated_sequences/{method}/{lv}/videos/{stem}.avi",
+                    1,
+                    method,
+                    lv,
+                    split,
+                    f"{target:03d}",
+                    f"{source:03d}",
+                ]
+                for lv in levels
+            ]
+
+
 def synth_deepfake(
     out: str | os.PathLike[str],
     *,
@@ -262,46 +314,10 @@ def synth_deepfake(
     split_of = {p: name for name, pairs in splits.items() for p in pairs}
     files: list[str] = []
     rows: list[list[Any]] = []
-    for i, (a, b) in enumerate(sorted(split_of)):
-        faces = {k: _identity_face(seed, k) for k in (a, b)}
-        for target, source in ((a, b), (b, a)):
-            motion = _motion(seed, target, frames, size)
-            clip_faces = _faces(motion, faces[target][1])
-            real = _frames(faces[target][0], motion, size, seed, target)
-            files += _write_clip(
-                root, "original_sequences/youtube/{level}/videos", f"{target:03d}", real, clip_faces, levels, size
-            )
-            rows += [
-                [
-                    f"original_sequences/youtube/{lv}/videos/{target:03d}.avi",
-                    0,
-                    "original",
-                    lv,
-                    split_of[(a, b)],
-                    f"{target:03d}",
-                    "",
-                ]
-                for lv in levels
-            ]
-            for j, method in enumerate(methods):
-                r = _rng(seed, 6, target, j)
-                fake_face = _reenact(*faces[target], *faces[source], method, r)
-                fake = _frames(fake_face, motion, size, seed, target)
-                stem = f"{target:03d}_{source:03d}"
-                rel_dir = f"manipulated_sequences/{method}/{{level}}/videos"
-                files += _write_clip(root, rel_dir, stem, fake, clip_faces, levels, size)
-                rows += [
-                    [
-                        f"manipulated_sequences/{method}/{lv}/videos/{stem}.avi",
-                        1,
-                        method,
-                        lv,
-                        split_of[(a, b)],
-                        f"{target:03d}",
-                        f"{source:03d}",
-                    ]
-                    for lv in levels
-                ]
+    for i, pair in enumerate(sorted(split_of)):
+        _write_pair(
+            root, pair, split_of[pair], files, rows, frames=frames, size=size, levels=levels, methods=methods, seed=seed
+        )
         if progress is not None:
             progress(i + 1, n)
     (root / "splits").mkdir(parents=True, exist_ok=True)
