@@ -28,6 +28,7 @@ class SynthKind(str, Enum):
     cxr = "cxr"
     fundus = "fundus"
     oct = "oct"
+    deepfake = "deepfake"
 
 
 ACCEPTS: dict[str, tuple[str, ...]] = {
@@ -37,6 +38,7 @@ ACCEPTS: dict[str, tuple[str, ...]] = {
     "cxr": ("--n", "--size", "--bit-depth", "--dicom", "--layout"),
     "fundus": ("--n", "--size"),
     "oct": ("--n", "--shape", "--bscans"),
+    "deepfake": ("--n", "--size", "--frames"),
 }
 """The options each generator takes; any other option given is an error (never silently ignored)."""
 
@@ -143,6 +145,10 @@ def _generator(kind: SynthKind, o: dict[str, Any]) -> tuple[Any, dict[str, Any]]
         from medvit.shared.data.synth_eye import synth_fundus
 
         return synth_fundus, {"n": o["--n"] or 64, "size": o["--size"] or 256}
+    if kind is SynthKind.deepfake:
+        from medvit.shared.data.synth_deepfake import synth_deepfake
+
+        return synth_deepfake, {"n": o["--n"] or 12, "size": o["--size"] or 128, "frames": o["--frames"] or 16}
     from medvit.shared.data.synth_eye import synth_oct
 
     shape = _parse_tuple(o["--shape"], 3, int, "--shape") if o["--shape"] else (64, 64, 32)
@@ -190,7 +196,7 @@ def synth(
         "-n",
         min=1,
         help="ct: training cases (8). faces: identities (8). cells: tiles over 3 folds (64). cxr, fundus: images "
-        "(64). oct: volumes (16).",
+        "(64). oct: volumes (16). deepfake: identity pairs (12).",
     ),
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed; same seed, same files."),
     shape: str | None = typer.Option(
@@ -205,7 +211,8 @@ def synth(
         None,
         "--size",
         min=32,
-        help="faces: image side in pixels (112). cells: tile side, multiple of 16 (256). cxr, fundus: side (256).",
+        help="faces: image side in pixels (112). cells: tile side, multiple of 16 (256). cxr, fundus: side (256). "
+        "deepfake: frame side (128).",
     ),
     held_out: bool = typer.Option(False, "--held-out", help="faces: a disjoint set of identities (heldout_XXX)."),
     looks: int | None = typer.Option(
@@ -218,12 +225,14 @@ def synth(
     dicom: int | None = typer.Option(None, "--dicom", min=0, help="cxr: write the first N images as DICOM DX (0)."),
     layout: str | None = typer.Option(None, "--layout", help="cxr: flat or chestxray14 (flat)."),
     bscans: bool = typer.Option(False, "--bscans", help="oct: also write each volume as numbered B-scan PNGs."),
+    frames: int | None = typer.Option(None, "--frames", min=1, help="deepfake: frames per clip (16)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a previous synth output in OUT."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Write a small synthetic dataset in the field's layout (ct: nnU-Net raw; faces: identity folders; cells:
     H&E nucleus tiles as the PanNuke release; cxr: chest X-rays with findings; fundus: graded photographs; oct:
-    NIfTI volumes with a class each)."""
+    NIfTI volumes with a class each; deepfake: real and reenacted face clips at three compression levels in the
+    FaceForensics++ layout)."""
     given = {
         "--n": n,
         "--shape": shape,
@@ -240,6 +249,7 @@ def synth(
         "--dicom": dicom,
         "--layout": layout,
         "--bscans": bscans,
+        "--frames": frames,
     }
     # check every option before touching OUT, so a rejected call never deletes anything
     _reject(kind, given)

@@ -1072,10 +1072,11 @@ def clear_synth_outputs(kind: str, out: str | os.PathLike[str]) -> list[str]:
     Used by ``medvit data synth --overwrite`` so that a smaller rerun does not leave stale cases behind.
     ``ct``: ``imagesTr/ labelsTr/ imagesTs/ labelsTs/ dataset.json``; ``faces``: ``person_NNN/`` and
     ``heldout_NNN/`` folders, ``degradations.csv``, ``landmarks.csv``, ``pairs.txt``; ``cells``: ``Fold N/``
-    folders and ``large/`` (:func:`medvit.shared.data.synth_cells.clear_cells_outputs`).
+    folders and ``large/`` (:func:`medvit.shared.data.synth_cells.clear_cells_outputs`); ``deepfake``: the FF++
+    folders, ``splits/`` and ``clips.csv`` (:func:`medvit.shared.data.synth_deepfake.clear_deepfake_outputs`).
 
     Args:
-        kind: ``"ct"``, ``"faces"``, ``"cells"``, ``"cxr"``, ``"fundus"`` or ``"oct"``.
+        kind: ``"ct"``, ``"faces"``, ``"cells"``, ``"cxr"``, ``"fundus"``, ``"oct"`` or ``"deepfake"``.
         out: The output folder.
 
     Returns:
@@ -1097,12 +1098,16 @@ def clear_synth_outputs(kind: str, out: str | os.PathLike[str]) -> list[str]:
         from medvit.shared.data.synth_xray import clear_cxr_outputs
 
         return clear_cxr_outputs(root)
+    elif kind == "deepfake":
+        from medvit.shared.data.synth_deepfake import clear_deepfake_outputs
+
+        return clear_deepfake_outputs(root)
     elif kind in ("fundus", "oct"):
         from medvit.shared.data.synth_eye import clear_eye_outputs
 
         return clear_eye_outputs(kind, root)
     else:
-        raise ConfigError(f"unknown synth kind {kind!r}; expected ct, faces, cells, cxr, fundus or oct")
+        raise ConfigError(f"unknown synth kind {kind!r}; expected ct, faces, cells, cxr, fundus, oct or deepfake")
     removed = []
     for path in owned:
         if path.is_dir() and not path.is_symlink():
