@@ -16,6 +16,7 @@ from typer.core import TyperGroup, TyperOption
 from medvit import __version__
 from medvit.apps.cell_seg.cli import app as cell_app
 from medvit.apps.ct_seg.cli import app as ct_seg_app
+from medvit.apps.deepfake.cli import app as deepfake_app
 from medvit.apps.fiqa.cli import app as fiqa_app
 from medvit.pretrain.cli import pretrain_command
 from medvit.shared.data.cli import app as data_app
@@ -88,7 +89,9 @@ def doctor() -> None:
 
 @app.command()
 def demo(
-    part: str = typer.Argument("all", help="ct-seg (CT pretraining + segmentation), cell, cxr, eye, fiqa, or all."),
+    part: str = typer.Argument(
+        "all", help="ct-seg (CT pretraining + segmentation), cell, cxr, eye, fiqa, deepfake, or all."
+    ),
     out: str = typer.Option("demo_out", "--out", help="Folder for the demo's data and runs."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
@@ -103,5 +106,10 @@ app.command("pretrain")(pretrain_command)
 app.add_typer(ct_seg_app, name="ct-seg", help="CT segmentation: UNETR decoder on the shared ViT.")
 app.add_typer(cell_app, name="cell", help="Pathology nucleus segmentation and classification (CellVTA).")
 app.add_typer(fiqa_app, name="fiqa", help="Face-image quality assessment (ViT-FIQA).")
+app.add_typer(
+    deepfake_app,
+    name="deepfake",
+    help="Deepfake detection (GGViT-style): global-guided multi-stream ViT on FaceForensics++.",
+)
 app.add_typer(weights_app, name="weights", help="Inspect and convert checkpoints; list backbones.")
 app.add_typer(data_app, name="data", help="Synthetic datasets and data-card validation.")

@@ -12,6 +12,9 @@
 7. ``fiqa``: the tiny ViT-FIQA preset (CR-FIQA head) trained on synthetic identities with graded blur, occlusion
    and low light, a held-out folder scored, and the rank correlation between predicted quality and degradation
    strength.
+8. ``deepfake``: synthetic FaceForensics++-style clips (real and reenacted), ``deepfake prepare`` (frames, face
+   crops, landmarks), the tiny GGViT-style model trained on Face2Face at c23, held-out videos predicted (frame and
+   video scores, frame strips) and evaluated (video AUC).
 
 Everything is written under one folder; a re-run replaces the folder's earlier demo outputs (it never
 touches a non-empty folder that was not made by the demo).
@@ -66,11 +69,11 @@ def _prepare(out: Path) -> None:
     (out / _MARKER).write_text("made by medvit demo; safe to delete\n")
 
 
-PARTS: tuple[str, ...] = ("ct-seg", "cell", "cxr", "eye", "fiqa")
+PARTS: tuple[str, ...] = ("ct-seg", "cell", "cxr", "eye", "fiqa", "deepfake")
 """What ``medvit demo APP`` runs: ``ct-seg`` (synthetic CT, Hi-End-MAE pretraining, fine-tuning, prediction,
 evaluation), ``cell`` (synthetic H&E tiles, prepare, train, tiled prediction, evaluation), ``cxr`` (thorax-MAE
-pretraining on synthetic X-rays), ``eye`` (Uni4Eye pretraining on synthetic fundus + OCT) or ``fiqa``; no APP runs
-them all."""
+pretraining on synthetic X-rays), ``eye`` (Uni4Eye pretraining on synthetic fundus + OCT), ``fiqa`` or ``deepfake``
+(synthetic clips, prepare, train, predict, evaluate); no APP runs them all."""
 
 
 def _ct_part(out: Path, console: Any, timings: dict[str, float], *, quiet: bool) -> dict[str, Any]:
@@ -207,6 +210,22 @@ def _fiqa_part(out: Path, console: Any, timings: dict[str, float], *, quiet: boo
     return {"spearman": fiqa["spearman"], "contact_sheet": fiqa["contact_sheet"]}
 
 
+def _deepfake_part(out: Path, console: Any, timings: dict[str, float], *, quiet: bool) -> dict[str, Any]:
+    """Synthetic FF++-style clips -> prepare -> tiny GGViT-style model -> held-out videos scored and evaluated."""
+    from medvit.apps.deepfake.api import run_deepfake_demo
+
+    console.print("[bold]deepfake[/bold] synthetic clips, prepare, train tiny GGViT-style model, predict, evaluate")
+    t = time.perf_counter()
+    res = run_deepfake_demo(out, quiet=quiet)
+    timings["deepfake"] = time.perf_counter() - t
+    console.print(
+        f"deepfake video AUC (Face2Face vs real, c23, held-out): [bold]{res['video_auc']:.3f}[/bold]; "
+        f"every held-out video incl. the unseen NeuralTextures: {res['video_auc_all']:.3f}"
+    )
+    console.print(f"deepfake frame strip:   {res['strip']}")
+    return {"deepfake_video_auc": res["video_auc"], "deepfake_strip": res["strip"]}
+
+
 def run_demo(out: str | Path, *, quiet: bool = False, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
     """Run the demo (every part, or the ``parts`` named) into ``out``; return its headline numbers and paths.
 
@@ -234,6 +253,8 @@ def run_demo(out: str | Path, *, quiet: bool = False, parts: tuple[str, ...] = P
         result.update(_eye_part(out, console, timings, quiet=quiet))
     if "fiqa" in parts:
         result.update(_fiqa_part(out, console, timings, quiet=quiet))
+    if "deepfake" in parts:
+        result.update(_deepfake_part(out, console, timings, quiet=quiet))
     total = time.perf_counter() - t0
     console.print("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; total {total:.0f}s")
     result["total_s"] = total

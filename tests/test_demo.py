@@ -79,7 +79,7 @@ def test_prepare_refuses_a_foreign_folder_and_replaces_its_own(tmp_path: Path) -
 
 
 def test_unknown_part_is_refused_before_anything_is_written(tmp_path: Path) -> None:
-    with pytest.raises(MedvitError, match="unknown demo part xray; choose from ct-seg, cell, cxr, eye, fiqa"):
+    with pytest.raises(MedvitError, match="unknown demo part xray; choose from ct-seg, cell, cxr, eye, fiqa, deepfake"):
         demo.run_demo(tmp_path / "out", parts=("xray",))
     assert not (tmp_path / "out").exists()
 
