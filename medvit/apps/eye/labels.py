@@ -59,8 +59,8 @@ NEGATIVE_NAMES: frozenset[str] = frozenset(
 )  # fmt: skip
 """Class names (lower case) read as the negative class of a binary task."""
 
-_PATH_COLUMNS = ("path", "image", "id_code", "filename", "file", "Path", "Image")
-_LABEL_COLUMNS = ("label", "class", "grade", "level", "diagnosis", "Label", "target")
+_PATH_COLUMNS = ("path", "image", "id_code", "filename", "file", "Path", "Image", "Image name")
+_LABEL_COLUMNS = ("label", "class", "grade", "level", "diagnosis", "Label", "target", "Retinopathy grade")
 _GROUP_COLUMNS = ("group", "patient", "patient_id", "Patient ID", "eye_id")
 _SPLIT_DIRS = ("train", "val", "valid", "validation", "test")
 _VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, ".npy", ".vol", ".e2e", ".fds", ".img")
@@ -203,9 +203,11 @@ def _resolve(cell: str, bases: Sequence[Path]) -> Path | None:
     return None
 
 
-def _columns(header: Sequence[str], where: Path) -> tuple[str, str, str | None]:
+def _columns(header: Sequence[str], where: Path, label_column: str | None) -> tuple[str, str, str | None]:
     path_col = next((c for c in _PATH_COLUMNS if c in header), None)
-    label_col = next((c for c in _LABEL_COLUMNS if c in header), None)
+    if label_column is not None and label_column not in header:
+        raise DataError(f"{where}: no column {label_column!r}; found {list(header)}")
+    label_col = label_column or next((c for c in _LABEL_COLUMNS if c in header), None)
     if path_col is None or label_col is None:
         raise DataError(
             f"{where}: needs a path column ({', '.join(_PATH_COLUMNS)}) and a label column "
@@ -236,6 +238,7 @@ def read_eye_csv(
     classes: Sequence[str] | None = None,
     positive: str | None = None,
     images: str | Path | None = None,
+    label_column: str | None = None,
 ) -> tuple[list[Sample], LabelSpace]:
     """Read a (path, label) CSV (see the module docstring).
 
@@ -244,7 +247,8 @@ def read_eye_csv(
         task: One of :data:`TASKS`.
         classes: Class names in order (default: from ``label_id``, sorted names, or ``0..max`` grades).
         positive: Binary tasks: the positive label value.
-        images: Folder the paths are relative to (default: the CSV's folder; also tried: ``images``).
+        images: Folder the paths are relative to (default: the CSV's folder).
+        label_column: The label column (default: the first of the usual names, see the module docstring).
 
     Returns:
         ``(samples, label space)``; keys are the path cells as written.
@@ -256,7 +260,7 @@ def read_eye_csv(
     rows = read_csv_rows(p)
     if not rows:
         raise DataError(f"{p}: no rows")
-    path_col, label_col, group_col = _columns(list(rows[0]), p)
+    path_col, label_col, group_col = _columns(list(rows[0]), p, label_column)
     values = []
     for line, row in enumerate(rows, start=2):
         value = (row.get(label_col) or "").strip()
@@ -292,6 +296,7 @@ def read_eye_dataset(
     positive: str | None = None,
     split: str | None = None,
     images: str | Path | None = None,
+    label_column: str | None = None,
 ) -> tuple[list[Sample], LabelSpace]:
     """Read a CSV file, a folder holding ``labels.csv`` (the synthetic sets), or an ImageFolder tree.
 
@@ -299,12 +304,13 @@ def read_eye_dataset(
         DataError: As the readers; ``path`` missing.
     """
     p = Path(path)
+    kw = {"task": task, "classes": classes, "positive": positive, "images": images, "label_column": label_column}
     if p.is_file():
-        return read_eye_csv(p, task=task, classes=classes, positive=positive, images=images)
+        return read_eye_csv(p, **kw)
     if not p.is_dir():
         raise DataError(f"{p}: not found")
     if (p / "labels.csv").is_file():
-        return read_eye_csv(p / "labels.csv", task=task, classes=classes, positive=positive, images=images)
+        return read_eye_csv(p / "labels.csv", **kw)
     return read_image_folder(p, task=task, classes=classes, positive=positive, split=split)
 
 
