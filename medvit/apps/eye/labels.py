@@ -20,7 +20,8 @@ override this, e.g. to keep all five DR grades when a test subset lacks grade 4.
 Groups (patient / eye) for split hold-outs come from a ``group`` / ``patient_id`` column, or from the file names of
 OCT2017 (``CNV-<patient>-<n>.jpeg``) and EyePACS (``<patient>_left.jpeg``).
 
-:func:`detect_modality` tells ``fundus`` from ``oct`` (volumes, or grayscale 2D scans) for the core's input loading.
+:func:`detect_modality` tells the core how to read the inputs: ``fundus`` (colour photographs, cropped to the field
+of view), ``oct`` (volumes) or ``image`` (grayscale 2D scans such as OCT B-scans).
 """
 
 from __future__ import annotations
@@ -314,13 +315,13 @@ def read_eye_dataset(
     return read_image_folder(p, task=task, classes=classes, positive=positive, split=split)
 
 
-def detect_modality(samples: Sequence[Sample], modality: str = "auto", probe: int = 4) -> tuple[str, int]:
-    """``(modality, dims)`` of a set: ``("oct", 3)`` for volumes, ``("oct", 2)`` for grayscale 2D scans,
-    ``("fundus", 2)`` for colour photographs.
+def detect_modality(samples: Sequence[Sample], modality: str = "auto", probe: int = 4) -> str:
+    """The core's input modality of a set: ``oct`` for volumes (3D), ``fundus`` for colour photographs (cropped
+    to the field of view), ``image`` for 2D grayscale scans (OCT B-scans: read as plain images).
 
     Args:
         samples: The inputs.
-        modality: ``auto`` or a forced ``fundus`` / ``oct`` (dimensions are still read from the sources).
+        modality: ``auto`` or a forced ``fundus`` / ``oct`` (OCT on 2D inputs means B-scans: ``image``).
         probe: How many 2D images to open to tell grayscale from colour.
 
     Raises:
@@ -332,9 +333,9 @@ def detect_modality(samples: Sequence[Sample], modality: str = "auto", probe: in
     if vols and vols != len(samples):
         raise DataError(f"{vols} of {len(samples)} inputs are OCT volumes and the rest 2D images; use one kind per run")
     if vols:
-        return "oct", 3
+        return "oct"
     if modality != "auto":
-        return modality, 2
+        return "fundus" if modality == "fundus" else "image"
     from medvit.shared.data.io import ReadError, read_image
 
     for s in samples[:probe]:
@@ -344,5 +345,5 @@ def detect_modality(samples: Sequence[Sample], modality: str = "auto", probe: in
             continue
         img = img.astype(np.int32)
         if np.abs(img[..., 0] - img[..., 1]).max() > 8 or np.abs(img[..., 1] - img[..., 2]).max() > 8:
-            return "fundus", 2
-    return "oct", 2
+            return "fundus"
+    return "image"

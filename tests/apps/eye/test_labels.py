@@ -38,7 +38,7 @@ def test_image_folder_multiclass_with_splits_and_patient_groups(tmp_path: Path) 
     assert {s.group for s in train} == {"1016042", "2000001"}  # the patient ID of OCT2017's file names
     test, _ = read_image_folder(tmp_path, split="test")
     assert all(s.key.startswith("test/") for s in test)
-    assert detect_modality(train) == ("oct", 2)  # grayscale 2D scans
+    assert detect_modality(train) == "image"  # grayscale 2D scans
     with pytest.raises(DataError, match=r"no 'val' folder"):
         read_image_folder(tmp_path, split="val")
 
@@ -56,7 +56,7 @@ def test_image_folder_binary_and_graded(tmp_path: Path) -> None:
     samples, labels = read_image_folder(tmp_path / "dr")
     assert labels.kind == "graded" and labels.classes == ("0", "1", "2", "3", "4")
     assert [float(s.target[0]) for s in samples] == [0.0, 2.0, 4.0]
-    assert detect_modality(samples) == ("fundus", 2)
+    assert detect_modality(samples) == "fundus"
     multi, labels = read_image_folder(tmp_path / "dr", task="multiclass")
     assert labels.classes == ("0", "2", "4") and [float(s.target[0]) for s in multi] == [0.0, 1.0, 2.0]
 
@@ -81,20 +81,20 @@ def test_synthetic_fundus_and_oct_sets_read(tmp_path: Path) -> None:
     assert labels.kind == "graded"
     assert [s.key for s in samples] == [r["path"] for r in rows]
     assert [int(s.target[0]) for s in samples] == [int(r["grade"]) for r in rows]
-    assert detect_modality(samples) == ("fundus", 2)
+    assert detect_modality(samples) == "fundus"
     synth_oct(tmp_path / "oct", n=4, shape=(16, 16, 16), bscan_folders=True)
     vols, labels = read_eye_dataset(tmp_path / "oct")
     assert labels.kind == "multiclass" and labels.classes == OCT_CLASSES  # ordered by label_id, not by name
     rows = list(csv.DictReader((tmp_path / "oct" / "labels.csv").read_text().splitlines()))
     assert [int(s.target[0]) for s in vols] == [int(r["label_id"]) for r in rows]
-    assert detect_modality(vols) == ("oct", 3)
+    assert detect_modality(vols) == "oct"
     # the B-scan folders as an ImageFolder tree: one volume per folder
     tree = tmp_path / "tree"
     for r in rows:
         shutil.copytree(tmp_path / "oct" / r["bscans"], tree / r["label"] / Path(r["bscans"]).name)
     folders, _ = read_image_folder(tree)
     assert len(folders) == 4 and all(s.source.is_dir() for s in folders)
-    assert detect_modality(folders) == ("oct", 3)
+    assert detect_modality(folders) == "oct"
 
 
 def test_mixed_dimensions_and_csv_errors(tmp_path: Path) -> None:
