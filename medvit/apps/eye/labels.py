@@ -90,9 +90,11 @@ def _label_space(names: Sequence[str], task: str, classes: Sequence[str] | None,
         raise DataError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     found = sorted(set(names))
     numeric = bool(found) and all(_is_int(n) for n in found)
+    if task == "auto" and classes:  # a fixed class list (a trained model's): graded when the names are grades
+        task = "graded" if all(_is_int(str(c)) for c in classes) else "multiclass"
     if task == "auto":
         if numeric:
-            task = "binary" if {int(n) for n in found} <= {0, 1} and not classes else "graded"
+            task = "binary" if {int(n) for n in found} <= {0, 1} else "graded"
         elif len(found) == 2 and any(n.lower() in NEGATIVE_NAMES for n in found):
             task = "binary"
         else:
