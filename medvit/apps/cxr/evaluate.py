@@ -61,11 +61,11 @@ def evaluate(
     Raises:
         DataError: Unreadable predictions or ground truth, findings the ground truth lacks.
     """
-    from medvit.shared.classify.evaluate import evaluate as core_evaluate
-
     csv_path = predictions_file(pred)
     keys, classes = prediction_columns(csv_path)
     truth, labels = read_cxr_dataset(gt, split=split, findings=classes, uncertain=uncertain, frontal_only=frontal_only)
     truth = align_keys(truth, keys)
+    from medvit.shared.classify.evaluate import evaluate as core_evaluate
+
     folder = Path(out) if out is not None else csv_path.parent
     return core_evaluate(csv_path, truth, labels, folder, bootstrap=bootstrap, seed=seed)

@@ -66,8 +66,6 @@ def evaluate(
     Raises:
         DataError: Unreadable predictions or ground truth, labels outside the model's classes.
     """
-    from medvit.shared.classify.evaluate import evaluate as core_evaluate
-
     csv_path = predictions_file(pred)
     keys, classes = prediction_columns(csv_path)
     binary = classes == ["positive"]
@@ -83,5 +81,7 @@ def evaluate(
         label_column=label_column,
     )
     truth = align_keys(truth, keys)
+    from medvit.shared.classify.evaluate import evaluate as core_evaluate
+
     folder = Path(out) if out is not None else csv_path.parent
     return core_evaluate(csv_path, truth, labels, folder, bootstrap=bootstrap, seed=seed)
