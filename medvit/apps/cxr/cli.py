@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 MIX_MODES = ("none", "mixup", "cutmix", "tl-align")
-HEATMAP_MODES = ("none", "attention", "gradcam")
+HEATMAP_MODES = ("none", "rollout", "gradcam")
 
 
 def _findings(value: str | None) -> list[str] | None:
@@ -110,9 +110,12 @@ def predict(
         ..., metavar="INPUT", help="Image or DICOM file, folder (recursive), CSV (path column) or .txt list."
     ),
     out: Path = typer.Option(..., "--out", help="Output folder: predictions.csv, manifest.csv, heat maps."),
-    heatmaps: str = typer.Option("none", "--heatmaps", help="none | attention | gradcam: PNG overlays per image."),
+    heatmaps: str = typer.Option(
+        "none", "--heatmaps", help="none | rollout (attention rollout) | gradcam: PNG overlays under OUT/heatmaps."
+    ),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Images per forward pass."),
     workers: int = typer.Option(2, "--workers", min=0, help="Decoding workers."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo inputs already in OUT (default: resume)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -126,6 +129,7 @@ def predict(
         out,
         batch_size=batch_size,
         workers=workers,
+        device=device,
         heatmaps=None if heatmaps == "none" else heatmaps,
         overwrite=overwrite,
         quiet=quiet,

@@ -54,12 +54,12 @@ def run_cxr_demo(
     cfg = load_cxr_config("tiny", **options)
     run = root / "run"
     train(cfg, root / "train", run, resume=(run / "last.pt").is_file(), quiet=quiet)
-    pred = predict(run, root / "heldout" / "images", root / "predictions", heatmaps="attention", overwrite=True,
+    pred = predict(run, root / "heldout" / "images", root / "predictions", heatmaps="rollout", overwrite=True,
                    workers=1, quiet=quiet)  # fmt: skip
     summary = evaluate(pred.predictions, root / "heldout", root / "evaluation", bootstrap=200)
-    heatmaps = sorted(p for p in (root / "predictions").rglob("*.png") if "heatmap" in p.as_posix())
+    heatmaps = sorted((root / "predictions" / "heatmaps").rglob("*.png"))
     return {
-        "mean_auc": float(summary["mean_auc"]),
+        "mean_auc": float(summary["overall"]["mauc"]),
         "heatmap": heatmaps[0] if heatmaps else None,
         "run": run,
         "predictions": pred.predictions,

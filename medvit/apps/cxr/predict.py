@@ -65,8 +65,20 @@ def predict(
     heatmaps: str | None = None,
     overwrite: bool = False,
     quiet: bool = False,
+    device: str = "auto",
 ) -> PredictResult:
     """Predict the findings of every radiograph of INPUT into ``out``.
+
+    Args:
+        run: Run directory of ``train`` (or its ``model.safetensors``).
+        inp: INPUT (see :func:`list_inputs`).
+        out: Output folder.
+        batch_size: Inputs per forward pass (default: the core's).
+        workers: Decoding threads.
+        heatmaps: ``rollout``, ``gradcam`` or None.
+        overwrite: Recompute inputs already done.
+        quiet: No progress bar.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 
     Raises:
         DataError: INPUT missing or an unreadable list; WeightsError: an unreadable run.
@@ -75,10 +87,11 @@ def predict(
 
     samples = list_inputs(inp)
     kw: dict[str, Any] = {"workers": workers, "heatmaps": heatmaps, "overwrite": overwrite, "quiet": quiet}
+    kw["device"] = device
     if batch_size is not None:
         kw["batch_size"] = batch_size
     res = core_predict(Path(run), samples, Path(out), **kw)
     folder = Path(out)
-    predictions = res if isinstance(res, Path) and res.suffix == ".csv" else folder / "predictions.csv"
+    predictions = Path(res) if res is not None else folder / "predictions.csv"
     ok, error = manifest_counts(folder / "manifest.csv")
     return PredictResult(folder, predictions, folder / "manifest.csv", ok, error)

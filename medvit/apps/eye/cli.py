@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 
 MIX_MODES = ("none", "mixup", "cutmix", "tl-align")
-HEATMAP_MODES = ("none", "attention", "gradcam")
+HEATMAP_MODES = ("none", "rollout", "gradcam")
 
 
 def _check_choice(option: str, value: str | None, choices: tuple[str, ...]) -> None:
@@ -113,9 +113,12 @@ def predict(
         ..., metavar="INPUT", help="Image, volume or B-scan folder, a folder (recursive), CSV or .txt list."
     ),
     out: Path = typer.Option(..., "--out", help="Output folder: predictions.csv, manifest.csv, heat maps."),
-    heatmaps: str = typer.Option("none", "--heatmaps", help="none | attention | gradcam: PNG overlays (2D inputs)."),
+    heatmaps: str = typer.Option(
+        "none", "--heatmaps", help="none | rollout (attention rollout) | gradcam: PNG overlays under OUT/heatmaps."
+    ),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Inputs per forward pass."),
     workers: int = typer.Option(2, "--workers", min=0, help="Decoding workers."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo inputs already in OUT (default: resume)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -129,6 +132,7 @@ def predict(
         out,
         batch_size=batch_size,
         workers=workers,
+        device=device,
         heatmaps=None if heatmaps == "none" else heatmaps,
         overwrite=overwrite,
         quiet=quiet,

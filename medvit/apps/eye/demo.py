@@ -54,12 +54,12 @@ def run_eye_demo(
     cfg = load_eye_config("tiny", overrides=["dataset.classes=[0,1,2,3,4]"], **options)
     run = root / "run"
     train(cfg, root / "train", run, resume=(run / "last.pt").is_file(), quiet=quiet)
-    pred = predict(run, root / "heldout" / "fundus", root / "predictions", heatmaps="attention", overwrite=True,
+    pred = predict(run, root / "heldout" / "fundus", root / "predictions", heatmaps="rollout", overwrite=True,
                    workers=1, quiet=quiet)  # fmt: skip
     summary = evaluate(pred.predictions, root / "heldout", root / "evaluation", bootstrap=200)
-    heatmaps = sorted(p for p in (root / "predictions").rglob("*.png") if "heatmap" in p.as_posix())
+    heatmaps = sorted((root / "predictions" / "heatmaps").rglob("*.png"))
     return {
-        "kappa": float(summary["kappa"]),
+        "kappa": float(summary["overall"]["kappa"]),
         "heatmap": heatmaps[0] if heatmaps else None,
         "run": run,
         "predictions": pred.predictions,

@@ -1,7 +1,8 @@
 """What ``medvit eye predict`` runs on, and how ``evaluate`` pairs predictions with the truth.
 
-:func:`list_inputs` turns INPUT into unlabelled samples: a folder (every photograph, 2D scan, OCT volume file and
-B-scan folder below it, :func:`medvit.shared.data.folders.find_eye_data`; keys are paths relative to the folder), a
+:func:`list_inputs` turns INPUT into unlabelled samples: a folder (every photograph, 2D scan, OCT volume file and,
+for a 3D model, B-scan folder below it, :func:`medvit.apps.eye.labels.list_items`; keys are paths relative to the
+folder), a
 CSV (its path column, resolved against the CSV's
 folder) or a ``.txt`` list (one path per line; ``#`` comments and blank lines skipped). Listed files that do not
 exist stay in the list: the batch job gives them ``error`` rows, and the other inputs still run.
@@ -19,13 +20,14 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from medvit.apps.eye.labels import list_items
 from medvit.shared.classify.labels import Sample
-from medvit.shared.data.folders import find_eye_data, read_csv_rows
+from medvit.shared.data.folders import read_csv_rows
 from medvit.shared.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["align_keys", "list_inputs", "prediction_columns", "read_list_file"]
+__all__ = ["align_keys", "list_inputs", "model_dims", "prediction_columns", "read_list_file"]
 
 _PATH_COLUMNS = ("path", "Path", "image", "Image", "filename", "file", "Image Index", "id_code", "Image name")
 
@@ -62,8 +64,26 @@ def _csv_inputs(path: Path) -> list[Sample]:
     return samples
 
 
-def list_inputs(inp: str | Path) -> list[Sample]:
+def model_dims(run: str | Path) -> int | None:
+    """Input dimensionality (2 or 3) of a trained run, from its ``model.json`` (None when unreadable)."""
+    import json
+
+    p = Path(run)
+    spec = p / "model.json" if p.is_dir() else p.with_suffix(".json")
+    try:
+        dims = json.loads(spec.read_text(encoding="utf-8"))["input"]["dims"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return int(dims) if dims in (2, 3) else None
+
+
+def list_inputs(inp: str | Path, dims: int | None = None) -> list[Sample]:
     """Unlabelled samples of INPUT: one image or volume, a folder, a CSV or a ``.txt`` list (module docstring).
+
+    Args:
+        inp: INPUT.
+        dims: The model's input dimensionality: 3 reads a folder of numbered same-size images (INPUT itself or
+            below it) as one B-scan volume, 2 reads every image separately (None: volumes only below INPUT).
 
     Raises:
         DataError: INPUT missing, an unreadable list, or a folder without images or volumes.
@@ -72,12 +92,10 @@ def list_inputs(inp: str | Path) -> list[Sample]:
     if not p.exists():
         raise DataError(f"{p}: not found")
     if p.is_dir():
-        listing = find_eye_data(p)
-        items = [Sample(f, None, key=f.relative_to(p).as_posix()) for f in listing.images]
-        items += [Sample(v.path, None, key=v.rel if v.rel != "." else p.name) for v in listing.volumes]
+        items = list_items(p, dims if dims is not None else 2)
         if not items:
             raise DataError(f"{p}: no images or OCT volumes found")
-        return sorted(items, key=lambda s: s.key)
+        return [Sample(f, None, key=f.relative_to(p).as_posix() if f != p else p.name) for f in items]
     suffix = p.name.lower()
     if suffix.endswith((".csv", ".csv.gz")):
         return _csv_inputs(p)

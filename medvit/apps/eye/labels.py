@@ -47,6 +47,7 @@ __all__ = [
     "detect_modality",
     "is_volume",
     "list_class_items",
+    "list_items",
     "read_eye_csv",
     "read_eye_dataset",
     "read_image_folder",
@@ -129,11 +130,27 @@ def _target(name: str, labels: LabelSpace, positive: str | None, where: str) -> 
 # ImageFolder
 
 
-def list_class_items(folder: Path) -> list[Path]:
-    """The inputs of one class folder: 2D images and OCT volumes (files and B-scan folders), sorted by path."""
+def list_items(folder: Path, dims: int | None = None) -> list[Path]:
+    """The inputs below ``folder``: 2D images and OCT volumes (files and B-scan folders), sorted by path.
+
+    A folder of numbered, same-size images is one B-scan volume (:func:`medvit.shared.data.folders.is_bscan_folder`)
+    when it lies below ``folder``; ``folder`` itself stays a folder of separate images (a class folder of
+    ``img_001.png ... img_100.png`` photographs) unless ``dims`` is 3. With ``dims`` 2 (a 2D model) every B-scan
+    folder is read as separate images.
+    """
     listing = find_eye_data(folder)
-    items = list(listing.images) + [v.path for v in listing.volumes]
+    items = list(listing.images)
+    for v in listing.volumes:
+        if v.kind == "bscan-folder" and (dims == 2 or (dims is None and v.path == folder)):
+            items += [f for f in sorted(v.path.iterdir()) if f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES)]
+        else:
+            items.append(v.path)
     return sorted(items, key=lambda p: p.as_posix())
+
+
+def list_class_items(folder: Path) -> list[Path]:
+    """The inputs of one class folder (:func:`list_items`: B-scan volumes are its subfolders, not itself)."""
+    return list_items(folder)
 
 
 def _class_root(root: Path, split: str | None) -> Path:

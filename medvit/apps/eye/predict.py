@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medvit.apps.eye.inputs import list_inputs
+from medvit.apps.eye.inputs import list_inputs, model_dims
 
 __all__ = ["PredictResult", "manifest_counts", "predict"]
 
@@ -65,20 +65,33 @@ def predict(
     heatmaps: str | None = None,
     overwrite: bool = False,
     quiet: bool = False,
+    device: str = "auto",
 ) -> PredictResult:
     """Predict the class of every image or volume of INPUT into ``out``.
+
+    Args:
+        run: Run directory of ``train`` (or its ``model.safetensors``).
+        inp: INPUT (see :func:`list_inputs`).
+        out: Output folder.
+        batch_size: Inputs per forward pass (default: the core's).
+        workers: Decoding threads.
+        heatmaps: ``rollout``, ``gradcam`` or None.
+        overwrite: Recompute inputs already done.
+        quiet: No progress bar.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 
     Raises:
         DataError: INPUT missing or an unreadable list; WeightsError: an unreadable run.
     """
     from medvit.shared.classify.predict import predict as core_predict
 
-    samples = list_inputs(inp)
+    samples = list_inputs(inp, model_dims(run))
     kw: dict[str, Any] = {"workers": workers, "heatmaps": heatmaps, "overwrite": overwrite, "quiet": quiet}
+    kw["device"] = device
     if batch_size is not None:
         kw["batch_size"] = batch_size
     res = core_predict(Path(run), samples, Path(out), **kw)
     folder = Path(out)
-    predictions = res if isinstance(res, Path) and res.suffix == ".csv" else folder / "predictions.csv"
+    predictions = Path(res) if res is not None else folder / "predictions.csv"
     ok, error = manifest_counts(folder / "manifest.csv")
     return PredictResult(folder, predictions, folder / "manifest.csv", ok, error)

@@ -108,7 +108,7 @@ def test_bad_train_options_are_one_error_line(tmp_path: Path, args: list[str], m
 
 def test_predict_and_evaluate_option_errors(tmp_path: Path) -> None:
     res = _invoke("predict", tmp_path, tmp_path, "--out", tmp_path / "o", "--heatmaps", "glow")
-    assert res.exit_code == 2 and "--heatmaps must be one of none, attention, gradcam" in res.output
+    assert res.exit_code == 2 and "--heatmaps must be one of none, rollout, gradcam" in res.output
     res = _invoke("evaluate", tmp_path / "nothing.csv", tmp_path)
     assert res.exit_code == 2 and "nothing.csv: not found" in res.output
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from medvit.apps.eye.labels import detect_modality, read_eye_csv, read_eye_dataset, read_image_folder
+from medvit.apps.eye.labels import detect_modality, list_items, read_eye_csv, read_eye_dataset, read_image_folder
 from medvit.shared.classify.labels import Sample
 from medvit.shared.data.synth_eye import OCT_CLASSES, synth_fundus, synth_oct
 from medvit.shared.errors import DataError
@@ -122,3 +122,18 @@ def test_mixed_dimensions_and_csv_errors(tmp_path: Path) -> None:
     (tmp_path / "one" / "only").mkdir(parents=True)
     with pytest.raises(DataError, match="at least 2 class folders"):
         read_image_folder(tmp_path / "one")
+
+
+def test_numbered_photographs_in_a_class_folder_stay_separate_images(tmp_path: Path) -> None:
+    for k in range(1, 10):  # nine same-size, numbered photographs: the pattern of one B-scan volume
+        _png(tmp_path / "tree" / "glaucoma" / f"img_{k:03d}.png")
+    _png(tmp_path / "tree" / "normal" / "a.png")
+    samples, labels = read_image_folder(tmp_path / "tree")
+    assert labels.kind == "binary" and len(samples) == 10 and all(s.source.is_file() for s in samples)
+    vol = tmp_path / "vols" / "eye1"
+    for k in range(1, 10):
+        _png(vol / f"{k}.png", gray=True)
+    assert list_items(tmp_path / "vols") == [vol]  # below the listed folder: one volume
+    assert list_items(vol) == sorted(vol.iterdir())  # the folder itself: separate images
+    assert list_items(vol, dims=3) == [vol]
+    assert len(list_items(tmp_path / "vols", dims=2)) == 9
