@@ -78,7 +78,8 @@ def test_bad_inputs_get_error_rows(fundus_run: dict[str, Path], tmp_path: Path) 
 def test_oct_volumes_and_bscan_folders(tmp_path: Path) -> None:
     synth_oct(tmp_path / "oct", n=12, shape=(16, 16, 16), seed=0, bscan_folders=True)
     res = _invoke("train", tmp_path / "oct", "--out", tmp_path / "run", "--preset", "tiny-3d",
-                  "--set", "data.size=[16]", "--set", "model.backbone_overrides.img_size=16", *FAST, "--batch-size", "4")  # fmt: skip
+                  "--set", "data.size=[16]", "--set", "model.backbone_overrides.img_size=16", *FAST,
+                  "--batch-size", "4")  # fmt: skip
     assert res.exit_code == 0, res.output
     spec = json.loads((tmp_path / "run" / "model.json").read_text())
     assert spec["labels"] == {"kind": "multiclass", "classes": list(OCT_CLASSES)}
