@@ -9,6 +9,7 @@ own seed, so it resumes exactly too).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,8 @@ from torch.utils.data import Dataset
 from medvit.shared.classify.inputs import InputSpec, read_source
 from medvit.shared.classify.labels import LabelSpace, Sample
 from medvit.shared.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["SampleDataset", "WeightedDraws", "balanced_weights", "class_weights", "targets_array"]
 
@@ -41,18 +44,28 @@ def targets_array(samples: Sequence[Sample], labels: LabelSpace) -> np.ndarray:
 class SampleDataset(Dataset):
     """``{"image": tensor, "target": float32 [T]}`` per sample (``target`` NaN-filled for unlabelled samples).
 
+    An unreadable input raises its ``DataError`` unless ``substitute`` is on (training): then a warning names it and
+    the next readable sample takes its place (the same one every time, so a resumed run stays exact), so one corrupt
+    file among thousands does not stop a long run.
+
     Args:
         samples: The samples.
         labels: Their label space.
         spec: The model's input spec (modality, dimensionality).
         transform: :class:`~medvit.shared.classify.inputs.EvalTransform` or ``TrainTransform``.
+        substitute: Replace an unreadable input by the next readable one (at most ``max_substitutes`` tries).
     """
 
-    def __init__(self, samples: Sequence[Sample], labels: LabelSpace, spec: InputSpec, transform: Any) -> None:
+    max_substitutes = 10
+
+    def __init__(
+        self, samples: Sequence[Sample], labels: LabelSpace, spec: InputSpec, transform: Any, substitute: bool = False
+    ) -> None:
         self.samples = list(samples)
         self.labels = labels
         self.spec = spec
         self.transform = transform
+        self.substitute = substitute
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -63,14 +76,38 @@ class SampleDataset(Dataset):
         if reseed is not None:
             reseed(seed)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        s = self.samples[index]
+    def _read(self, s: Sample) -> np.ndarray:
         arr = read_source(s.source, self.spec.modality)
         want = (3,) if self.spec.dims == 3 else (2, 3)
         if arr.ndim not in want:
             raise DataError(f"{s.source}: decoded to shape {arr.shape}, not a {self.spec.dims}D input")
+        if not np.isfinite(arr).all():
+            raise DataError(f"{s.source}: contains NaN or infinite values")
+        return arr
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        s = self.samples[index]
+        try:
+            arr = self._read(s)
+        except DataError as err:
+            if not self.substitute:
+                raise
+            s, arr = self._substitute(index, err)
         target = s.target if s.target is not None else np.full(self.labels.target_width, np.nan, np.float32)
         return {"image": self.transform(arr), "target": torch.from_numpy(np.asarray(target, np.float32).copy())}
+
+    def _substitute(self, index: int, err: DataError) -> tuple[Sample, np.ndarray]:
+        """The next readable sample after an unreadable one (deterministic, so resume stays exact)."""
+        n = len(self.samples)
+        for step in range(1, min(self.max_substitutes, n - 1) + 1):
+            other = self.samples[(index + step) % n]
+            try:
+                arr = self._read(other)
+            except DataError:
+                continue
+            logger.warning("skipping an unreadable training input (%s); using %s in its place", err, other.key)
+            return other, arr
+        raise DataError(f"{err} (and the {self.max_substitutes} inputs after it are unreadable too)") from None
 
 
 class WeightedDraws(Dataset):

@@ -13,6 +13,10 @@ per iteration, DDP under torchrun, checkpoints and bit-exact resume). The run di
 * ``splits.json``: the keys of the training and validation samples;
 * ``val_metrics.json``: every metric of the selected checkpoint on the validation samples.
 
+An unreadable training input is logged and replaced by the next readable one (see
+:class:`~medvit.shared.classify.data.SampleDataset`); an unreadable validation input stops the run with a
+``DataError`` naming it (metrics on a silently changed validation set would mislead).
+
 Thresholds (multi-label / binary): ``infer.threshold: youden`` picks, per output, the probability maximising
 sensitivity + specificity on the validation samples with the selected weights; a number fixes it for every output
 (0.5 without validation samples).
@@ -359,7 +363,7 @@ def train_classifier(
         write_spec_json(run / "model.json", spec)
         write_json_atomic(run / "splits.json", {"train": [s.key for s in train], "val": [s.key for s in val]})
     transform = TrainTransform(spec_in, cfg.augment) if cfg.augment.enabled else _eval_transform(spec_in, cfg)
-    train_set: Any = SampleDataset(train, labels, spec_in, transform)
+    train_set: Any = SampleDataset(train, labels, spec_in, transform, substitute=True)
     if cfg.loss.sampler == "balanced":
         train_set = WeightedDraws(train_set, balanced_weights(train_targets, labels))
     weights = class_weights(train_targets, labels) if cfg.loss.class_weights == "balanced" else None
