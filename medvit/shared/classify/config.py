@@ -89,8 +89,8 @@ class MixCfg:
     """Batch mixing (timm's ``Mixup`` in batch mode: one ratio per batch, image ``i`` mixed with ``B - 1 - i``).
 
     Attributes:
-        mode: ``none`` (the paper), ``mixup``, ``cutmix`` (target = pasted area ratio) or ``tl-align`` (CutMix whose
-            target is the token label aligned through the attention, Xiao et al., ICCV 2023).
+        mode: ``none`` (the paper), ``mixup``, ``cutmix`` (target = pasted area ratio) or ``tl-align`` (CutMix on the
+            token grid whose target is the token label aligned through the attention, Xiao et al., ICCV 2023).
         mixup_alpha: Beta(alpha, alpha) of the mixup ratio.
         cutmix_alpha: Beta(alpha, alpha) of the CutMix ratio.
         prob: probability that a batch is mixed at all.

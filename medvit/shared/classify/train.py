@@ -146,6 +146,7 @@ class ClassifyTask(nn.Module):
                 cutmix_alpha=m.cutmix_alpha,
                 prob=m.prob,
                 switch_prob=m.switch_prob,
+                patch=self.model.patch_size,
             )
         if plan is None:
             return {"loss": self.loss(self.model(x), target)}
