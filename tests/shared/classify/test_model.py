@@ -106,3 +106,19 @@ def test_tl_align_task_step_2d_and_3d() -> None:
         w = float(out["logs"]["mix_weight"])
         assert 0.0 <= w <= 1.0
         assert np.isfinite(w)
+
+
+def test_start_from_an_mae_checkpoint_infers_the_architecture(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    enc = create_backbone("test_vit_2d", depth=2)  # 32 wide, 2 heads, patch 8, 32 px: a 4 x 4 grid + cls
+    sd = {k: v for k, v in enc.state_dict().items() if not k.startswith("head")}
+    sd["mask_token"] = torch.zeros(1, 1, 16)
+    sd["decoder_embed.weight"] = torch.zeros(16, 32)
+    path = tmp_path / "mae.pth"
+    torch.save({"model": sd, "epoch": 799}, path)
+    cfg = ClassifyModelCfg(backbone=None, weights=path, backbone_overrides={"num_heads": 2})
+    model, spec, prov = build_classifier(cfg, ClassifyDataCfg(), LABELS, "cxr")
+    assert prov["start_format"] == "mae" and len(model.blocks) == 2 and model.embed_dim == 32
+    assert spec.size == (32, 32)
+    assert torch.equal(model.blocks[1].mlp.fc2.weight, enc.blocks[1].mlp.fc2.weight)
+    assert isinstance(model.fc_norm, torch.nn.LayerNorm)  # the pretrained final norm is replaced by fc_norm
