@@ -163,8 +163,9 @@ class Attention(MultiHeadAttention):
         The carried values ride along as extra value channels of every head in the one
         ``scaled_dot_product_attention`` call (``softmax(q k^T / sqrt(hd)) @ [v, carry]``), so the attention matrix
         is never materialised and the output equals :meth:`forward`'s. The extra channels are zero-padded to a
-        multiple of 8; on CUDA ``q`` and ``k`` are zero-padded to the same width (same logits with the explicit
-        scale) so that the fused flash / memory-efficient kernels stay eligible. Attention dropout, when on, drops
+        multiple of 8, and ``q`` and ``k`` are zero-padded to the same width (the same logits with the explicit
+        scale ``hd ** -0.5``), so that the fused kernels that need equal head widths stay eligible (flash attention
+        on CPU and CUDA; on CPU a wider ``v`` alone falls back to a slower path). Attention dropout, when on, drops
         the same weights for both.
 
         Args:
@@ -180,8 +181,7 @@ class Attention(MultiHeadAttention):
         width = hd + kc + (-(hd + kc)) % 8
         extra = carry.detach().to(v.dtype)[:, None].expand(b, h, n, kc)
         v = torch.cat([v, extra, v.new_zeros(b, h, n, width - hd - kc)], dim=-1)
-        if q.is_cuda:
-            q, k = F.pad(q, (0, width - hd)), F.pad(k, (0, width - hd))
+        q, k = F.pad(q, (0, width - hd)), F.pad(k, (0, width - hd))
         o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=hd**-0.5)
         mixed = o[..., hd : hd + kc].detach().float().mean(1)
         o = o[..., :hd].transpose(1, 2).reshape(b, n, h * hd)

@@ -7,7 +7,13 @@ global average pooling of the patch tokens + ``fc_norm``, a linear head initiali
 ``rand-m6-mstd0.5-inc1`` for training and ``Resize(size / 0.875) + CenterCrop(size)`` for evaluation, AdamW with
 weight decay 0.05, 5 warmup epochs then a half cosine to ``min_lr`` 1e-5, ``lr = blr * batch / 256`` with
 ``blr`` 2.5e-4 (1e-3 at the paper's batch 1024), 75 epochs, no mixing. Each app keeps its presets (``paper``,
-``tiny``, ...) as YAML layers over these dataclasses in its own ``presets/`` folder.
+``tiny``, ...) as YAML layers over these dataclasses in its own ``presets/`` folder. A ``tiny`` CPU layer that the
+core's tests use (a few seconds per run on one core; 3D: ``backbone: test_vit_3d`` and ``size: [32, 32, 16]``)::
+
+    model: {backbone: test_vit_2d, backbone_overrides: {depth: 2}, drop_path: 0.1}
+    data: {size: [32]}
+    optim: {steps: 20, epochs: null, batch_size: 8, lr: 1.0e-3, warmup_epochs: 0, ckpt_every: 10, log_every: 5}
+    infer: {batch_size: 16}
 """
 
 from __future__ import annotations
@@ -83,8 +89,8 @@ class MixCfg:
     """Batch mixing (timm's ``Mixup`` in batch mode: one ratio per batch, image ``i`` mixed with ``B - 1 - i``).
 
     Attributes:
-        mode: ``none`` (the paper), ``mixup``, ``cutmix`` (target = pasted area ratio) or ``tl-align`` (CutMix whose
-            target is the token label aligned through the attention, Xiao et al., ICCV 2023).
+        mode: ``none`` (the paper), ``mixup``, ``cutmix`` (target = pasted area ratio) or ``tl-align`` (CutMix on the
+            token grid whose target is the token label aligned through the attention, Xiao et al., ICCV 2023).
         mixup_alpha: Beta(alpha, alpha) of the mixup ratio.
         cutmix_alpha: Beta(alpha, alpha) of the CutMix ratio.
         prob: probability that a batch is mixed at all.

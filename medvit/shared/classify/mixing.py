@@ -7,14 +7,17 @@ clipped at the border, and then corrects ``lam`` to the area actually kept (timm
 a cuboid the same way. The target of image ``i`` is ``lam * y_i + (1 - lam) * y_partner``; for multi-label targets a
 finding unknown (NaN) in either image is ignored.
 
-**TL-Align** (Xiao, Zhang, Yuan, Cheng, Chen - "Token-Label Alignment for Vision Transformers", ICCV 2023): the area
-ratio is a poor label once attention moves information between tokens. Each token carries a label, the pair
-``(w_A, w_B)`` of the two images' shares; choices made here (and their reasons):
+**TL-Align** (Xiao, Zheng, Zhu, Lu, Zhou - "Token-Label Alignment for Vision Transformers", ICCV 2023; official code
+Euphoria16/TL-Align): the area ratio is a poor label once attention moves information between tokens. Each token
+carries a label, here the pair ``(w_A, w_B)`` of the two images' shares (the official code carries the whole mixed
+class vector; with two images and linear propagation both give the same target); choices made here:
 
-- **Initial token labels.** A patch token's share of image A is the fraction of its pixels (voxels) that come from
-  image A, i.e. the CutMix mask average-pooled over the patch grid (a patch cut by the box border gets a fractional
-  label, as when the official code pools the mask to the token grid). Prefix tokens (class token, registers) start
-  from the area ratio ``lam``: they see no pixels.
+- **Box on the token grid.** As in the official code, a ``tl-align`` CutMix box is drawn on the patch grid (sides of
+  ``int(g * sqrt(1 - lam))`` tokens for a grid side ``g``, cube root in 3D) and scaled to pixels, so every token comes
+  wholly from one image and ``lam`` is the token ratio. :func:`initial_token_labels` also takes pixel boxes (plain
+  ``cutmix``), giving a patch cut by the box border the fraction of its pixels from image A.
+- **Initial token labels.** Patch tokens: 1 / 0 for image A / B (the mask pooled over each patch). Prefix tokens
+  (class token, registers) start from the ratio ``lam``, the official code's initial class-token label.
 - **Propagation.** At every block the labels follow the attention's residual path: ``y <- y + A_mean @ y``, then
   each token's pair is renormalised to sum to 1 (the paper's normalisation); ``A_mean`` is that block's softmax
   attention averaged over heads, taken from the same attention call as the features (the labels ride along as
@@ -22,8 +25,8 @@ ratio is a poor label once attention moves information between tokens. Each toke
   forward and no materialised attention matrix). The MLP, drop path and LayerScale leave labels unchanged (they act
   within a token). With ``A = I`` every label is unchanged, so the target is the area ratio again.
 - **Target.** The label of what the head reads: the class token's with token pooling, the mean over the patch
-  tokens' labels with global average pooling (the paper's recipe), used as ``w_A`` in
-  ``w_A * y_A + w_B * y_B``. Targets carry no gradient.
+  tokens' labels with global average pooling (the thorax recipe; the official code reads the class token), used as
+  ``w_A`` in ``w_A * y_A + w_B * y_B``. Targets carry no gradient.
 - A Mixup batch (``switch_prob``) gives every token the same pair, which attention keeps: its target is ``lam``.
 
 :func:`propagate_token_labels` is the explicit reference (attention matrices given), used by the tests to check the
@@ -78,30 +81,44 @@ def _randint(high: int) -> int:
     return int(torch.randint(0, max(high, 1), (1,)).item())
 
 
-def cutmix_box(lam: float, shape: Sequence[int]) -> tuple[tuple[tuple[int, int], ...], float]:
+def cutmix_box(
+    lam: float, shape: Sequence[int], unit: Sequence[int] | None = None
+) -> tuple[tuple[tuple[int, int], ...], float]:
     """A CutMix box for ratio ``lam`` on a spatial ``shape`` (timm's ``rand_bbox`` with ``correct_lam``).
 
-    Sides are ``int(s * (1 - lam) ** (1 / ndim))``, the centre uniform over the image, the box clipped to it.
+    Sides are ``int(s * (1 - lam) ** (1 / ndim))``, the centre uniform over the image, the box clipped to it. With
+    ``unit`` (the patch size) the box is drawn on the grid of ``shape // unit`` cells and scaled back to pixels
+    (TL-Align's token-level box), and ``lam`` is the share of cells kept.
 
     Args:
         lam: Wanted share of the original image, in [0, 1].
         shape: Spatial shape ``(H, W)`` or ``(R, C, S)``.
+        unit: Cell size per axis, or None for pixels.
 
     Returns:
-        ``(box, lam_corrected)``: the box as ``(lo, hi)`` per axis and ``1 - box volume / image volume``.
+        ``(box, lam_corrected)``: the box as ``(lo, hi)`` per axis (pixels) and ``1 - box volume / volume``.
     """
+    unit = tuple(unit) if unit is not None else (1,) * len(shape)
+    grid = [s // u for s, u in zip(shape, unit, strict=True)]
     ratio = (1.0 - lam) ** (1.0 / len(shape))
     box = []
-    for s in shape:
-        cut = int(s * ratio)
-        centre = _randint(s)
-        box.append((min(max(centre - cut // 2, 0), s), min(max(centre + cut // 2, 0), s)))
-    kept = 1.0 - math.prod(hi - lo for lo, hi in box) / math.prod(shape)
-    return tuple(box), kept
+    for g in grid:
+        cut = int(g * ratio)
+        centre = _randint(g)
+        box.append((min(max(centre - cut // 2, 0), g), min(max(centre + cut // 2, 0), g)))
+    kept = 1.0 - math.prod(hi - lo for lo, hi in box) / math.prod(grid)
+    return tuple((lo * u, hi * u) for (lo, hi), u in zip(box, unit, strict=True)), kept
 
 
 def draw_mix(
-    mode: str, spatial: Sequence[int], *, mixup_alpha: float, cutmix_alpha: float, prob: float, switch_prob: float
+    mode: str,
+    spatial: Sequence[int],
+    *,
+    mixup_alpha: float,
+    cutmix_alpha: float,
+    prob: float,
+    switch_prob: float,
+    patch: Sequence[int] | None = None,
 ) -> MixPlan | None:
     """Decide one batch's mixing (all draws from torch's CPU generator).
 
@@ -112,6 +129,7 @@ def draw_mix(
         cutmix_alpha: Beta parameter of CutMix.
         prob: Probability of mixing this batch.
         switch_prob: ``cutmix`` / ``tl-align``: probability of Mixup instead.
+        patch: ``tl-align``: the patch size, to draw the box on the token grid.
 
     Returns:
         The plan, or None (batch left as it is).
@@ -121,8 +139,9 @@ def draw_mix(
     use_mixup = mode == "mixup" or (switch_prob > 0 and float(torch.rand(())) < switch_prob)
     if use_mixup:
         return MixPlan("mixup", _beta(mixup_alpha))
-    box, lam = cutmix_box(_beta(cutmix_alpha), spatial)
-    return MixPlan("cutmix", lam, box, align=mode == "tl-align")
+    align = mode == "tl-align"
+    box, lam = cutmix_box(_beta(cutmix_alpha), spatial, patch if align else None)
+    return MixPlan("cutmix", lam, box, align=align)
 
 
 def _box_slices(box: Sequence[tuple[int, int]]) -> tuple[slice, ...]:

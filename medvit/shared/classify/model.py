@@ -81,7 +81,10 @@ def model_schema() -> SidecarSchema:
         max_version=MODEL_FORMAT_VERSION,
         arch_key="encoder",
         fields={"labels": any_map, "input": any_map, "modality": lambda v: None if isinstance(v, str) else "string"},
-        optional_fields={"thresholds": lambda v: None if isinstance(v, list) else "must be a list", "eval": any_map},
+        optional_fields={
+            "thresholds": lambda v: None if v is None or isinstance(v, list) else "must be a list or null",
+            "eval": any_map,
+        },
     )
 
 

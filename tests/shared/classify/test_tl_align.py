@@ -33,6 +33,20 @@ def test_cutmix_box_area_and_corrected_lam() -> None:
     assert 0.875 <= kept3 <= 1.0
 
 
+def test_token_grid_box_gives_whole_tokens() -> None:
+    torch.manual_seed(3)
+    for _ in range(5):
+        box, lam = cutmix_box(0.6, (32, 48), unit=(8, 8))
+        assert all(lo % 8 == 0 and hi % 8 == 0 for lo, hi in box)
+        patches, prefix = initial_token_labels(MixPlan("cutmix", lam, box), 1, (32, 48), (8, 8))
+        share = patches[0, :, 0]
+        assert set(share.unique().tolist()) <= {0.0, 1.0}
+        assert share.mean().item() == pytest.approx(lam)  # lam = share of tokens kept
+        assert prefix[0, 0].item() == pytest.approx(lam)
+    t = draw_mix("tl-align", (32, 32, 16), mixup_alpha=1, cutmix_alpha=1, prob=1, switch_prob=0, patch=(8, 8, 8))
+    assert t is not None and t.box is not None and all(lo % 8 == 0 and hi % 8 == 0 for lo, hi in t.box)
+
+
 def test_apply_cutmix_pastes_partner_and_targets_mix() -> None:
     x = torch.arange(2.0).view(2, 1, 1, 1).expand(2, 1, 4, 4).clone()  # image 0 all 0, image 1 all 1
     plan = MixPlan("cutmix", lam=0.75, box=((0, 2), (0, 2)))
