@@ -51,7 +51,8 @@ def run_eye_demo(
     synth_fundus(root / "train", n=DEMO_TRAIN, seed=0, size=size)
     synth_fundus(root / "heldout", n=DEMO_HELDOUT, seed=1, size=size)
     options: dict[str, Any] = {"optim.steps": steps, "model.weights": str(encoder) if encoder else None}
-    cfg = load_eye_config("tiny", overrides=["dataset.classes=[0,1,2,3,4]"], **options)
+    options["dataset.classes"] = [str(g) for g in range(5)]  # all five grades, even if a draw lacks one
+    cfg = load_eye_config("tiny", **options)
     run = root / "run"
     train(cfg, root / "train", run, resume=(run / "last.pt").is_file(), quiet=quiet)
     pred = predict(run, root / "heldout" / "fundus", root / "predictions", heatmaps="rollout", overwrite=True,
