@@ -10,7 +10,7 @@ preset     what
 paper      the thorax fine-tuning recipe (lambert-x/medical_mae FINETUNE.md, ViT-S/16): 224 px, global average
            pooling, drop path 0.2, layer decay 0.55, AdamW blr 2.5e-4 (lr = blr x batch / 256), wd 0.05, 75 epochs
            with 5 of warmup then a half cosine to 1e-5, RandAugment m6, no mixing, X-ray mean/std 0.5056/0.252
-tiny       CPU preset for tests and the demo: a 4-block 64-wide ViT at 64 px, a few hundred steps, no RandAugment
+tiny       CPU preset for tests and the demo: a 4-block 64-wide ViT/16 at 64 px, 300 steps, no augmentation
 =========  ========================================================================================================
 
 Precedence: dataclass defaults < preset < ``--config file.yaml`` < ``--set a.b=c`` < first-class options; a resumed
