@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,31 @@ def test_train_on_the_chestxray14_layout(tmp_path: Path) -> None:
     assert not {patients[k] for k in splits["train"]} & {patients[k] for k in splits["val"]}  # patient-wise
     test_list = (tmp_path / "nih" / "test_list.txt").read_text().split()
     assert not {Path(k).name for k in splits["train"] + splits["val"]} & set(test_list)
+
+
+def test_resume_after_kill_equals_uninterrupted(
+    trained: dict[str, Path], tmp_path: Path, kill_training_at: Callable[[int], Callable[[], None]]
+) -> None:
+    from safetensors.numpy import load_file
+
+    run = tmp_path / "killed"
+    disarm = kill_training_at(2)  # after step 2's checkpoint (ckpt_every=2), before its validation
+    _invoke("train", trained["root"] / "train", "--out", run, *FAST, *FAST_SET)
+    disarm()
+    assert not (run / "model.safetensors").exists()
+    res = _invoke("train", trained["root"] / "train", "--out", run, "--resume", "--quiet")  # the stored config
+    assert res.exit_code == 0, res.output
+    a = load_file(trained["run"] / "model.safetensors")  # the module's uninterrupted 4-step run
+    b = load_file(run / "model.safetensors")
+    assert a.keys() == b.keys() and [k for k in a if not (a[k] == b[k]).all()] == []
+    losses = [json.loads(line).get("loss") for line in (trained["run"] / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(line).get("loss") for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert resumed == losses
+
+
+def test_warm_start_from_a_run(trained: dict[str, Path], tmp_path: Path) -> None:
+    res = _invoke("train", trained["root"] / "train", "--out", tmp_path / "warm", *FAST, "--steps", "2",
+                  "--init", trained["run"] / "model.safetensors")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    spec = json.loads((tmp_path / "warm" / "model.json").read_text())
+    assert spec["labels"]["classes"] == list(CXR_FINDINGS)
