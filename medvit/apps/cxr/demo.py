@@ -8,6 +8,7 @@ fine-tuning from a pretraining export (``medvit pretrain`` output) instead of ra
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,9 @@ def run_cxr_demo(
         size: Side of the synthetic images in pixels.
 
     Returns:
-        ``{"mean_auc": on the held-out set, "heatmap": one overlay PNG (or None), "run", "predictions",
-        "summary": the evaluation summary}``.
+        ``{"mean_auc": on the held-out set, "auc": per finding, "heatmap": one overlay PNG (or None), "run",
+        "predictions", "summary": the evaluation summary}``. Measured (1 core): mean AUC 0.75 in about 35 s -
+        Cardiomegaly and Effusion 1.0, Nodule and Pneumothorax near chance (see ``tests/apps/cxr/test_learning.py``).
     """
     root = Path(out) / "cxr"
     synth_cxr(root / "train", n=DEMO_TRAIN, seed=0, size=size, prevalence=0.3)
@@ -58,8 +60,11 @@ def run_cxr_demo(
                    workers=1, quiet=quiet)  # fmt: skip
     summary = evaluate(pred.predictions, root / "heldout", root / "evaluation", bootstrap=200)
     heatmaps = sorted((root / "predictions" / "heatmaps").rglob("*.png"))
+    with open(root / "evaluation" / "metrics.csv", newline="", encoding="utf-8") as fh:
+        per_finding = {r["class"]: float(r["auc"]) for r in csv.DictReader(fh) if r["class"] != "overall"}
     return {
         "mean_auc": float(summary["overall"]["mauc"]),
+        "auc": per_finding,
         "heatmap": heatmaps[0] if heatmaps else None,
         "run": run,
         "predictions": pred.predictions,
