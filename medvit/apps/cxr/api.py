@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from medvit.apps.cxr.config import CxrConfig, load_cxr_config, load_train_config
+from medvit.apps.cxr.demo import run_cxr_demo
 from medvit.apps.cxr.evaluate import evaluate
 from medvit.apps.cxr.labels import (
     read_chestxray14,
@@ -39,6 +40,7 @@ __all__ = [
     "load_train_config",
     "predict",
     "print_summary",
+    "run_cxr_demo",
     "read_chestxray14",
     "read_chexpert",
     "read_cxr_dataset",

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from medvit.apps.eye.config import EyeConfig, load_eye_config, load_train_config
+from medvit.apps.eye.demo import run_eye_demo
 from medvit.apps.eye.evaluate import evaluate
 from medvit.apps.eye.labels import detect_modality, read_eye_csv, read_eye_dataset, read_image_folder
 from medvit.apps.eye.predict import PredictResult, predict
@@ -33,6 +34,7 @@ __all__ = [
     "load_train_config",
     "predict",
     "print_summary",
+    "run_eye_demo",
     "detect_modality",
     "read_eye_csv",
     "read_eye_dataset",
