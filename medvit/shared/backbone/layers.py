@@ -141,7 +141,13 @@ class MultiHeadAttention(nn.Module, metaclass=abc.ABCMeta):
 
 
 class Attention(MultiHeadAttention):
-    """Multi-head self-attention: one ``qkv`` projection (timm's key names)."""
+    """Multi-head self-attention: one ``qkv`` projection (timm's key names).
+
+    Besides ``forward``, two variants serve token-level bookkeeping without a second pass over the block:
+    :meth:`forward_carry` mixes per-token values (TL-Align token labels) with the head-averaged attention inside the
+    same fused attention call, and :meth:`forward_with_weights` returns the head-averaged attention matrix
+    (attention rollout).
+    """
 
     def _init_inputs(self, dim: int, qkv_bias: bool) -> None:
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -150,6 +156,55 @@ class Attention(MultiHeadAttention):
         """``[B, N, D] -> [B, N, D]``."""
         q, k, v = self._split_heads(self.qkv(x), 3).unbind(0)  # each [B, H, N, hd]
         return self._attend(q, k, v)
+
+    def forward_carry(self, x: torch.Tensor, carry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention output plus ``A_mean @ carry``, with ``A_mean`` the attention weights averaged over heads.
+
+        The carried values ride along as extra value channels of every head in the one
+        ``scaled_dot_product_attention`` call (``softmax(q k^T / sqrt(hd)) @ [v, carry]``), so the attention matrix
+        is never materialised and the output equals :meth:`forward`'s. The extra channels are zero-padded to a
+        multiple of 8, and ``q`` and ``k`` are zero-padded to the same width (the same logits with the explicit
+        scale ``hd ** -0.5``), so that the fused kernels that need equal head widths stay eligible (flash attention
+        on CPU and CUDA; on CPU a wider ``v`` alone falls back to a slower path). Attention dropout, when on, drops
+        the same weights for both.
+
+        Args:
+            x: tokens ``[B, N, D]``.
+            carry: per-token values ``[B, N, K]`` (e.g. token labels); no gradient flows through them.
+
+        Returns:
+            ``(out [B, N, D], mixed [B, N, K])`` with ``mixed[b] = mean_h(A[b, h]) @ carry[b]`` (float32).
+        """
+        q, k, v = self._split_heads(self.qkv(x), 3).unbind(0)
+        b, h, n, hd = v.shape
+        kc = carry.shape[-1]
+        width = hd + kc + (-(hd + kc)) % 8
+        extra = carry.detach().to(v.dtype)[:, None].expand(b, h, n, kc)
+        v = torch.cat([v, extra, v.new_zeros(b, h, n, width - hd - kc)], dim=-1)
+        q, k = F.pad(q, (0, width - hd)), F.pad(k, (0, width - hd))
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=hd**-0.5)
+        mixed = o[..., hd : hd + kc].detach().float().mean(1)
+        o = o[..., :hd].transpose(1, 2).reshape(b, n, h * hd)
+        return self.proj_drop(self.proj(o)), mixed
+
+    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention computed explicitly (no fused kernel), returning the head-averaged weights.
+
+        Args:
+            x: tokens ``[B, N, D]``.
+
+        Returns:
+            ``(out [B, N, D], weights [B, N, N])``: rows of ``weights`` sum to 1 (before dropout).
+        """
+        q, k, v = self._split_heads(self.qkv(x), 3).unbind(0)
+        attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
+        attn = attn.float().softmax(dim=-1).to(v.dtype)
+        weights = attn.mean(1)
+        if self.training and self.attn_drop > 0:
+            attn = F.dropout(attn, p=self.attn_drop)
+        b, h, n, hd = v.shape
+        out = (attn @ v).transpose(1, 2).reshape(b, n, h * hd)
+        return self.proj_drop(self.proj(out)), weights
 
 
 class Mlp(nn.Module):
@@ -207,3 +262,30 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+    def forward_carry(self, x: torch.Tensor, carry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block, and per-token values propagated TL-Align style (Xiao et al., ICCV 2023).
+
+        The values follow the attention's residual path: ``carry + A_mean @ carry`` (``A_mean`` = this block's
+        attention weights averaged over heads, taken from the same attention call, see
+        :meth:`Attention.forward_carry`), renormalised so that each token's values sum to 1; the MLP leaves them
+        unchanged. Drop path and LayerScale act on features only.
+
+        Args:
+            x: tokens ``[B, N, D]``.
+            carry: ``[B, N, K]`` non-negative values summing to 1 over ``K`` (token labels).
+
+        Returns:
+            ``(x [B, N, D], carry [B, N, K] float32)``.
+        """
+        a, mixed = self.attn.forward_carry(self.norm1(x), carry)
+        x = x + self.drop_path1(self.ls1(a))
+        carry = carry.float() + mixed
+        carry = carry / carry.sum(-1, keepdim=True).clamp_min(1e-12)
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))), carry
+
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block, also returning its head-averaged attention weights ``[B, N, N]`` (explicit attention)."""
+        a, weights = self.attn.forward_with_weights(self.norm1(x))
+        x = x + self.drop_path1(self.ls1(a))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x)))), weights

@@ -418,6 +418,57 @@ class VisionTransformer(nn.Module):
             tokens = self._run_block(blk, tokens)
         return self.norm(tokens)
 
+    def forward_features_carry(
+        self, x: torch.Tensor, carry_patches: torch.Tensor, carry_prefix: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward_features` that also propagates per-token values through every block (TL-Align).
+
+        Each block mixes the values with its own head-averaged attention inside the same attention call
+        (``Block.forward_carry``); 2D and 3D token grids alike.
+
+        Args:
+            x: images/volumes ``[B, C, *spatial]``.
+            carry_patches: initial values of the patch tokens ``[B, L, K]`` (row-major over the grid, like the
+                tokens).
+            carry_prefix: initial value of every prefix token ``[B, K]``.
+
+        Returns:
+            ``(tokens [B, P + L, D] after the final norm, carry [B, P + L, K] float32)``.
+
+        Raises:
+            TypeError: A block without ``forward_carry`` (a custom ``block_fn``).
+        """
+        tokens, _ = self.embed(x)
+        p = self.num_prefix_tokens
+        if carry_patches.shape[1] != tokens.shape[1] - p:
+            raise ValueError(f"carry has {carry_patches.shape[1]} patch tokens, the input gives {tokens.shape[1] - p}")
+        carry = torch.cat([carry_prefix[:, None].expand(-1, p, -1), carry_patches], dim=1).float()
+        for blk in self.blocks:
+            fn = getattr(blk, "forward_carry", None)
+            if fn is None:
+                raise TypeError(f"{type(blk).__name__} has no forward_carry(): token labels cannot be propagated")
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                tokens, carry = torch.utils.checkpoint.checkpoint(fn, tokens, carry, use_reentrant=False)
+            else:
+                tokens, carry = fn(tokens, carry)
+        return self.norm(tokens), carry
+
+    def forward_features_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """:meth:`forward_features` with explicit attention, returning each block's head-averaged weights.
+
+        Args:
+            x: images/volumes ``[B, C, *spatial]``.
+
+        Returns:
+            ``(tokens [B, P + L, D] after the final norm, [weights [B, P + L, P + L] per block])``.
+        """
+        tokens, _ = self.embed(x)
+        maps = []
+        for blk in self.blocks:
+            tokens, w = blk.forward_with_attention(tokens)
+            maps.append(w)
+        return self.norm(tokens), maps
+
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, P + L, D] -> [B, D]`` (token / avg) or unchanged (none)."""
         if self.global_pool == "avg":
