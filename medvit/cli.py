@@ -16,7 +16,9 @@ from typer.core import TyperGroup, TyperOption
 from medvit import __version__
 from medvit.apps.cell_seg.cli import app as cell_app
 from medvit.apps.ct_seg.cli import app as ct_seg_app
+from medvit.apps.cxr.cli import app as cxr_app
 from medvit.apps.deepfake.cli import app as deepfake_app
+from medvit.apps.eye.cli import app as eye_app
 from medvit.apps.fiqa.cli import app as fiqa_app
 from medvit.pretrain.cli import pretrain_command
 from medvit.shared.data.cli import app as data_app
@@ -105,6 +107,8 @@ def demo(
 app.command("pretrain")(pretrain_command)
 app.add_typer(ct_seg_app, name="ct-seg", help="CT segmentation: UNETR decoder on the shared ViT.")
 app.add_typer(cell_app, name="cell", help="Pathology nucleus segmentation and classification (CellVTA).")
+app.add_typer(cxr_app, name="cxr", help="Chest X-ray classification (multi-label findings, thorax MAE recipe).")
+app.add_typer(eye_app, name="eye", help="Fundus and OCT classification (DR grades, OCT classes, glaucoma).")
 app.add_typer(fiqa_app, name="fiqa", help="Face-image quality assessment (ViT-FIQA).")
 app.add_typer(
     deepfake_app,

@@ -5,10 +5,11 @@
 3. ``ct-seg`` fine-tuning from that encoder, prediction of the held-out cases, evaluation (Dice per class).
 4. ``cell``: synthetic H&E tiles in the PanNuke release format, ``cell prepare``, the tiny CellVTA preset, prediction
    of held-out tiles and of a larger image cut into overlapping tiles (QuPath GeoJSON, overlays), bPQ / mPQ.
-5. ``cxr``: synthetic chest X-rays in the ChestX-ray14 layout, thorax-MAE pretraining (``cxr-tiny``), the encoder
-   exported for the classification app.
-6. ``eye``: synthetic fundus photographs and OCT volumes, Uni4Eye pretraining with 2D and 3D steps interleaved,
-   the 2D and 3D encoders exported.
+5. ``cxr``: synthetic chest X-rays in the ChestX-ray14 layout, thorax-MAE pretraining (``cxr-tiny``), multi-label
+   fine-tuning of the exported encoder on a labelled synthetic set, a held-out folder predicted (with attention
+   heat maps) and evaluated (mean AUC).
+6. ``eye``: synthetic fundus photographs and OCT volumes, Uni4Eye pretraining with 2D and 3D steps interleaved, DR
+   grading fine-tuned from the 2D encoder, a held-out folder predicted and evaluated (quadratic-weighted kappa).
 7. ``fiqa``: the tiny ViT-FIQA preset (CR-FIQA head) trained on synthetic identities with graded blur, occlusion
    and low light, a held-out folder scored, and the rank correlation between predicted quality and degradation
    strength.
@@ -72,7 +73,8 @@ def _prepare(out: Path) -> None:
 PARTS: tuple[str, ...] = ("ct-seg", "cell", "cxr", "eye", "fiqa", "deepfake")
 """What ``medvit demo APP`` runs: ``ct-seg`` (synthetic CT, Hi-End-MAE pretraining, fine-tuning, prediction,
 evaluation), ``cell`` (synthetic H&E tiles, prepare, train, tiled prediction, evaluation), ``cxr`` (thorax-MAE
-pretraining on synthetic X-rays), ``eye`` (Uni4Eye pretraining on synthetic fundus + OCT), ``fiqa`` or ``deepfake``
+pretraining and multi-label fine-tuning on synthetic X-rays), ``eye`` (Uni4Eye pretraining on synthetic fundus + OCT,
+DR-grade fine-tuning), ``fiqa`` or ``deepfake``
 (synthetic clips, prepare, train, predict, evaluate); no APP runs them all."""
 
 
@@ -159,39 +161,43 @@ def _cell_part(out: Path, console: Any, timings: dict[str, float], *, quiet: boo
 
 
 def _cxr_part(out: Path, console: Any, timings: dict[str, float], *, quiet: bool) -> dict[str, Any]:
-    """Synthetic chest X-rays -> thorax-MAE pretraining -> exported encoder."""
+    """Synthetic chest X-rays -> thorax-MAE pretraining -> ``cxr`` fine-tuning from the export -> predict, evaluate."""
+    from medvit.apps.cxr.api import run_cxr_demo
     from medvit.pretrain.demo import run_cxr_pretrain_demo
 
-    console.print("[bold]cxr[/bold] thorax-MAE pretraining on synthetic chest X-rays (cxr-tiny preset)")
+    console.print("[bold]cxr 1/2[/bold] thorax-MAE pretraining on synthetic chest X-rays (cxr-tiny preset)")
     t = time.perf_counter()
     pre = run_cxr_pretrain_demo(out, quiet=quiet)
-    timings["cxr"] = time.perf_counter() - t
     console.print(f"thorax MAE masked-patch loss: {pre['first_loss']:.3f} -> [bold]{pre['final_loss']:.3f}[/bold]")
+    console.print("[bold]cxr 2/2[/bold] fine-tune from the exported encoder, predict a held-out folder, evaluate")
+    res = run_cxr_demo(out, quiet=quiet, encoder=pre["encoder"])
+    timings["cxr"] = time.perf_counter() - t
+    per = ", ".join(f"{k} {v:.2f}" for k, v in res["auc"].items())
+    console.print(f"cxr held-out mean AUC: [bold]{res['mean_auc']:.3f}[/bold] ({per})")
     console.print(f"cxr reconstructions:    {pre['previews']}")
-    console.print(f"cxr encoder export:     {pre['encoder']}")
-    return {"cxr_pretrain_loss": (pre["first_loss"], pre["final_loss"]), "cxr_encoder": pre["encoder"]}
+    console.print(f"cxr heat map:           {res['heatmap']}")
+    return {"cxr_mean_auc": res["mean_auc"], "cxr_auc": res["auc"], "cxr_heatmap": res["heatmap"]}
 
 
 def _eye_part(out: Path, console: Any, timings: dict[str, float], *, quiet: bool) -> dict[str, Any]:
-    """Synthetic fundus + OCT -> Uni4Eye pretraining (2D and 3D steps) -> exported 2D and 3D encoders."""
+    """Synthetic fundus + OCT -> Uni4Eye pretraining -> ``eye`` fine-tuning (DR grades) from the 2D export."""
+    from medvit.apps.eye.api import run_eye_demo
     from medvit.pretrain.demo import run_eye_pretrain_demo
 
-    console.print("[bold]eye[/bold] Uni4Eye pretraining on synthetic fundus photographs + OCT volumes (uni4eye-tiny)")
+    console.print("[bold]eye 1/2[/bold] Uni4Eye pretraining on synthetic fundus photographs + OCT volumes")
     t = time.perf_counter()
     pre = run_eye_pretrain_demo(out, quiet=quiet)
-    timings["eye"] = time.perf_counter() - t
     console.print(
         f"Uni4Eye loss: 2D steps {pre['first_loss_2d']:.3f} -> [bold]{pre['final_loss_2d']:.3f}[/bold], "
         f"3D steps {pre['first_loss_3d']:.3f} -> [bold]{pre['final_loss_3d']:.3f}[/bold]"
     )
+    console.print("[bold]eye 2/2[/bold] fine-tune DR grading from the 2D encoder, predict a held-out folder, evaluate")
+    res = run_eye_demo(out, quiet=quiet, encoder=pre["encoder_2d"])
+    timings["eye"] = time.perf_counter() - t
+    console.print(f"eye held-out quadratic-weighted kappa (DR grade 0-4): [bold]{res['kappa']:.3f}[/bold]")
     console.print(f"eye reconstructions:    {pre['previews']}")
-    console.print(f"eye encoder exports:    {pre['encoder_2d']}, {pre['encoder_3d'].name}")
-    return {
-        "eye_pretrain_loss_2d": (pre["first_loss_2d"], pre["final_loss_2d"]),
-        "eye_pretrain_loss_3d": (pre["first_loss_3d"], pre["final_loss_3d"]),
-        "eye_encoder_2d": pre["encoder_2d"],
-        "eye_encoder_3d": pre["encoder_3d"],
-    }
+    console.print(f"eye heat map:           {res['heatmap']}")
+    return {"eye_kappa": res["kappa"], "eye_heatmap": res["heatmap"], "eye_encoder_3d": pre["encoder_3d"]}
 
 
 def _fiqa_part(out: Path, console: Any, timings: dict[str, float], *, quiet: bool) -> dict[str, Any]:

@@ -155,6 +155,33 @@ def _input_spec(start: Mapping[str, Any], data_cfg: Any, modality: str) -> Input
     return InputSpec(**{**spec.__dict__})  # re-validated
 
 
+#: Backbone settings that define the weights' shapes: starting weights bring their own, which win over a preset's.
+_SHAPE_KEYS = frozenset(
+    ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "qkv_bias", "class_token", "reg_tokens",
+     "extra_tokens", "init_values", "patch_bias", "pos_embed", "pos_embed_prefix", "act", "norm_eps")
+)  # fmt: skip
+
+
+def _applicable_overrides(model_cfg: Any, start: Mapping[str, Any]) -> dict[str, Any]:
+    """``model.backbone_overrides`` without the shape-defining keys when starting weights define the architecture.
+
+    A preset sized for training from scratch (e.g. ``tiny``) names a width and a depth; an encoder export or a
+    foreign checkpoint has its own, and building the preset's network would leave the weights unloadable. Those
+    keys are dropped (logged); the others (drop path, ...) still apply.
+    """
+    overrides = dict(model_cfg.backbone_overrides)
+    if start["sd"] is None:
+        return overrides
+    dropped = sorted(k for k in overrides if k in _SHAPE_KEYS and overrides[k] != start["kwargs"].get(k))
+    if dropped:
+        logger.info(
+            "starting weights %s define the architecture: model.backbone_overrides %s not applied",
+            model_cfg.weights,
+            ", ".join(f"{k}={overrides[k]}" for k in dropped),
+        )
+    return {k: v for k, v in overrides.items() if k not in _SHAPE_KEYS}
+
+
 def build_classifier(
     model_cfg: Any, data_cfg: Any, labels: LabelSpace, modality: str
 ) -> tuple[VisionTransformer, InputSpec, dict[str, Any]]:
@@ -180,7 +207,7 @@ def build_classifier(
     if patch_dims != spec.dims:
         raise ConfigError(f"a {patch_dims}D backbone cannot take {spec.dims}D {modality} inputs")
     overrides = {
-        **dict(model_cfg.backbone_overrides),
+        **_applicable_overrides(model_cfg, start),
         "num_classes": labels.num_outputs(),
         "global_pool": model_cfg.global_pool,
         "fc_norm": model_cfg.global_pool == "avg",
