@@ -45,7 +45,7 @@ def pretrain_command(
         None,
         "--preset",
         help="Model size. CT: paper | base | small | tiny (default base); X-rays: cxr-vit-s | cxr-vit-b | cxr-tiny "
-        "(default cxr-vit-s); eye: uni4eye-vit-l | uni4eye-vit-b | uni4eye-tiny (default uni4eye-vit-b).",
+        "(default cxr-vit-s); eye: uni4eye-vit-l | uni4eye-vit-b | uni4eye-tiny | uni4eye-cpu (default uni4eye-vit-b).",
     ),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over the inputs (default 100)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (instead of --epochs)."),

@@ -3,11 +3,11 @@
 1. ``synth_cxr``: 24 radiographs in the ChestX-ray14 release layout (64 px) -> ``medvit pretrain`` with
    ``cxr-tiny`` (the thorax recipe on a CPU-sized ViT): ``encoder.safetensors``.
 2. ``synth_fundus`` + ``synth_oct``: 12 colour fundus photographs and 6 OCT volumes (64 x 64 x 32) -> ``medvit
-   pretrain`` with ``uni4eye-tiny``: 2D and 3D steps interleaved, ``encoder_2d.safetensors`` and
+   pretrain`` with ``uni4eye-cpu``: 2D and 3D steps interleaved, ``encoder_2d.safetensors`` and
    ``encoder_3d.safetensors``.
 
-Sized for about 20 s on 2 CPU cores (measured 16-18 s; masked-patch loss 0.84 -> 0.36 for the thorax MAE; Uni4Eye
-2D steps 1.42 -> 1.01, 3D steps 2.03 -> 1.69). Layout under ``out``::
+Sized for about 20-30 s on 2 CPU cores (masked-patch loss 0.84 -> 0.36 for the thorax MAE; Uni4Eye (uni4eye-cpu)
+2D steps 1.92 -> 0.99, 3D steps 2.22 -> 1.78). Layout under ``out``::
 
     data/cxr/  data/eye/                      the synthetic inputs
     runs/pretrain-cxr/  runs/pretrain-eye/    the runs (previews, loss plots, encoders)
@@ -78,7 +78,7 @@ def run_cxr_pretrain_demo(out: Path, *, quiet: bool) -> dict[str, Any]:
 
 
 def run_eye_pretrain_demo(out: Path, *, quiet: bool) -> dict[str, Any]:
-    """Synthetic fundus photographs + OCT volumes -> Uni4Eye (``uni4eye-tiny``), 2D and 3D steps interleaved.
+    """Synthetic fundus photographs + OCT volumes -> Uni4Eye (``uni4eye-cpu``), 2D and 3D steps interleaved.
 
     Returns:
         ``run``, ``encoder_2d``, ``encoder_3d``, ``previews``, ``seconds`` and the first/final losses: ``*_loss``,
@@ -90,7 +90,9 @@ def run_eye_pretrain_demo(out: Path, *, quiet: bool) -> dict[str, Any]:
     synth_fundus(eye_data / "fundus", n=12, size=64, seed=0)
     synth_oct(eye_data / "oct", n=6, shape=(64, 64, 32), seed=0)
     options = {"train.batch_size": 4, "data.batch_size_3d": 1}
-    eye = _run(eye_data, Path(out) / "runs" / "pretrain-eye", "uni4eye-tiny", EYE_STEPS, quiet, **options)
+    # uni4eye-cpu: the eye app's tiny classifier (ViT/8, 64 wide, 4 blocks), so that DR grading can be fine-tuned
+    # from the export (the 16 tokens of uni4eye-tiny's ViT/16 at 64 px are too coarse for the lesions).
+    eye = _run(eye_data, Path(out) / "runs" / "pretrain-eye", "uni4eye-cpu", EYE_STEPS, quiet, **options)
     eye["encoder_2d"] = eye["run"] / "encoder_2d.safetensors"
     eye["encoder_3d"] = eye["run"] / "encoder_3d.safetensors"
     logger.info(

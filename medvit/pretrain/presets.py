@@ -59,7 +59,8 @@ preset          encoder                                 image / volume          
 ==============  ======================================  ==============================  ================
 uni4eye-vit-l   ``vit_large_patch16_224`` 1024/24/16    224^2 x 3 / 224x224x112 x 1     512 wide, 8 bl.
 uni4eye-vit-b   ``vit_base_patch16_224`` 768/12/12      224^2 x 3 / 224x224x112 x 1     512 wide, 8 bl.
-uni4eye-tiny    64 wide, 4 blocks, 2 heads, p8          64^2 x 3 / 64x64x32 x 1         32 wide, 1 bl.
+uni4eye-tiny    48 wide, 2 blocks, 2 heads, p16         64^2 x 3 / 64x64x32 x 1         32 wide, 1 bl.
+uni4eye-cpu     64 wide, 4 blocks, 2 heads, p8          64^2 x 3 / 64x64x32 x 1         32 wide, 1 bl.
 ==============  ======================================  ==============================  ================
 
 Mask ratio 0.75 (the successor's ``--mask_ratio`` default; its training loop hard-codes 0.5), loss weights
@@ -540,6 +541,23 @@ _PRESETS: dict[tuple[str, str], Preset] = {
             "uni4eye",
             "uni4eye-tiny",
             "test_vit_2d",
+            backbone_overrides={**_CXR_2D, "patch_size": 16, "embed_dim": 48, "depth": 2, "num_heads": 2},
+            **{
+                **_UNI4EYE_DECODER,
+                "decoder_embed_dim": 32,
+                "decoder_num_heads": 2,
+                "decoder_depth": 1,
+                "crop_size": (64, 64),
+                "crop_size_3d": (64, 64, 32),
+                "lr": 1e-3,
+            },
+            description="CPU tests: Uni4Eye on a ViT 48/2/2, 16 px patches, images 64^2 (16 tokens), volumes "
+            "64x64x32 (32 tokens), decoders 32 x 1 block",
+        ),
+        Preset(
+            "uni4eye",
+            "uni4eye-cpu",
+            "test_vit_2d",
             backbone_overrides={**_CXR_2D, "patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 2},
             **{
                 **_UNI4EYE_DECODER,
@@ -550,8 +568,8 @@ _PRESETS: dict[tuple[str, str], Preset] = {
                 "crop_size_3d": (64, 64, 32),
                 "lr": 1e-3,
             },
-            description="CPU tests and the demo: Uni4Eye on a ViT 64/4/2 (the eye app's tiny classifier), 8 px "
-            "patches, images 64^2 (64 tokens), volumes 64x64x32 (256 tokens), decoders 32 x 1 block",
+            description="CPU demo: Uni4Eye on the eye app's tiny classifier (ViT 64/4/2, 8 px patches), images 64^2 "
+            "(64 tokens), volumes 64x64x32 (256 tokens), decoders 32 x 1 block",
         ),
     )
 }

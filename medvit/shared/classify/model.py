@@ -165,12 +165,14 @@ _SHAPE_KEYS = frozenset(
 def _applicable_overrides(model_cfg: Any, start: Mapping[str, Any]) -> dict[str, Any]:
     """``model.backbone_overrides`` without the shape-defining keys when starting weights define the architecture.
 
-    A preset sized for training from scratch (e.g. ``tiny``) names a width and a depth; an encoder export or a
-    foreign checkpoint has its own, and building the preset's network would leave the weights unloadable. Those
-    keys are dropped (logged); the others (drop path, ...) still apply.
+    A preset sized for training from scratch (e.g. ``tiny``) names a width and a depth; an encoder export (its
+    sidecar) or a classifier run has its own, and building the preset's network would leave the weights
+    unloadable. Those keys are dropped (logged); the others (drop path, ...) still apply. A foreign checkpoint read
+    into a named ``model.backbone`` keeps every override (the user described its architecture).
     """
     overrides = dict(model_cfg.backbone_overrides)
-    if start["sd"] is None:
+    named = start["sidecar"] is None and start["fmt"] != MODEL_FORMAT and model_cfg.backbone
+    if start["sd"] is None or named:  # no weights, or a foreign file read into the named backbone + overrides
         return overrides
     dropped = sorted(k for k in overrides if k in _SHAPE_KEYS and overrides[k] != start["kwargs"].get(k))
     if dropped:
