@@ -2,12 +2,13 @@
 
 Budget of the loop (stated, as the issue asks): the tiny preset (64-wide, 2-block face ViT) with the CR-FIQA head
 (``--set model.head=crfiqa``: quality regressed from the embedding) trained for ``STEPS`` steps of 32 faces on
-``IDS`` synthetic identities x ``PER`` images with graded blur, occlusion and low light, then scoring ``HELD_IDS`` x
-``HELD_PER`` faces of unseen identities; about 4 minutes on 2 CPU cores. At this budget the held-out
-Spearman(quality, -degradation strength) was 0.624 / 0.568 / 0.604 / 0.571 / 0.563 for optimizer seeds 0-4 (one thread;
-BENCHMARKS.md, ``benchmarks/fiqa_ranking.py``), so the issue's target (>= 0.5) is asserted. The paper's quality
-token is not used here: in a 2-block, 64-wide encoder it learns the ranking less reliably (0.48-0.58 after 800
-steps on the same data), which is a statement about the tiny CPU model, not about ViT-FIQA at its real size.
+``IDS`` synthetic identities x ``PER`` images with graded blur, occlusion and low light (the demo's setting), then
+scoring ``HELD_IDS`` x ``HELD_PER`` faces of unseen identities; about 2 minutes on one CPU thread. At this budget
+the held-out Spearman(quality, -degradation strength) was 0.583 (blur 0.615, low light 0.600, occlusion 0.553; one
+thread, measured 2026-12-07), so the issue's target (>= 0.5 pooled, >= 0.3 per kind) is asserted; at 1200 steps of
+40 x 150 faces it was 0.56-0.62 for optimizer seeds 0-4 (BENCHMARKS.md, ``benchmarks/fiqa_ranking.py``). The paper's
+quality token is not used here: in a 2-block, 64-wide encoder it learns the ranking less reliably (0.48-0.58 after
+800 steps on the same data), which is a statement about the tiny CPU model, not about ViT-FIQA at its real size.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from medvit.apps.fiqa.cli import app as fiqa_app
 
 from .conftest import face_photo, official_state_dict, save_official
 
-STEPS, IDS, PER = 1200, 40, 150
+STEPS, IDS, PER = 600, 40, 100
 HELD_IDS, HELD_PER = 40, 20  # 800 faces: the Spearman of 80 faces has a standard error near 0.1
 DEGRADATIONS = ("blur", "occlusion", "low_light")
 runner = CliRunner()
@@ -57,11 +58,13 @@ def _read(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _two_threads() -> Iterator[None]:
-    """The loop's arithmetic on 2 threads whatever ``OMP_NUM_THREADS`` says: its ranking, asserted near measured
-    values, is then the same number on every run of a machine type (thread count changes float summation order)."""
+def _one_thread() -> Iterator[None]:
+    """The loop's arithmetic on one thread whatever ``OMP_NUM_THREADS`` says: its ranking, asserted near measured
+    values, is then the same number on every run of a machine type (thread count changes float summation order),
+    the one-thread numbers of the module docstring; and ``make test`` runs two pytest workers on two cores, where a
+    second thread per worker would only wait for the other worker."""
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
 
@@ -84,7 +87,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "run": root / "run", "held": root / "held"}
 
 
-@pytest.mark.slow  # uses the learning loop (1200 training steps, trained once per run)
+@pytest.mark.slow  # uses the learning loop (600 training steps, trained once per run)
 def test_train_writes_a_run_directory(loop: dict[str, Path]) -> None:
     run = loop["run"]
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "last.pt", "model.safetensors", "model.json"):
@@ -98,7 +101,7 @@ def test_train_writes_a_run_directory(loop: dict[str, Path]) -> None:
     assert side["identities"] == IDS and side["head"] == "crfiqa"
 
 
-@pytest.mark.slow  # uses the learning loop (1200 training steps, trained once per run)
+@pytest.mark.slow  # uses the learning loop (600 training steps, trained once per run)
 def test_score_then_evaluate_writes_edc_and_resumes(loop: dict[str, Path]) -> None:
     root, held = loop["root"], loop["held"]
     out = root / "scores"
@@ -133,7 +136,7 @@ def test_score_then_evaluate_writes_edc_and_resumes(loop: dict[str, Path]) -> No
     assert {r["status"] for r in _read(out / "manifest.csv")} == {"skipped"}
 
 
-@pytest.mark.slow  # uses the learning loop (1200 training steps, trained once per run)
+@pytest.mark.slow  # uses the learning loop (600 training steps, trained once per run)
 def test_bad_inputs_get_rows_and_the_batch_continues(loop: dict[str, Path], fake_models: Path, tmp_path: Path) -> None:
     from medvit.apps.fiqa.data import read_face_file
 
@@ -297,7 +300,7 @@ def test_scoring_is_rgb_and_the_readme_says_how_the_official_script_differs(tmp_
     assert scored == pytest.approx(q_rgb, abs=1e-5) and abs(q_rgb - q_bgr) > 1e-3
 
 
-@pytest.mark.slow  # uses the learning loop (1200 training steps, trained once per run)
+@pytest.mark.slow  # uses the learning loop (600 training steps, trained once per run)
 def test_bin_extract_and_evaluate(loop: dict[str, Path], tmp_path: Path) -> None:
     from medvit.apps.fiqa.bin_reader import write_bin
     from medvit.apps.fiqa.data import read_pairs
@@ -318,7 +321,7 @@ def test_bin_extract_and_evaluate(loop: dict[str, Path], tmp_path: Path) -> None
     assert len(_read(tmp_path / "ev" / "pairs_scored.csv")) == 20
 
 
-@pytest.mark.slow  # uses the learning loop (1200 training steps, trained once per run)
+@pytest.mark.slow  # uses the learning loop (600 training steps, trained once per run)
 def test_evaluate_needs_genuine_and_impostor_pairs(loop: dict[str, Path], tmp_path: Path) -> None:
     from medvit.apps.fiqa.bin_reader import write_bin
     from medvit.apps.fiqa.data import read_pairs
