@@ -121,7 +121,7 @@ def test_demo_ct_seg_part_learns_and_keeps_every_file_promise(tmp_path: Path, ca
     assert summary["overall"]["dice"]["mean"] >= 0.8, summary["per_class"]
 
 
-@pytest.mark.slow  # the cell learning loop: 300 steps of the tiny CellVTA on 64 px tiles
+@pytest.mark.slow  # the cell learning loop: 200 steps of the tiny CellVTA on 64 px tiles
 def test_demo_cell_part_learns_and_writes_what_qupath_reads(tmp_path: Path) -> None:
     """``medvit demo cell``: synthetic tiles in the PanNuke release format -> cell prepare -> train -> predict the
     40 held-out tiles and a 640x768 image cut into overlapping tiles -> evaluate. Asserts the demo's learning target

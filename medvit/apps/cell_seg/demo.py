@@ -25,7 +25,7 @@ DEMO_TILES = 120
 """Synthetic 64 px tiles over 3 folds: 80 train (folds 1-2), 40 held out (fold 3)."""
 
 
-def run_demo(out: str | os.PathLike[str], *, quiet: bool = False, steps: int = 300) -> dict[str, Any]:
+def run_demo(out: str | os.PathLike[str], *, quiet: bool = False, steps: int = 200) -> dict[str, Any]:
     """Train the tiny preset on synthetic tiles and score held-out ones (see the module docstring).
 
     Returns:
