@@ -149,3 +149,24 @@ def test_loss_weights_levels_and_skips_unknown_quality() -> None:
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     expected = (3 * bce(torch.tensor(-4.0), torch.tensor(1.0)) + bce(torch.tensor(-4.0), torch.tensor(0.0))) / 4
     assert logs2["bce"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_start_weights_reach_every_stream(tmp_path) -> None:  # noqa: ANN001
+    """A ViT export (our safetensors + sidecar) and a timm-layout file load into the global and every part stream."""
+    from medvit.apps.deepfake.train import _load_start_weights
+    from medvit.shared.backbone.registry import create_backbone
+    from medvit.shared.backbone.weights import save_backbone
+
+    torch.manual_seed(5)
+    model = build_model(_spec(shared_streams=False))
+    src = create_backbone("test_vit_2d", **model.global_vit.arch_kwargs)
+    save_backbone(src, tmp_path / "enc.safetensors")
+    _load_start_weights(model, tmp_path / "enc.safetensors")
+    for vit in (model.global_vit, *model.part_vits):
+        assert torch.equal(vit.blocks[1].attn.qkv.weight, src.blocks[1].attn.qkv.weight)
+    timm_file = tmp_path / "timm.pth"
+    torch.manual_seed(6)
+    other = create_backbone("test_vit_2d", **model.global_vit.arch_kwargs)
+    torch.save(other.state_dict(), timm_file)
+    _load_start_weights(model, timm_file)
+    assert all(torch.equal(v.patch_embed.proj.weight, other.patch_embed.proj.weight) for v in model.part_vits)
