@@ -92,3 +92,19 @@ def kill_training_at(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], Callabl
         return lambda: monkeypatch.setattr(fit_module._Trainer, "__init__", original)
 
     return arm
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files holding a ``slow`` test first, longest learning loops (the demo parts) at the head.
+
+    ``make test`` runs two workers that take one file at a time in collection order (``--dist loadfile``); started
+    last, a several-minute file would leave the other worker idle at the end. The order within a file is kept.
+    """
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+
+    def rank(item: pytest.Item) -> int:
+        if item.path.name == "test_demo.py":
+            return 0
+        return 1 if item.path in slow else 2
+
+    items.sort(key=rank)  # stable: files and their tests keep their relative order

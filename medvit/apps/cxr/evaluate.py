@@ -2,7 +2,8 @@
 
 The findings are the ``prob_<finding>`` columns of the predictions; the ground truth is read with the same readers
 as training (:func:`medvit.apps.cxr.labels.read_cxr_dataset`), its keys aligned to the prediction keys
-(:func:`medvit.apps.cxr.inputs.align_keys`), and the core (:func:`medvit.shared.classify.evaluate.evaluate`) writes
+(:func:`medvit.shared.classify.listing.align_keys`), and the core
+(:func:`medvit.shared.classify.evaluate.evaluate`) writes
 ``metrics.csv`` (per-finding ROC AUC, average precision, sensitivity/specificity at the thresholds), ``summary.json``
 (mean AUC over the findings whose AUC is defined, with bootstrap intervals) and ROC/PR plots.
 """
@@ -12,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medvit.apps.cxr.inputs import align_keys, prediction_columns
 from medvit.apps.cxr.labels import read_cxr_dataset
+from medvit.shared.classify.listing import align_keys, prediction_columns
 from medvit.shared.errors import DataError
 
 __all__ = ["evaluate", "predictions_file"]

@@ -2,7 +2,7 @@
 
 The classes are the ``prob_<class>`` columns of the predictions (a single ``prob_positive``: a binary task; integer
 names: graded). The ground truth is read with the training readers (:func:`medvit.apps.eye.labels.read_eye_dataset`),
-its keys aligned to the prediction keys (:func:`medvit.apps.eye.inputs.align_keys`), and the core
+its keys aligned to the prediction keys (:func:`medvit.shared.classify.listing.align_keys`), and the core
 (:func:`medvit.shared.classify.evaluate.evaluate`) writes ``metrics.csv``, ``summary.json`` (graded: quadratic-
 weighted kappa; multi-class: accuracy, macro-F1, per-class AUC; binary: AUC, sensitivity/specificity; bootstrap
 intervals) and plots (confusion matrix, ROC).
@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medvit.apps.eye.inputs import align_keys, prediction_columns
 from medvit.apps.eye.labels import read_eye_dataset
+from medvit.shared.classify.listing import align_keys, prediction_columns
 from medvit.shared.errors import DataError
 
 __all__ = ["evaluate", "predictions_file"]
