@@ -30,7 +30,7 @@ PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile
 test: $(STAMP)
 	$(PYTEST) --durations=15
 
-# The edit loop: everything but the tests marked slow (learning loops, torchrun spawns); under 2 minutes.
+# The edit loop: everything but the tests marked slow (learning loops, torchrun spawns); about 2.5 minutes.
 test-fast: $(STAMP)
 	$(PYTEST) -m "not slow" --durations=10
 
