@@ -640,6 +640,24 @@ def preset_file(folder: str | Path, name: str, names: Sequence[str], app: str) -
     return Path(folder) / f"{name}.yaml"
 
 
+def resumed_run_config(
+    run: str | Path, *, resume: bool, preset: str | None, config_file: str | Path | None
+) -> dict[str, Any] | None:
+    """The stored ``RUN/config.yaml`` a resumed run starts from, or None.
+
+    A ``--resume`` without ``--preset`` or ``--config`` keeps the run's own settings (the apps' ``load_train_config``
+    layer it where the preset would be, with ``--set`` and the options still over it); a new run, or a resume that
+    names a preset or a config file, gets None.
+
+    Raises:
+        ConfigError: an unreadable stored config.
+    """
+    stored = Path(run) / "config.yaml"
+    if resume and stored.is_file() and preset is None and config_file is None:
+        return read_yaml(stored) or None
+    return None
+
+
 def preset_layer(path: str | Path, name: str) -> dict[str, Any]:
     """A preset file as the ``preset`` layer of :func:`load_config`: its mapping plus ``preset: name``.
 

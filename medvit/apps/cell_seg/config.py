@@ -331,10 +331,7 @@ def load_train_config(
     Raises:
         ConfigError: unknown preset, key or value, or an unreadable stored config.
     """
-    from medvit.shared.config import read_yaml
+    from medvit.shared.config import resumed_run_config
 
-    stored = Path(run) / "config.yaml"
-    base = None
-    if resume and stored.is_file() and preset is None and config_file is None:
-        base = read_yaml(stored) or None
+    base = resumed_run_config(run, resume=resume, preset=preset, config_file=config_file)
     return load_cell_config(preset, config_file, overrides, base=base, **options)

@@ -239,9 +239,12 @@ def _load_warm_start(model: VisionTransformer, sd: Mapping[str, torch.Tensor], p
     target = model.state_dict()
     fits = {k: v for k, v in sd.items() if k in target and tuple(v.shape) == tuple(target[k].shape)}
     skipped = sorted(k for k in sd if k not in fits)
-    model.load_state_dict(fits, strict=False)
+    missing = sorted(k for k in target if k not in fits)
+    model.load_state_dict(fits, strict=False)  # fits: model keys of matching shapes; the rest is reported below
     if skipped:
-        logger.info("warm start %s: kept the initialisation of %s", path, ", ".join(skipped[:8]))
+        logger.info("warm start %s: not used (other shape or name): %s", path, ", ".join(skipped[:8]))
+    if missing:
+        logger.info("warm start %s: kept the initialisation of %s", path, ", ".join(missing[:8]))
     return "head.weight" in fits
 
 
