@@ -2,8 +2,9 @@
 
 :class:`Segmenter` runs the training preprocessing recorded in ``model.json`` (RAS, spacing, HU window,
 foreground crop), MONAI ``sliding_window_inference`` with Gaussian blending (optional flip test-time
-augmentation), softmax, then resamples the probabilities with MONAI ``SpatialResample`` from the network grid
-straight onto the input's own voxel grid (its affine and shape) and takes the argmax there. The label map
+augmentation), softmax, then resamples the probabilities (trilinear) from the network grid straight onto the
+input's own voxel grid (its affine and shape) and takes the argmax there: by three 1D passes
+(:mod:`medvit.shared.data.resample`) when the grids are axis-aligned, else with MONAI ``SpatialResample``. The label map
 therefore has exactly the input's shape and affine, whatever its orientation, obliquity or spacing.
 Validation during training uses :func:`sliding_probs` in the preprocessed grid.
 """
@@ -23,6 +24,7 @@ from torch import nn
 
 from medvit.apps.ct_seg.model_file import preprocess_transform
 from medvit.shared.data.io import ImageMeta
+from medvit.shared.data.resample import axis_aligned_map, resample_axis_aligned
 from medvit.shared.data.transforms import volume_to_metatensor
 
 __all__ = ["Segmenter", "sliding_probs"]
@@ -168,15 +170,24 @@ class Segmenter:
             )
             labels[region] = out[0].as_tensor().round().cpu().numpy().astype(dtype)
             return labels, None
-        mt = MetaTensor(probs[1:].to(dev), affine=net_affine)  # foreground channels: zero padding = background
-        fg = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)(
-            mt, dst_affine=sub_t, spatial_size=sub_size
-        ).as_tensor()
-        bg = (1.0 - fg.sum(0, keepdim=True)).clamp_(min=0.0)
-        full = torch.cat([bg, fg], 0)
-        labels[region] = full.argmax(0).cpu().numpy().astype(dtype)
+        src_np = np.asarray(net_affine, dtype=np.float64)
+        aligned = axis_aligned_map(np.linalg.inv(src_np) @ sub)
+        if aligned is not None:  # the usual case (no obliquity): three 1D passes, same values as grid_sample
+            fg = resample_axis_aligned(probs[1:].to(dev), *aligned, sub_size)
+        else:  # foreground channels: zero padding = background
+            mt = MetaTensor(probs[1:].to(dev), affine=net_affine)
+            fg = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)(
+                mt, dst_affine=sub_t, spatial_size=sub_size
+            ).as_tensor()
+        bg = (1.0 - fg.sum(0)).clamp_(min=0.0)
+        # argmax over [background, foreground...] without building that stack; ties go to the lower label, as
+        # with argmax (background first, then max's first maximal index).
+        fg_max, fg_arg = fg.max(0)
+        lab = torch.where(fg_max > bg, fg_arg + 1, 0)
+        labels[region] = lab.cpu().numpy().astype(dtype)
         if full_np is not None:
-            full_np[(slice(None), *region)] = full.cpu().numpy().astype(np.float16)
+            full_np[(0, *region)] = bg.cpu().numpy().astype(np.float16)
+            full_np[(slice(1, None), *region)] = fg.cpu().numpy().astype(np.float16)
         return labels, full_np
 
     def __call__(
