@@ -16,8 +16,10 @@ with ``--crops`` crops each, for ``--epochs`` epochs, with ``--workers`` data-lo
   float32), a ``DataLoader`` with the same workers, and the same model step.
 
 Crops/s per epoch: epoch 1 counts from the start (medvit: its preprocessing pass; MONAI: ``CacheDataset``'s
-caching), later epochs from the end of the previous one. Each side runs in its own subprocess (peak RSS). The
-first epoch's rate depends on decoding; the later ones are what a long pretraining run sees.
+caching), later epochs from the end of the previous one; the last epoch includes each side's final checkpoint
+(medvit's engine writes one; the MONAI side ``torch.save``s model and optimizer). Each side runs in its own
+subprocess (peak RSS). The first epoch's rate depends on decoding; the later ones are what a long pretraining run
+sees. ``--keep DIR`` keeps the work folder and reuses its volumes on the next run.
 
 Usage (2 cores: one thread for the model, one loader process)::
 
@@ -42,6 +44,13 @@ import torch
 
 
 def _rss_mib() -> float:
+    """Peak RSS of this process (``VmHWM``: ``ru_maxrss`` carries the parent's peak across fork + exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -154,6 +163,10 @@ def run_monai(args: argparse.Namespace) -> dict[str, Any]:
             opt.step()
             opt.zero_grad(set_to_none=True)
             ends.append(time.perf_counter())
+    # medvit's run ends with its checkpoint (model + optimizer, written atomically); a tutorial run saves too
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, Path(args.out) / "last.pt")
+    ends[-1] = time.perf_counter()
     rates = _epoch_rates(t0, ends, len(files) // args.batch, args.batch * args.crops)
     return {"epoch_crops_per_s": rates, "peak_rss_mib": _rss_mib()}
 
@@ -162,9 +175,11 @@ def run_monai(args: argparse.Namespace) -> dict[str, Any]:
 def _make_data(args: argparse.Namespace, work: Path) -> Path:
     from medvit.shared.data.synth import synth_ct
 
+    raw = work / "raw"  # the unlabeled archive: images only
+    if raw.is_dir() and len(list(raw.glob("*.nii.gz"))) == args.volumes:
+        return raw
     shape = tuple(int(s) for s in args.shape.split(","))
     synth_ct(work / "synth", n=args.volumes, seed=3, shape=shape, spacing=(0.75, 0.75, 2.5), n_organs=(3, 5))
-    raw = work / "raw"  # the unlabeled archive: images only
     raw.mkdir()
     for f in sorted((work / "synth" / "imagesTr").glob("*.nii.gz")):
         os.symlink(f, raw / f.name)

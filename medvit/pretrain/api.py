@@ -27,10 +27,14 @@ overfit and small archives cannot spare a volume).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import io
 import logging
+import multiprocessing
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -314,7 +318,9 @@ def _scan_and_preprocess(
     world, rank = D.world_size(), D.rank()
     main = rank == 0
     sources = find_volumes(cfg.data_dir)  # sorted: the same list on every rank
-    mine = _check_volumes(sources[rank::world], cache, preprocess, progress=main and not cfg.quiet)
+    mine = _check_volumes(
+        sources[rank::world], cache, preprocess, progress=main and not cfg.quiet, workers=cfg.train.workers
+    )
     statuses = gather_in_order(mine, len(sources), world)
     if main:
         _write_manifest(out / "volumes.csv", statuses)
@@ -342,23 +348,56 @@ def _scan_and_preprocess(
     return usable
 
 
-def _check_volumes(sources: Sequence[Any], cache: Any, preprocess: Any, progress: bool) -> list[VolumeStatus]:
-    """Preprocess every volume once (filling the cache); unreadable or empty ones are marked skipped."""
-    out: list[VolumeStatus] = []
-    with ItemProgress(len(sources), "preprocess", enabled=progress) as bar:
-        for src in sources:
-            try:
-                data = cache.get_or_compute(src.path, lambda p: preprocess({"image": str(p)}))
-                img = data["image"]
-                if img.numel() == 0 or float(img.max()) <= 0.0:
-                    raise DataError("no voxel inside the HU window (empty after windowing)")
-                out.append(VolumeStatus(src.case_id, src.path, "ok", tuple(int(s) for s in img.shape[1:])))
-            except Exception as err:  # noqa: BLE001 - one bad volume never stops the run; the reason is recorded
-                reason = failure_reason(err)
-                logger.warning("skipping %s: %s", src.rel, reason)
-                out.append(VolumeStatus(src.case_id, src.path, f"{_SKIPPED}{reason}"))
-            bar.advance()
-    return out
+def _check_volumes(
+    sources: Sequence[Any], cache: Any, preprocess: Any, progress: bool, workers: int = 0
+) -> list[VolumeStatus]:
+    """Preprocess every volume once (filling the cache); unreadable or empty ones are marked skipped.
+
+    With ``workers`` > 0 the pass runs in ``workers + 1`` processes (the training loader's processes and the main
+    one are otherwise idle until it ends): decoding and resampling is most of a first epoch on raw CT.
+    """
+    out: list[VolumeStatus | None] = [None] * len(sources)
+    processes = min(workers + 1, len(sources)) if workers > 0 else 1
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(ItemProgress(len(sources), "preprocess", enabled=progress))
+        if processes > 1:
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            pool = stack.enter_context(ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context(method)))
+            check = functools.partial(_check_one, cache, preprocess)
+            futures = {pool.submit(check, src.path): i for i, src in enumerate(sources)}
+            for fut in as_completed(futures):
+                i = futures[fut]
+                try:
+                    result = fut.result()
+                except Exception as err:  # noqa: BLE001 - the worker process died (e.g. killed for memory)
+                    result = (f"{_SKIPPED}preprocessing process failed ({type(err).__name__}: {err})", ())
+                out[i] = _status(sources[i], result)
+                bar.advance()
+        else:
+            for i, src in enumerate(sources):
+                out[i] = _status(src, _check_one(cache, preprocess, src.path))
+                bar.advance()
+    return [s for s in out if s is not None]
+
+
+def _check_one(cache: Any, preprocess: Any, path: Path) -> tuple[str, tuple[int, ...]]:
+    """Preprocess one volume into the cache: ``("ok", shape)`` or ``("skipped: <reason>", ())`` (the reason is
+    worked out where the error happened: a worker process's exception arrives wrapped)."""
+    try:
+        data = cache.get_or_compute(path, lambda p: preprocess({"image": str(p)}))
+        img = data["image"]
+        if img.numel() == 0 or float(img.max()) <= 0.0:
+            raise DataError("no voxel inside the HU window (empty after windowing)")
+        return "ok", tuple(int(s) for s in img.shape[1:])
+    except Exception as err:  # noqa: BLE001 - one bad volume never stops the run; the reason is recorded
+        return f"{_SKIPPED}{failure_reason(err)}", ()
+
+
+def _status(src: Any, result: tuple[str, tuple[int, ...]]) -> VolumeStatus:
+    status, shape = result
+    if status != "ok":
+        logger.warning("skipping %s: %s", src.rel, status[len(_SKIPPED) :])
+    return VolumeStatus(src.case_id, src.path, status, shape)
 
 
 def _write_manifest(path: Path, rows: Sequence[VolumeStatus]) -> None:

@@ -282,3 +282,18 @@ def test_preview_png_and_helpers(tmp_path: Path) -> None:
     assert c.shape == (1, 3, 5, 4)
     torch.testing.assert_close(c[0, :, 1:4, :], t[0, 1:4, :, 2:6])  # cropped x/z, zero-padded y
     assert torch.all(c[0, :, 0] == 0) and torch.all(c[0, :, 4] == 0)
+
+
+def test_preprocessing_pass_in_worker_processes_gives_the_same_verdicts(ct_root: Path, tmp_path: Path) -> None:
+    from medvit.pretrain.api import _check_volumes
+    from medvit.shared.data.cache import VolumeCache
+    from medvit.shared.data.scan import find_volumes
+    from medvit.shared.data.transforms import ct_preprocess
+
+    sources = find_volumes(ct_root)
+    pre = ct_preprocess(spacing=(1.5, 1.5, 1.5), hu_window=(-175.0, 250.0), load=True)
+    serial = _check_volumes(sources, VolumeCache(tmp_path / "a", "sig"), pre, progress=False, workers=0)
+    pooled = _check_volumes(sources, VolumeCache(tmp_path / "b", "sig"), pre, progress=False, workers=2)
+    assert [(s.case_id, s.status, s.shape) for s in pooled] == [(s.case_id, s.status, s.shape) for s in serial]
+    assert sum(s.status == "ok" for s in pooled) == 4
+    assert len(list((tmp_path / "b").glob("*.json"))) == 4  # the workers filled the cache
