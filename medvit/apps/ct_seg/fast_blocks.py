@@ -1,22 +1,24 @@
 """Faster forms of MONAI's UNETR conv blocks: same parameters, same state-dict keys, same values (to fp32 rounding).
 
 A UNETR decoder on 96^3 windows spends its time in the full-resolution 3D convolutions and, on CPU, in what
-surrounds them: instance norms, the residual 1x1x1 convolutions, and the allocation of every new
+surrounds them: layout reorders, instance norms, the residual 1x1x1 convolutions, and the allocation of every new
 ``[B, 16, 96, 96, 96]`` tensor (each is a fresh ``mmap`` whose pages fault in on first write: about a third of
 an elementwise op's time). MONAI's blocks are kept as modules (their keys are the checkpoint format), and
 :func:`use_fast_blocks` swaps in subclasses that
 
-* compute ``InstanceNorm3d`` (no running statistics) with ``group_norm``, one group per channel: identical
-  statistics, but PyTorch's CPU instance norm reshapes into a ``batch_norm`` call with a copy in and a copy out
-  (:class:`InstanceNormByGroups`);
-* without autograd (prediction, validation), normalise the convolution output **in place** with a two-pass mean /
-  variance (as stable as the kernel's Welford), so no second full-resolution tensor is allocated
-  (:meth:`InstanceNormByGroups.normalize_`); the blocks only ever hand the norm a fresh convolution output;
-* run 1x1x1 convolutions (the residual projections and the output layer) as one batched matrix product;
-  PyTorch's CPU path for them is the unvectorised ``slow_conv3d`` (:class:`PointwiseConv`).
+* on CPU, keep feature maps **channels-last** (:func:`_cl`): oneDNN convolves that layout directly, where a
+  contiguous ``[B, C, D, H, W]`` map is reordered into a blocked layout and back around every convolution
+  (16 channels at 96^3: forward 25 %, forward + backward 35 % faster);
+* compute ``InstanceNorm3d`` (no running statistics) with accurate two-pass statistics in either layout
+  (:class:`InstanceNormByGroups`: ``group_norm`` for contiguous maps, :class:`_ChannelsLastInstanceNorm` with its
+  own backward for channels-last ones, since ``group_norm``'s channels-last CPU kernel is off by ~1e-3);
+* without autograd (prediction, validation), normalise the convolution output **in place**, so no second
+  full-resolution tensor is allocated (:meth:`InstanceNormByGroups.normalize_`); the blocks only ever hand the norm
+  a fresh convolution output;
+* run 1x1x1 convolutions (the residual projections and the output layer) as one matrix product; PyTorch's CPU path
+  for them is the unvectorised ``slow_conv3d`` (:class:`PointwiseConv`).
 
-With autograd on (training) the blocks compute exactly MONAI's graph, except for the group-norm form of the norm
-and the matrix-product form of the 1x1x1 convolutions, which have the same values and gradients.
+CUDA tensors keep their layout and take ``group_norm`` and cuDNN as before.
 """
 
 from __future__ import annotations
@@ -53,9 +55,9 @@ class InstanceNormByGroups(nn.InstanceNorm3d):
     def normalize_(self, x: torch.Tensor) -> torch.Tensor:
         """The same normalisation, written into ``x`` (which must not be needed elsewhere); no autograd.
 
-        Two passes for the statistics (mean, then the norm of the centred values), so the variance is as accurate
-        as the kernel's; then one scale-and-shift pass. A layout other than contiguous or channels-last falls back
-        to :meth:`forward`.
+        Two passes for the statistics (the mean, then the sum of squares of the centred values: partial sums
+        added in float64, or for channels-last the diagonal of one Gram-matrix GEMM), so the variance is as
+        accurate as the kernel's; then one scale-and-shift pass. Other layouts fall back to :meth:`forward`.
 
         Args:
             x: ``[B, C, D, H, W]``, contiguous or ``channels_last_3d``.
@@ -180,8 +182,9 @@ def _cl(x: torch.Tensor) -> torch.Tensor:
 
 
 def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``norm(x)``, in place where that is safe (no autograd, our instance norm)."""
-    if isinstance(norm, InstanceNormByGroups) and not torch.is_grad_enabled():
+    """``norm(x)``, in place where that is safe (no autograd, our instance norm) and on CPU (on CUDA the chunked
+    partial sums would be hundreds of small kernel launches; ``group_norm`` stays there, as before)."""
+    if isinstance(norm, InstanceNormByGroups) and not torch.is_grad_enabled() and x.device.type == "cpu":
         return norm.normalize_(x)
     return norm(x)
 

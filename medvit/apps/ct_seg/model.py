@@ -2,9 +2,10 @@
 
 The decoder is the one of UNETR (Hatamizadeh et al., "UNETR: Transformers for 3D Medical Image Segmentation",
 WACV 2022), assembled from MONAI's blocks (``UnetrBasicBlock``, ``UnetrUpBlock``, ``UnetOutBlock``,
-``UnetResBlock``) around our ViT's ``forward_intermediates``; unlike ``monai.networks.nets.UNETR`` it is not
-tied to patch 16, 12 blocks, taps (3, 6, 9) or 96^3 crops, and unlike Hi-End-MAE's downstream copy it needs no
-trilinear ``Upsample`` to a fixed size.
+``UnetResBlock``; their norms, residual blocks and 1x1x1 convolutions then swapped for the same-keyed, same-valued
+faster forms of :mod:`medvit.apps.ct_seg.fast_blocks`) around our ViT's ``forward_intermediates``; unlike
+``monai.networks.nets.UNETR`` it is not tied to patch 16, 12 blocks, taps (3, 6, 9) or 96^3 crops, and unlike
+Hi-End-MAE's downstream copy it needs no trilinear ``Upsample`` to a fixed size.
 
 Geometry. With ``n = len(taps)`` the decoder has ``n`` upsampling stages and ``n + 1`` levels: level 0 is the
 input resolution, level ``n`` the token grid. Stage ``j`` (``1..n``) multiplies the resolution of level ``j``
