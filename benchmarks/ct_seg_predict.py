@@ -23,9 +23,10 @@ Usage (the issue's setting: 512x512x200, ViT-B, 96^3, overlap 0.5; CUDA recommen
 
     python benchmarks/ct_seg_predict.py --shape 512,512,200 --vit base --device cuda
 
-CPU run that finishes in a few minutes on 2 cores::
+CPU run that finishes in a few minutes on 2 cores (``--repeats 3``: three alternating pairs of runs, medians; the
+shared machine's speed drifts by 10-20 % between runs)::
 
-    OMP_NUM_THREADS=1 python benchmarks/ct_seg_predict.py --shape 256,256,100 --vit small --device cpu
+    OMP_NUM_THREADS=1 python benchmarks/ct_seg_predict.py --shape 256,256,100 --vit small --device cpu --repeats 3
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,7 +55,11 @@ LABELS = {0: "background", 1: "liver", 2: "spleen", 3: "kidney_left", 4: "kidney
 
 
 def _peak() -> dict[str, float]:
+    # VmHWM: ru_maxrss would carry the parent's peak across fork + exec
     out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    for line in Path("/proc/self/status").read_text().splitlines() if Path("/proc/self/status").exists() else []:
+        if line.startswith("VmHWM:"):
+            out["peak_rss_mib"] = int(line.split()[1]) / 1024
     import torch
 
     if torch.cuda.is_available():
@@ -240,6 +246,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help="medvit side: auto (bf16 on CUDA) | fp32 | bf16")
     p.add_argument("--keep", type=Path, default=None, help="keep the work folder here")
+    p.add_argument("--repeats", type=int, default=1, help="alternating medvit/MONAI runs; medians are reported")
     p.add_argument("--worker", choices=["medvit", "monai"], help=argparse.SUPPRESS)
     for name in ("run", "inputs", "pred", "monai-weights"):
         p.add_argument(f"--{name}", help=argparse.SUPPRESS)
@@ -252,8 +259,9 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="ct_seg_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     info = setup(args, work)
-    results = {}
-    for side in ("medvit", "monai"):
+    results: dict[str, Any] = {}
+    runs: dict[str, list[float]] = {"medvit": [], "monai": []}
+    for _rep, side in ((r, s) for r in range(args.repeats) for s in ("medvit", "monai")):
         cmd = [
             sys.executable,
             __file__,
@@ -286,10 +294,16 @@ def main() -> None:
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode or line is None:
             sys.exit(f"{side} worker failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-        results[side] = json.loads(line[len("RESULT ") :])
-        results[side]["s_per_volume"] = results[side]["seconds"] / args.volumes
+        res = json.loads(line[len("RESULT ") :])
+        runs[side].append(res["seconds"] / args.volumes)
+        prev = results.get(side, {})
+        res["peak_rss_mib"] = max(res["peak_rss_mib"], prev.get("peak_rss_mib", 0.0))
+        results[side] = res
+    for side in runs:
+        results[side]["s_per_volume"] = statistics.median(runs[side])
     dice = dice_table(work)
-    ratio = results["medvit"]["s_per_volume"] / results["monai"]["s_per_volume"]
+    pair_ratios = [a / b for a, b in zip(runs["medvit"], runs["monai"], strict=True)]
+    ratio = statistics.median(pair_ratios)
     import torch
 
     device = (
@@ -309,7 +323,13 @@ def main() -> None:
             f"| {side} | {r['s_per_volume']:.1f} | {r['peak_rss_mib']:.0f} | {r.get('cuda_peak_mib', 0):.0f} | "
             f"{dice[side + '_vs_gt']['mean']:.4f} |"
         )
-    print(f"time ratio medvit / MONAI: {ratio:.2f}")
+    print(
+        f"time ratio medvit / MONAI: {ratio:.2f} (median of {len(pair_ratios)} alternating pairs: "
+        + ", ".join(f"{r:.2f}" for r in pair_ratios)
+        + ")"
+    )
+    for side in runs:
+        print(f"{side} s/volume per run: " + ", ".join(f"{t:.1f}" for t in runs[side]))
     print(f"agreement Dice (medvit vs MONAI label maps): {dice['agreement']}")
     print(f"fraction of voxels with the same label: {dice['voxels_equal']}")
     print(

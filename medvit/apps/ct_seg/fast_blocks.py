@@ -227,6 +227,8 @@ class ResBlock(UnetResBlock):
         inp = _cl(inp)
         out = self.lrelu(_norm(self.norm1, _cl(self.conv1(inp))))
         out = _norm(self.norm2, _cl(self.conv2(out)))
+        if self._one_channel_residual(inp, out):
+            return self.lrelu(_add_normed_one_channel_projection_(out, inp, self.conv3.conv, self.norm3))
         residual = inp
         if hasattr(self, "conv3"):
             residual = _cl(self.conv3(residual))
@@ -234,6 +236,56 @@ class ResBlock(UnetResBlock):
             residual = _norm(self.norm3, residual)
         out += residual
         return self.lrelu(out)
+
+    def _one_channel_residual(self, inp: torch.Tensor, out: torch.Tensor) -> bool:
+        """Inference on CPU with a 1-channel input (UNETR's first block on CT): the residual branch
+        ``norm3(conv3(inp))`` has a closed form (:func:`_add_normed_one_channel_projection_`)."""
+        conv3 = getattr(self, "conv3", None)
+        return (
+            not torch.is_grad_enabled()
+            and inp.device.type == "cpu"
+            and inp.ndim == 5
+            and inp.shape[1] == 1
+            and out.is_contiguous(memory_format=_CL)
+            and conv3 is not None
+            and len(conv3) == 1
+            and isinstance(getattr(conv3, "conv", None), PointwiseConv)
+            and isinstance(getattr(self, "norm3", None), InstanceNormByGroups)
+        )
+
+
+def _add_normed_one_channel_projection_(
+    out: torch.Tensor, x: torch.Tensor, conv: nn.Conv3d, norm: InstanceNormByGroups
+) -> torch.Tensor:
+    """``out += norm(conv(x))`` for a 1x1x1 convolution of a 1-channel ``x``, without computing ``conv(x)``.
+
+    ``conv(x)_c = w_c x + b_c`` has mean ``w_c m + b_c`` and variance ``w_c^2 v`` (``m``, ``v``: the statistics of
+    ``x`` per sample), so its instance norm is ``(x - m) * w_c / sqrt(w_c^2 v + eps)`` (then ``* gamma_c + beta_c``):
+    one broadcast multiply-add into ``out`` replaces a 16-channel convolution output, its norm and the residual
+    sum. ``m`` and ``v`` are computed in float64 from the one-channel input.
+
+    Args:
+        out: ``[B, C, D, H, W]`` channels-last, updated in place.
+        x: ``[B, 1, D, H, W]``.
+        conv: the 1x1x1 convolution (1 -> C).
+        norm: its instance norm.
+
+    Returns:
+        ``out``.
+    """
+    rows = _cl_rows(out)  # [B, L, C]
+    xr = x.reshape(x.shape[0], -1, 1)  # [B, L, 1]
+    x64 = xr.double()
+    mean = x64.mean(1, keepdim=True)  # [B, 1, 1]
+    var = (x64 - mean).square_().mean(1, keepdim=True)
+    w = conv.weight.detach().view(-1).double()  # [C]
+    scale = w / torch.sqrt(w * w * var + norm.eps)  # [B, 1, C]
+    if norm.weight is not None:
+        scale = scale * norm.weight.detach().double()
+    rows.addcmul_(xr - mean.to(xr.dtype), scale.to(rows.dtype))
+    if norm.bias is not None:
+        rows.add_(norm.bias.detach())
+    return out
 
 
 class BasicBlock(UnetBasicBlock):

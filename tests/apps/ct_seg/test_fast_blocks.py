@@ -116,3 +116,28 @@ def test_channels_last_instance_norm_gradients_equal_instance_norm(affine: bool)
     if affine:
         torch.testing.assert_close(norm.weight.grad, ref_norm.weight.grad)
         torch.testing.assert_close(norm.bias.grad, ref_norm.bias.grad)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_one_channel_residual_closed_form_equals_monai_block(affine: bool) -> None:
+    from monai.networks.blocks.dynunet_block import UnetResBlock
+
+    torch.manual_seed(0)
+    norm = ("instance", {"affine": affine})
+    ref = UnetResBlock(3, 1, 6, kernel_size=3, stride=1, norm_name=norm).eval()
+    if affine:
+        with torch.no_grad():
+            for m in ref.modules():
+                if isinstance(m, nn.InstanceNorm3d):
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-1.0, 1.0)
+    fast = UnetResBlock(3, 1, 6, kernel_size=3, stride=1, norm_name=norm).eval()
+    fast.load_state_dict(ref.state_dict())
+    use_fast_blocks(nn.Sequential(fast))
+    x = torch.rand(2, 1, 12, 10, 14) * 0.5 + 0.3  # CT-like: positive values with a mean well above zero
+    with torch.no_grad():
+        expected = ref(x)
+    with torch.inference_mode():
+        assert fast._one_channel_residual(x, expected.contiguous(memory_format=CL))
+        got = fast(x)
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
