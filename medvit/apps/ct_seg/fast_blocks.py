@@ -67,22 +67,17 @@ class InstanceNormByGroups(nn.InstanceNorm3d):
         """
         n, c = x.shape[:2]
         if x.is_contiguous(memory_format=_CL) and not x.is_contiguous():
-            rows = x.permute(0, 2, 3, 4, 1).view(n, -1, c)  # [B, L, C]
-            count = rows.shape[1]
-            rows.sub_(rows.sum(1, keepdim=True).div_(count))
-            # Sum of squares per channel = diagonal of the [C, C] Gram matrix: one GEMM, which reads the
-            # channels-last rows at full speed (a reduction along L does not) and accumulates in blocks.
-            sq = torch.diagonal(torch.bmm(rows.transpose(1, 2), rows), dim1=1, dim2=2).unsqueeze(1)
+            rows = _cl_rows(x)  # [B, L, C]
+            scale = _centre_cl_rows(rows, rows, self.eps)[1]
             shape = [1, 1, c]
         elif x.is_contiguous():
             rows = x.view(n, c, -1)  # [B, C, L]
-            count = rows.shape[2]
             rows.sub_(rows.mean(2, keepdim=True))
             sq = _chunked_sum(rows, 2, lambda r: torch.linalg.vector_norm(r, dim=2, keepdim=True).square())
+            scale = (sq.double() / rows.shape[2]).add_(self.eps).rsqrt_().to(rows.dtype)
             shape = [1, c, 1]
         else:
             return x.copy_(self.forward(x))
-        scale = (sq.double() / count).add_(self.eps).rsqrt_().to(rows.dtype)
         if self.weight is not None:
             scale.mul_(self.weight.view(shape))
         rows.mul_(scale)
@@ -102,6 +97,20 @@ def _channel_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.diagonal(torch.bmm(a.transpose(1, 2), b), dim1=1, dim2=2).unsqueeze(1)
 
 
+def _centre_cl_rows(rows: torch.Tensor, out: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write ``rows - mean`` into ``out`` (may be ``rows``) and return ``(mean, rstd)``, each ``[B, 1, C]``.
+
+    ``rows``: ``[B, L, C]`` channels-last values. The mean is a sum along ``L`` (accurate); the variance is taken
+    from the centred values as the diagonal of one Gram GEMM, which reads channels-last rows at full speed where a
+    reduction along ``L`` does not, and accumulates in blocks.
+    """
+    count = rows.shape[1]
+    mean = rows.sum(1, keepdim=True).div_(count)
+    centred = torch.sub(rows, mean, out=out)
+    rstd = (_channel_dots(centred, centred).double() / count).add_(eps).rsqrt_().to(rows.dtype)
+    return mean, rstd
+
+
 class _ChannelsLastInstanceNorm(torch.autograd.Function):
     """Instance norm of a channels-last ``[B, C, D, H, W]`` tensor, with its backward; output channels-last.
 
@@ -115,12 +124,9 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
     ) -> torch.Tensor:
-        rows = _cl_rows(x)
-        count = rows.shape[1]
-        mean = rows.sum(1, keepdim=True).div_(count)
         out = torch.empty_like(x, memory_format=_CL)  # returned as itself, not as a view (in-place ops follow)
-        y = torch.sub(rows, mean, out=_cl_rows(out))  # [B, L, C] view of out
-        rstd = (_channel_dots(y, y).double() / count).add_(eps).rsqrt_().to(x.dtype)
+        y = _cl_rows(out)  # [B, L, C] view of out
+        mean, rstd = _centre_cl_rows(_cl_rows(x), y, eps)
         ctx.save_for_backward(x, mean, rstd, weight)
         y.mul_(rstd if weight is None else rstd * weight)
         if bias is not None:
