@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import peak_rss_mib
 
 VITS = {  # width, heads (12 blocks, MONAI UNETR's fixed depth)
     "tiny": (192, 3),
@@ -55,11 +55,7 @@ LABELS = {0: "background", 1: "liver", 2: "spleen", 3: "kidney_left", 4: "kidney
 
 
 def _peak() -> dict[str, float]:
-    # VmHWM: ru_maxrss would carry the parent's peak across fork + exec
-    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    for line in Path("/proc/self/status").read_text().splitlines() if Path("/proc/self/status").exists() else []:
-        if line.startswith("VmHWM:"):
-            out["peak_rss_mib"] = int(line.split()[1]) / 1024
+    out = {"peak_rss_mib": peak_rss_mib()}
     import torch
 
     if torch.cuda.is_available():

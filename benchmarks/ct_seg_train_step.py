@@ -24,28 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
+from _common import peak_rss_mib
 
 VITS = {"tiny": (192, 3), "small": (384, 6), "base": (768, 12)}  # width, heads (12 blocks)
 CLASSES = 6
-
-
-def _rss_mib() -> float:
-    """Peak RSS of this process (``VmHWM``: ``ru_maxrss`` carries the parent's peak across fork + exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 class _Side:
@@ -102,10 +90,10 @@ class _Side:
 def _rss_worker(side: str, args: argparse.Namespace) -> None:
     s = _Side(side, args)
     s.step()
-    base = _rss_mib()
+    base = peak_rss_mib()
     for _ in range(2):
         s.step()
-    print(json.dumps({"peak_rss_mib": _rss_mib(), "base_rss_mib": base}))
+    print(json.dumps({"peak_rss_mib": peak_rss_mib(), "base_rss_mib": base}))
 
 
 def main() -> None:

@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -41,17 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-
-def _rss_mib() -> float:
-    """Peak RSS of this process (``VmHWM``: ``ru_maxrss`` carries the parent's peak across fork + exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from _common import peak_rss_mib
 
 
 def _epoch_rates(t0: float, step_ends: list[float], steps_per_epoch: int, crops_per_step: int) -> list[float]:
@@ -94,7 +83,7 @@ def run_medvit(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     run_pretrain(cfg, hooks=[clock])
     rates = _epoch_rates(t0, clock.ends, steps_per_epoch, args.batch * args.crops)
-    return {"epoch_crops_per_s": rates, "peak_rss_mib": _rss_mib()}
+    return {"epoch_crops_per_s": rates, "peak_rss_mib": peak_rss_mib()}
 
 
 # ------------------------------------------------------------------------------------------------ MONAI
@@ -168,7 +157,7 @@ def run_monai(args: argparse.Namespace) -> dict[str, Any]:
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, Path(args.out) / "last.pt")
     ends[-1] = time.perf_counter()
     rates = _epoch_rates(t0, ends, len(files) // args.batch, args.batch * args.crops)
-    return {"epoch_crops_per_s": rates, "peak_rss_mib": _rss_mib()}
+    return {"epoch_crops_per_s": rates, "peak_rss_mib": peak_rss_mib()}
 
 
 # ------------------------------------------------------------------------------------------------ driver

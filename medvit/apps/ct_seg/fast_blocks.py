@@ -23,7 +23,6 @@ CUDA tensors keep their layout and take ``group_norm`` and cuDNN as before.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -55,34 +54,24 @@ class InstanceNormByGroups(nn.InstanceNorm3d):
     def normalize_(self, x: torch.Tensor) -> torch.Tensor:
         """The same normalisation, written into ``x`` (which must not be needed elsewhere); no autograd.
 
-        Two passes for the statistics (the mean, then the sum of squares of the centred values: partial sums
-        added in float64, or for channels-last the diagonal of one Gram-matrix GEMM), so the variance is as
-        accurate as the kernel's; then one scale-and-shift pass. Other layouts fall back to :meth:`forward`.
+        For channels-last ``x`` (what the blocks hand it on CPU): the statistics of :func:`_centre_cl_rows`, then one
+        scale-and-shift pass, with no new full-size tensor. Any other layout falls back to :meth:`forward`.
 
         Args:
-            x: ``[B, C, D, H, W]``, contiguous or ``channels_last_3d``.
+            x: ``[B, C, D, H, W]``.
 
         Returns:
             ``x``, normalised.
         """
-        n, c = x.shape[:2]
-        if x.is_contiguous(memory_format=_CL) and not x.is_contiguous():
-            rows = _cl_rows(x)  # [B, L, C]
-            scale = _centre_cl_rows(rows, rows, self.eps)[1]
-            shape = [1, 1, c]
-        elif x.is_contiguous():
-            rows = x.view(n, c, -1)  # [B, C, L]
-            rows.sub_(rows.mean(2, keepdim=True))
-            sq = _chunked_sum(rows, 2, lambda r: torch.linalg.vector_norm(r, dim=2, keepdim=True).square())
-            scale = (sq.double() / rows.shape[2]).add_(self.eps).rsqrt_().to(rows.dtype)
-            shape = [1, c, 1]
-        else:
+        if not (x.is_contiguous(memory_format=_CL) and not x.is_contiguous()):
             return x.copy_(self.forward(x))
+        rows = _cl_rows(x)  # [B, L, C]
+        scale = _centre_cl_rows(rows, rows, self.eps)[1]
         if self.weight is not None:
-            scale.mul_(self.weight.view(shape))
+            scale.mul_(self.weight)
         rows.mul_(scale)
         if self.bias is not None:
-            rows.add_(self.bias.view(shape))
+            rows.add_(self.bias)
         return x
 
 
@@ -152,22 +141,6 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
         return dx, dw, db, None
 
 
-#: Voxels per partial sum in :meth:`InstanceNormByGroups.normalize_`: ``vector_norm`` accumulates each vector lane
-#: sequentially (over 96^3 voxels: relative error ~2e-5), so partial sums over short runs are added in float64.
-_CHUNK = 4096
-
-
-def _chunked_sum(rows: torch.Tensor, dim: int, reduce: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Sum of ``reduce`` over runs of ``_CHUNK`` along ``dim``, accumulated in float64 (keepdim shape)."""
-    total: torch.Tensor | None = None
-    length = rows.shape[dim]
-    for start in range(0, length, _CHUNK):
-        part = reduce(rows.narrow(dim, start, min(_CHUNK, length - start))).double()
-        total = part if total is None else total.add_(part)
-    assert total is not None
-    return total
-
-
 _CL = torch.channels_last_3d
 
 
@@ -188,8 +161,8 @@ def _cl(x: torch.Tensor) -> torch.Tensor:
 
 
 def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``norm(x)``, in place where that is safe (no autograd, our instance norm) and on CPU (on CUDA the chunked
-    partial sums would be hundreds of small kernel launches; ``group_norm`` stays there, as before)."""
+    """``norm(x)``, in place where that is safe (no autograd, our instance norm) and on CPU (CUDA keeps its layout
+    and ``group_norm``, as before)."""
     if isinstance(norm, InstanceNormByGroups) and not torch.is_grad_enabled() and x.device.type == "cpu":
         return norm.normalize_(x)
     return norm(x)
